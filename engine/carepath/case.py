@@ -1,0 +1,176 @@
+"""The case contract (spec/case-format.md): strict structure, then codes, units, ranges and dates."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from .errors import CaseError, FieldViolation
+from .lang import Vocabulary, did_you_mean
+
+MAX_CASE_BYTES = 1 << 20
+MAX_ITEMS = 10_000
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_ICD = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
+_ATC = re.compile(r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _date(v: Any) -> Any:
+    """Dates are ISO strings (YYYY-MM-DD) or date objects; never numbers or datetimes."""
+    if isinstance(v, date) and type(v) is date:
+        return v
+    if isinstance(v, str) and _DATE.match(v):
+        try:
+            return date.fromisoformat(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a real calendar date") from None
+    raise ValueError("expected a date as YYYY-MM-DD")
+
+
+def _text(v: Any) -> Any:
+    if isinstance(v, str) and _BAD_CHARS.search(v):
+        raise ValueError("contains control or bidirectional formatting characters")
+    return v
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("expected a number")
+    if not math.isfinite(v):
+        raise ValueError("expected a finite number")
+    return float(v)
+
+
+Date = Annotated[date, BeforeValidator(_date)]
+Text = Annotated[str, BeforeValidator(_text)]
+Code = Annotated[str, BeforeValidator(_text), Field(min_length=1, max_length=32)]
+Number = Annotated[float, BeforeValidator(_number)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Observation(_Model):
+    code: Code
+    value: Number
+    unit: Annotated[str, BeforeValidator(_text), Field(max_length=32)]
+    date: Date
+
+
+class Medication(_Model):
+    atc: Code
+    name: Annotated[Text, Field(max_length=256)] | None = None
+    dose_mg_per_day: Annotated[Number, Field(ge=0)] | None = None
+    since: Date | None = None
+
+
+class Case(_Model):
+    patient_id: Annotated[Text, Field(min_length=1, max_length=128)]
+    as_of: Date
+    setting: Literal["community", "hospital"]
+    age: Annotated[StrictInt, Field(ge=0, le=130)] | None = None
+    sex: Literal["female", "male", "other", "unknown"] | None = None
+    pregnant: StrictBool | None = None
+    conditions: Annotated[list[Code], Field(max_length=MAX_ITEMS)] = Field(default_factory=list)
+    observations: Annotated[list[Observation], Field(max_length=MAX_ITEMS)] = Field(default_factory=list)
+    medications: Annotated[list[Medication], Field(max_length=MAX_ITEMS)] = Field(default_factory=list)
+    allergies: Annotated[list[Code], Field(max_length=MAX_ITEMS)] = Field(default_factory=list)
+    findings: Annotated[list[Code], Field(max_length=MAX_ITEMS)] = Field(default_factory=list)
+    smi_risk_grade: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not part.startswith(("function-", "lax-", "strict-")) and part not in ("int", "float", "str", "bool", "date", "none"):
+            out += f".{part}" if out else part
+    return out
+
+
+def _message(err: Any) -> str:
+    t = err["type"]
+    if t == "extra_forbidden":
+        return "unknown field"
+    if t == "missing":
+        return "required field is missing"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """Decode case JSON with the size limit checked before parsing."""
+    size = len(raw.encode() if isinstance(raw, str) else raw)
+    if size > MAX_CASE_BYTES:
+        raise CaseError([FieldViolation("", f"case is {size} bytes; the limit is {MAX_CASE_BYTES} (1 MiB)")])
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise CaseError([FieldViolation("", f"case is not valid UTF-8 ({exc.reason})")]) from None
+    except json.JSONDecodeError as exc:
+        raise CaseError([FieldViolation("", f"case is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a finite number", name, 0)
+
+
+def validate_case(data: Any, vocab: Vocabulary) -> tuple[Case, list[tuple[str, float, date]]]:
+    """Check a case against the contract; return it with observations as (code, canonical value, date).
+
+    Raises CaseError listing every violation, each naming its field path.
+    """
+    if not isinstance(data, dict):
+        raise CaseError([FieldViolation("", "a case is a JSON object")])
+    try:
+        case = Case.model_validate(data)
+    except ValidationError as exc:
+        raise CaseError([FieldViolation(field_path(tuple(e["loc"])), _message(e)) for e in exc.errors()]) from None
+    bad: list[FieldViolation] = []
+    loinc = {lc: od.code for od in vocab.observations.values() for lc in od.loinc}
+    obs: list[tuple[str, float, date]] = []
+    for i, o in enumerate(case.observations):
+        where = f"observations[{i}]"
+        code = o.code if o.code in vocab.observations else loinc.get(o.code)
+        if code is None:
+            bad.append(FieldViolation(f"{where}.code", f"unknown observation code {o.code!r}" + did_you_mean(o.code, vocab.observations)))
+            continue
+        od = vocab.observations[code]
+        value = od.to_canonical(o.value, o.unit)
+        if value is None:
+            accepted = ", ".join([od.unit, *od.conversions])
+            bad.append(FieldViolation(f"{where}.unit", f"unit {o.unit!r} is not accepted for {code} (accepted: {accepted})"))
+            continue
+        if not od.lo <= value <= od.hi:
+            bad.append(
+                FieldViolation(f"{where}.value", f"{code} {o.value:g} {o.unit} is outside the plausible range {od.lo:g}–{od.hi:g} {od.unit}")
+            )
+        if o.date > case.as_of:
+            bad.append(FieldViolation(f"{where}.date", f"{o.date.isoformat()} is after as_of {case.as_of.isoformat()}"))
+        obs.append((code, value, o.date))
+    for i, m in enumerate(case.medications):
+        if not _ATC.match(m.atc):
+            bad.append(FieldViolation(f"medications[{i}].atc", f"{m.atc!r} is not an ATC code (e.g. C09AA02)"))
+        if m.since is not None and m.since > case.as_of:
+            bad.append(FieldViolation(f"medications[{i}].since", f"{m.since.isoformat()} is after as_of {case.as_of.isoformat()}"))
+    for i, c in enumerate(case.conditions):
+        if not _ICD.match(c):
+            bad.append(FieldViolation(f"conditions[{i}]", f"{c!r} is not an ICD-10 code (e.g. E11.9)"))
+    for i, a in enumerate(case.allergies):
+        if not _ATC.match(a):
+            bad.append(FieldViolation(f"allergies[{i}]", f"{a!r} is not an ATC code or prefix"))
+    for i, f in enumerate(case.findings):
+        if f not in vocab.findings:
+            bad.append(FieldViolation(f"findings[{i}]", f"unknown finding {f!r}" + did_you_mean(f, vocab.findings)))
+    if bad:
+        raise CaseError(bad)
+    return case, obs

@@ -1,0 +1,162 @@
+"""The `carepath` command line: validate, evaluate, schema, and the service and tooling commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from .errors import CarepathError, CaseError, PathwayError
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def command(name: str, setup: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
+    """Register a sub-command (other modules add theirs, e.g. serve, call, check, batch)."""
+
+    def deco(fn: Handler) -> Handler:
+        _COMMANDS[name] = (setup, fn)
+        return fn
+
+    return deco
+
+
+def dumps(obj: Any) -> str:
+    """The one JSON rendering of decisions: byte-identical for identical decisions."""
+    return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
+
+
+def read_case(source: str) -> Any:
+    """Read a case from a file or '-' (stdin); JSON or YAML; size-limited before parsing."""
+    from .case import MAX_CASE_BYTES, parse_json
+    from .errors import FieldViolation
+
+    raw = sys.stdin.buffer.read(MAX_CASE_BYTES + 1) if source == "-" else _read_limited(Path(source), MAX_CASE_BYTES + 1)
+    if source.endswith((".yaml", ".yml")):
+        if len(raw) > MAX_CASE_BYTES:
+            raise CaseError([FieldViolation("", f"case is larger than {MAX_CASE_BYTES} bytes (1 MiB)")])
+        try:
+            return yaml.safe_load(raw.decode("utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise CaseError([FieldViolation("", f"case is not valid YAML: {exc}")]) from None
+    return parse_json(raw)
+
+
+def _read_limited(path: Path, limit: int) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(limit)
+    except OSError as exc:
+        raise CarepathError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _pathways_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pathways", metavar="DIR", help="pathway directory (default: the bundled pathways/)")
+
+
+def _validate_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", metavar="PATH", help="pathway files or directories (default: bundled pathways/)")
+
+
+@command("validate", _validate_setup)
+def _validate(args: argparse.Namespace) -> int:
+    """Validate pathway files; exit 0 when clean, 1 with errors."""
+    from .evaluate import bundled_pathways
+    from .validate import validate_paths
+
+    paths = args.paths or [bundled_pathways()]
+    checked, diags = validate_paths(paths, bundled_pathways())
+    for d in diags:
+        print(d, file=sys.stderr)
+    if diags:
+        print(f"{len(diags)} error{'s' if len(diags) != 1 else ''}", file=sys.stderr)
+        return 1
+    for cp in checked:
+        print(f"ok  {cp.file}: {cp.id} {cp.version}, {len(cp.rules)} rules, sha256 {cp.sha256[:12]}")
+    return 0
+
+
+def _evaluate_setup(p: argparse.ArgumentParser) -> None:
+    _pathways_arg(p)
+    p.add_argument("--explain", action="store_true", help="explain the decision for a person instead of JSON")
+    p.add_argument("--pathway", action="append", dest="pathway_ids", metavar="ID", help="only these pathways (repeatable)")
+    p.add_argument("--backend", choices=["durable", "reference"], default="durable", help=argparse.SUPPRESS)
+    p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, or - for stdin")
+
+
+@command("evaluate", _evaluate_setup)
+def _evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a case; print the decision JSON (or --explain)."""
+    from .evaluate import Engine
+
+    engine = Engine.from_directory(args.pathways)
+    case = read_case(args.case)
+    if args.explain:
+        sys.stdout.write(engine.explain(case, args.pathway_ids))
+    else:
+        sys.stdout.write(dumps(engine.evaluate(case, args.pathway_ids, backend=args.backend)))
+    return 0
+
+
+@command("schema", lambda p: p.add_argument("--case", action="store_true", help="print the case schema instead"))
+def _schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of the pathway format (or --case)."""
+    from .case import Case
+    from .model import Pathway
+
+    model = Case if args.case else Pathway
+    schema = model.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "carepath case" if args.case else "carepath pathway"
+    sys.stdout.write(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _load_plugins() -> None:
+    """Import modules that register further commands; a missing optional module is skipped."""
+    import importlib
+
+    for mod in ("carepath.docs_cli", "carepath.service.cli", "carepath.testing.cli", "carepath.population.cli"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not mod.startswith(exc.name):
+                raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _load_plugins()
+    parser = argparse.ArgumentParser(prog="carepath", description="Clinical-pathway decision support on durable-rules.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (setup, fn) in _COMMANDS.items():
+        doc = (fn.__doc__ or "").strip().splitlines()
+        sp = sub.add_parser(name, help=doc[0] if doc else None)
+        setup(sp)
+        sp.set_defaults(func=fn)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PathwayError as exc:
+        for d in exc.diagnostics:
+            print(d, file=sys.stderr)
+        return 1
+    except CaseError as exc:
+        for v in exc.violations:
+            print(f"case error: {v}", file=sys.stderr)
+        return 2
+    except CarepathError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

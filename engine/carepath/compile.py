@@ -1,0 +1,151 @@
+"""Compile checked pathways two ways: durable-rules rulesets (production) and a pure-Python reference."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+from . import lang
+from .lang import And, Cmp, Const, Enum, Expr, Flag, Not, Or, Present, Truth
+
+Json = dict[str, Any]
+_DR_OP = {"<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
+TRUE: Json = {"cp": 1}
+FALSE: Json = {"cp": 0}
+
+
+def to_durable(e: Expr) -> Json:
+    """An NNF expression as a durable-rules condition (TRUE-only semantics: an absent key never matches)."""
+    if isinstance(e, And):
+        return {"$and": [to_durable(i) for i in e.items]}
+    if isinstance(e, Or):
+        return {"$or": [to_durable(i) for i in e.items]}
+    if isinstance(e, Cmp):
+        key = e.num.key
+        if e.op == "==":
+            return {key: e.value}
+        if e.op == "!=":
+            return {"$or": [{"$lt": {key: e.value}}, {"$gt": {key: e.value}}]}
+        return {_DR_OP[e.op]: {key: e.value}}
+    if isinstance(e, Enum):
+        opts = [{e.field: v} for v in sorted(e.values)]
+        if not opts:
+            return FALSE
+        return opts[0] if len(opts) == 1 else {"$or": opts}
+    if isinstance(e, (Flag, Present)):
+        return {e.key: int(e.value)}
+    if isinstance(e, Const):
+        return TRUE if e.value else FALSE
+    raise TypeError(f"not in negation normal form: {e!r}")
+
+
+def fact_keys(e: Expr) -> set[str]:
+    keys: set[str] = set()
+    for lit in lang.literals(e):
+        if isinstance(lit, Cmp):
+            keys.add(lit.num.key)
+        elif isinstance(lit, Enum):
+            keys.add(lit.field)
+        else:
+            keys.add(lit.key)
+    return keys
+
+
+_ruleset_counter = itertools.count(1)
+
+
+def durable_ruleset(conditions: list[Expr], record: Callable[[int], None]) -> tuple[str, Json]:
+    """A ruleset whose rule k fires ``record(k)``; plus a catch-all so no assertion goes unhandled."""
+    name = f"carepath_{next(_ruleset_counter)}"
+    rules: Json = {}
+    for k, cond in enumerate(conditions):
+        rules[f"r{k}"] = {"all": [{"m": to_durable(lang.nnf(cond))}], "run": _action(record, k)}
+    rules["catch_all"] = {"all": [{"m": TRUE}], "run": _noop}
+    return name, {name: rules}
+
+
+def _action(record: Callable[[int], None], k: int) -> Callable[[Any], None]:
+    def action(c: Any) -> None:
+        record(k)
+
+    action.__name__ = f"rule_{k}"
+    return action
+
+
+def _noop(c: Any) -> None:
+    return None
+
+
+# ---------------------------------------------------------------- reference evaluator
+
+Program = Callable[[lang.Facts], Truth]
+
+
+def reference(e: Expr) -> Program:
+    """Kleene evaluation of the original AST (not the NNF), compiled to closures."""
+    if isinstance(e, Cmp):
+        key, value, test = e.num.key, e.value, lang._CMP[e.op]
+
+        def cmp(f: lang.Facts) -> Truth:
+            v = f.get(key)
+            return None if v is None else test(float(v), value)  # type: ignore[arg-type]
+
+        return cmp
+    if isinstance(e, Enum):
+        fld, values = e.field, e.values
+
+        def enum(f: lang.Facts) -> Truth:
+            v = f.get(fld)
+            return None if v is None else v in values
+
+        return enum
+    if isinstance(e, Flag):
+        key, want = e.key, e.value
+
+        def flag(f: lang.Facts) -> Truth:
+            v = f.get(key)
+            return None if v is None else bool(v) == want
+
+        return flag
+    if isinstance(e, Present):
+        key, want = e.key, e.value
+        return lambda f: bool(f.get(key)) == want
+    if isinstance(e, Not):
+        inner = reference(e.item)
+
+        def neg(f: lang.Facts) -> Truth:
+            t = inner(f)
+            return None if t is None else not t
+
+        return neg
+    if isinstance(e, And):
+        parts = [reference(i) for i in e.items]
+
+        def conj(f: lang.Facts) -> Truth:
+            out: Truth = True
+            for p in parts:
+                t = p(f)
+                if t is False:
+                    return False
+                if t is None:
+                    out = None
+            return out
+
+        return conj
+    if isinstance(e, Or):
+        parts = [reference(i) for i in e.items]
+
+        def disj(f: lang.Facts) -> Truth:
+            out: Truth = False
+            for p in parts:
+                t = p(f)
+                if t is True:
+                    return True
+                if t is None:
+                    out = None
+            return out
+
+        return disj
+    assert isinstance(e, Const)
+    value = e.value
+    return lambda f: value

@@ -1,0 +1,234 @@
+"""Assemble fired rules into one decision by the documented conflict policy.
+
+Policy, in order (README "Conflict policy"):
+1. Up-referrals only from ``community``, down-referrals only from ``hospital``.
+2. An emergency up-referral beats everything: it suppresses starting/titrating drugs,
+   tests and every other referral (stop/avoid, alerts and the follow-up stay).
+3. At most one referral: the most urgent (emergency > priority > routine > down), then the
+   higher rule priority, then pathway and rule order. Never up and down together.
+4. ``avoid``/``stop`` beats ``start``/``add``/``titrate``/``switch`` of an overlapping ATC
+   class, and no drug is started that matches an allergy.
+5. The shortest follow-up wins.
+6. Duplicates (same kind and key fields) merge into one recommendation listing every rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import lang
+from .case import Case
+from .model import TestRec
+from .validate import CheckedPathway, CheckedRule
+
+_KIND_ORDER = {"referral": 0, "alert": 1, "medication": 2, "test": 3, "follow_up": 4}
+_SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+_ACTION = {"stop": 0, "avoid": 1, "start": 2, "add": 3, "switch": 4, "titrate": 5}
+_URGENCY = {"emergency": 0, "priority": 1, "routine": 2}
+_STARTS = {"start", "add", "titrate", "switch"}
+
+
+def _plain(v: object) -> object:
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def values_read(expr: lang.Expr, facts: lang.Facts) -> dict[str, object]:
+    """Every value a condition reads, by its name in the condition language; null = unknown."""
+    out: dict[str, object] = {}
+    for lit in lang.literals(expr):
+        if isinstance(lit, lang.Cmp):
+            out[lit.num.text()] = _plain(facts.get(lit.num.key))
+        elif isinstance(lit, lang.Enum):
+            out[lit.field] = facts.get(lit.field)
+        elif isinstance(lit, lang.Flag):
+            v = facts.get(lit.key)
+            name = {"finding": "{}", "dx": "diagnosed({})", "on": "taking({})", "allergy": "allergic({})", "pregnant": "{}"}[
+                lit.kind
+            ].format(lit.arg)
+            out[name] = None if v is None else bool(v)
+        else:
+            out[f"present({lit.name})"] = bool(facts.get(lit.key))
+    return out
+
+
+@dataclass
+class _Rec:
+    body: dict[str, Any]
+    order: tuple[int, int]
+    priority: int
+    rule: str
+    reason: str
+    citation: str
+    values: dict[str, object]
+    rules: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return str(self.body["kind"])
+
+
+def _citation(cp: CheckedPathway, key: str) -> str:
+    c = cp.model.citations[key]
+    return f"{c.guideline} ({c.year}), {c.section}"
+
+
+def decide(
+    case: Case,
+    facts: lang.Facts,
+    fired: list[tuple[int, CheckedPathway, list[CheckedRule]]],
+    enrolled: dict[str, bool],
+) -> dict[str, Any]:
+    """Build the decision: deterministic for the same case and pathways."""
+    recs: list[_Rec] = []
+    trace: list[dict[str, Any]] = []
+    notes: dict[str, list[str]] = {}
+    for p_index, cp, rules in fired:
+        for cr in rules:
+            vals = values_read(cr.when, facts)
+            why = "; ".join(lang.describe(lit, facts, cp.vocab) for lit in lang.true_literals(lang.nnf(cr.when), facts))
+            reason = f"{cr.rule.title}: {why}" if cr.rule.title else why
+            trace.append({"pathway": cp.id, "rule": cr.rule.id, "values": vals})
+            for rec in cr.rule.then:
+                body: dict[str, Any] = rec.model_dump(exclude_none=True)
+                if isinstance(rec, TestRec):
+                    od = cp.vocab.observations[rec.code]
+                    if od.loinc:
+                        body["loinc"] = od.loinc[0]
+                recs.append(
+                    _Rec(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, reason, _citation(cp, cr.rule.citation), vals)
+                )
+
+    def suppress(r: _Rec, why: str) -> None:
+        notes.setdefault(r.rule, []).append(f"{_label(r)}: {why}")
+
+    # 1. referral direction by setting
+    kept: list[_Rec] = []
+    for r in recs:
+        if r.kind == "referral":
+            d = r.body["direction"]
+            if d == "up" and case.setting != "community":
+                suppress(r, "up-referral is only made from community")
+                continue
+            if d == "down" and case.setting != "hospital":
+                suppress(r, "down-referral is only made from hospital")
+                continue
+        kept.append(r)
+    recs = kept
+    # 2. emergency beats everything
+    emergency = [r for r in recs if r.kind == "referral" and r.body.get("urgency") == "emergency"]
+    if emergency:
+        kept = []
+        for r in recs:
+            if (r.kind == "medication" and r.body["action"] in _STARTS) or r.kind == "test":
+                suppress(r, f"emergency up-referral ({emergency[0].rule}) takes precedence")
+            else:
+                kept.append(r)
+        recs = kept
+    # 3. at most one referral
+    refs = sorted(
+        (r for r in recs if r.kind == "referral"),
+        key=lambda r: (_URGENCY.get(r.body.get("urgency", ""), 3) if r.body["direction"] == "up" else 3, -r.priority, r.order),
+    )
+    if refs:
+        best = refs[0]
+        for r in refs[1:]:
+            if r.body != best.body:
+                suppress(r, f"one referral per decision: {_label(best)} ({best.rule}) is more urgent")
+        recs = [r for r in recs if r.kind != "referral" or r.body == best.body]
+    # 4. avoid/stop and allergies beat starts
+    blocks = [r for r in recs if r.kind == "medication" and r.body["action"] in ("avoid", "stop")]
+    kept = []
+    for r in recs:
+        if r.kind == "medication" and r.body["action"] in _STARTS:
+            atc = str(r.body["atc"])
+            hit = next((b for b in blocks if atc.startswith(b.body["atc"]) or b.body["atc"].startswith(atc)), None)
+            if hit is not None:
+                suppress(r, f"{hit.body['action']} {hit.body['atc']} ({hit.rule}) takes precedence")
+                continue
+            allergy = next((a for a in case.allergies if atc.startswith(a) or a.startswith(atc)), None)
+            if allergy is not None:
+                suppress(r, f"patient is allergic to {allergy}")
+                continue
+        kept.append(r)
+    recs = kept
+    # 5. shortest follow-up
+    fus = sorted((r for r in recs if r.kind == "follow_up"), key=lambda r: (r.body["days"], r.order))
+    if fus:
+        for r in fus[1:]:
+            if r.body != fus[0].body:
+                suppress(r, f"a shorter follow-up ({fus[0].body['days']} days, {fus[0].rule}) wins")
+        recs = [r for r in recs if r.kind != "follow_up" or r.body == fus[0].body]
+    # 6. merge duplicates
+    merged: dict[str, _Rec] = {}
+    for r in sorted(recs, key=lambda r: r.order):
+        key = lang_key(r.body)
+        if key in merged:
+            m = merged[key]
+            if r.rule not in m.rules:
+                m.rules.append(r.rule)
+            if r.reason not in m.reasons:
+                m.reasons.append(r.reason)
+            for k, v in r.values.items():
+                m.values.setdefault(k, v)
+        else:
+            merged[key] = _Rec(r.body, r.order, r.priority, r.rule, r.reason, r.citation, dict(r.values), [r.rule], [r.reason])
+    out = []
+    for r in sorted(merged.values(), key=_sort_key):
+        rec = dict(r.body)
+        rec.update(rule=r.rule, rules=r.rules, reason="; ".join(r.reasons), citation=r.citation, values=r.values)
+        out.append(rec)
+    for t in trace:
+        if t["rule"] in notes:
+            t["suppressed"] = notes[t["rule"]]
+    pathways = [{"id": cp.id, "version": cp.version, "sha256": cp.sha256, "enrolled": enrolled[cp.id]} for _, cp, _ in fired]
+    return {
+        "patient_id": case.patient_id,
+        "as_of": case.as_of.isoformat(),
+        "pathways": sorted(pathways, key=lambda p: str(p["id"])),
+        "recommendations": out,
+        "trace": trace,
+    }
+
+
+def lang_key(body: dict[str, Any]) -> str:
+    kind = body["kind"]
+    if kind == "test":
+        return f"test:{body['code']}"
+    if kind == "medication":
+        return f"medication:{body['action']}:{body['atc']}"
+    if kind == "alert":
+        return f"alert:{body['severity']}:{body['text']}"
+    if kind == "referral":
+        return "referral"
+    return "follow_up"
+
+
+def _label(r: _Rec) -> str:
+    b = r.body
+    if r.kind == "medication":
+        return f"{b['action']} {b['atc']}"
+    if r.kind == "referral":
+        return f"{b['direction']}-referral ({b.get('urgency', 'routine')})"
+    if r.kind == "test":
+        return f"test {b['code']}"
+    if r.kind == "follow_up":
+        return f"follow-up in {b['days']} days"
+    return f"alert {b['text']!r}"
+
+
+def _sort_key(r: _Rec) -> tuple[object, ...]:
+    b = r.body
+    k = _KIND_ORDER[r.kind]
+    if r.kind == "alert":
+        return (k, _SEVERITY[b["severity"]], b["text"])
+    if r.kind == "medication":
+        return (k, _ACTION[b["action"]], b["atc"])
+    if r.kind == "test":
+        return (k, 0, b["code"])
+    return (k, 0, "")
+
+

@@ -1,0 +1,60 @@
+"""One root exception, two families: pathway errors (authoring time) and case errors (call time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Diagnostic:
+    """A problem in a pathway file, located to the character."""
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """A problem in a case, named by its field path (e.g. ``observations[2].unit``)."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class CarepathError(Exception):
+    """Root of every error carepath raises on purpose."""
+
+
+class PathwayError(CarepathError):
+    """A pathway (or set of pathways) failed to load, validate or compile."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        self.diagnostics = sorted(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+class CaseError(CarepathError):
+    """A case broke the contract; nothing was evaluated."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(str(v) for v in violations))
+
+
+class UnknownPathwayError(CarepathError):
+    """A caller asked for a pathway id that is not loaded."""
+
+    def __init__(self, pathway_id: str, known: list[str]) -> None:
+        self.pathway_id = pathway_id
+        self.known = known
+        super().__init__(f"unknown pathway {pathway_id!r} (loaded: {', '.join(known) or 'none'})")

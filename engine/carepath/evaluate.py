@@ -1,0 +1,213 @@
+"""The engine: compiled pathways in one durable-rules host, evaluating cases into decisions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from durable.engine import Host
+
+from . import compile as comp
+from . import lang
+from .case import Case, validate_case
+from .decide import decide
+from .derive import Features, derive
+from .errors import PathwayError, UnknownPathwayError
+from .validate import CheckedPathway, CheckedRule, validate_paths
+
+Backend = Literal["durable", "reference"]
+
+
+def bundled_pathways() -> Path:
+    """The pathways shipped with carepath: $CAREPATH_PATHWAYS, the repo's pathways/, or the wheel's copy."""
+    env = os.environ.get("CAREPATH_PATHWAYS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent.parent / "pathways", here / "bundled_pathways"):
+        if (cand / "dictionary.yaml").exists():
+            return cand
+    return here.parent.parent / "pathways"
+
+
+class _SyncHost(Host):  # type: ignore[misc]
+    """A durable-rules host without its background dispatch threads: all work is synchronous here."""
+
+    def _run(self) -> None:
+        return None
+
+
+@dataclass
+class _Compiled:
+    pathway: CheckedPathway
+    ruleset: str
+    keys: tuple[str, ...]
+    applies: comp.Program
+    programs: list[comp.Program]
+
+
+class Engine:
+    """Validated, compiled pathways. Not thread-safe (durable-rules is not): one per process."""
+
+    def __init__(self, pathways: Sequence[CheckedPathway]) -> None:
+        active = [p for p in pathways if p.model.status != "retired"]
+        self.pathways: list[CheckedPathway] = sorted(active, key=lambda p: p.id)
+        self.vocab = _merged_vocab(self.pathways)
+        self.features = Features()
+        self._fired: list[int] = []
+        self._host = _SyncHost()
+        self._compiled: list[_Compiled] = []
+        self._sid = 0
+        for cp in self.pathways:
+            conds = [r.condition for r in cp.rules]
+            for c in conds:
+                self.features.add(c)
+            name, definition = comp.durable_ruleset(conds, self._fired.append)
+            self._host.set_rulesets(definition)
+            keys = set().union(*(comp.fact_keys(lang.nnf(c)) for c in conds)) if conds else set()
+            self._compiled.append(
+                _Compiled(cp, name, tuple(sorted(keys)), comp.reference(cp.applies), [comp.reference(c) for c in conds])
+            )
+        for c in self._compiled:  # rulesets register lazily on the first post: warm them up now
+            self._post(c, {})
+        self._fired.clear()
+
+    @classmethod
+    def from_directory(cls, path: Path | str | None = None) -> Engine:
+        return cls.from_paths([path or bundled_pathways()])
+
+    @classmethod
+    def from_paths(cls, paths: Iterable[Path | str]) -> Engine:
+        checked, diags = validate_paths(list(paths), bundled_pathways())
+        if diags:
+            raise PathwayError(diags)
+        return cls(checked)
+
+    def pathway(self, pathway_id: str) -> CheckedPathway:
+        for p in self.pathways:
+            if p.id == pathway_id:
+                return p
+        raise UnknownPathwayError(pathway_id, [p.id for p in self.pathways])
+
+    # ------------------------------------------------------------ evaluation
+    def prepare(self, data: Any) -> tuple[Case, dict[str, object]]:
+        """Validate a case (raises CaseError) and derive its facts."""
+        case, obs = validate_case(data, self.vocab)
+        return case, derive(case, obs, self.features)
+
+    def _post(self, c: _Compiled, facts: dict[str, object]) -> list[int]:
+        self._sid += 1
+        sid = str(self._sid)
+        fact: dict[str, object] = {k: facts[k] for k in c.keys if k in facts}
+        fact["sid"] = sid
+        fact["id"] = "case"
+        fact["cp"] = 1
+        self._fired.clear()
+        try:
+            self._host.assert_fact(c.ruleset, fact)
+        finally:
+            self._host.delete_state(c.ruleset, sid)
+        return sorted(set(self._fired))  # an OR fires once per true branch
+
+    def fire(self, facts: dict[str, object], pathway_ids: Sequence[str] | None = None, backend: Backend = "durable") -> list[tuple[int, _Compiled, list[int]]]:
+        """The indices of the rules that fire in each selected pathway."""
+        selected = self._select(pathway_ids)
+        out = []
+        for i, c in selected:
+            if backend == "durable":
+                fired = self._post(c, facts)
+            else:
+                fired = [k for k, prog in enumerate(c.programs) if prog(facts) is True]
+            out.append((i, c, fired))
+        return out
+
+    def _select(self, pathway_ids: Sequence[str] | None) -> list[tuple[int, _Compiled]]:
+        if not pathway_ids:
+            return list(enumerate(self._compiled))
+        known = {c.pathway.id: (i, c) for i, c in enumerate(self._compiled)}
+        out = []
+        for pid in sorted(set(pathway_ids)):
+            if pid not in known:
+                raise UnknownPathwayError(pid, sorted(known))
+            out.append(known[pid])
+        return out
+
+    def evaluate(self, data: Any, pathway_ids: Sequence[str] | None = None, backend: Backend = "durable") -> dict[str, Any]:
+        """Case (contract JSON as a dict) in, decision out. Raises CaseError or UnknownPathwayError."""
+        selected = self._select(pathway_ids)  # fail fast on an unknown pathway
+        del selected
+        case, facts = self.prepare(data)
+        fired = self.fire(facts, pathway_ids, backend)
+        groups: list[tuple[int, CheckedPathway, list[CheckedRule]]] = [
+            (i, c.pathway, [c.pathway.rules[k] for k in ks]) for i, c, ks in fired
+        ]
+        enrolled = {c.pathway.id: c.applies(facts) is True for _, c, _ in fired}
+        return decide(case, facts, groups, enrolled)
+
+    def explain(self, data: Any, pathway_ids: Sequence[str] | None = None) -> str:
+        """For a person: why each recommendation was made, and which rules came close and why not."""
+        decision = self.evaluate(data, pathway_ids)
+        case, facts = self.prepare(data)
+        lines = [f"Decision for {case.patient_id} as of {case.as_of.isoformat()} ({case.setting})", ""]
+        if not decision["recommendations"]:
+            lines.append("No recommendations.")
+        for r in decision["recommendations"]:
+            lines.append(f"* {_headline(r)}")
+            lines.append(f"    because {r['reason']}")
+            lines.append(f"    rule {', '.join(r['rules'])}; {r['citation']}")
+        suppressed = [(t["rule"], s) for t in decision["trace"] for s in t.get("suppressed", [])]
+        if suppressed:
+            lines += ["", "Overruled by the conflict policy:"]
+            lines += [f"* {rule}: {s}" for rule, s in suppressed]
+        lines += ["", "Rules that came close but did not fire:"]
+        close = 0
+        fired = {t["rule"] for t in decision["trace"]}
+        for _, c in self._select(pathway_ids):
+            if c.applies(facts) is not True:
+                lines.append(f"* pathway {c.pathway.id}: patient not enrolled ({c.pathway.model.applies_to})")
+                continue
+            for cr in c.pathway.rules:
+                if cr.rule.id in fired:
+                    continue
+                blocks = lang.blocking(cr.when, facts)
+                if 0 < len(blocks) <= 2:
+                    close += 1
+                    why = "; ".join(
+                        f"{lang.describe(lit, facts, c.pathway.vocab)} is {'unknown' if t is None else 'not met'}" for lit, t in blocks
+                    )
+                    lines.append(f"* {cr.rule.id}: {why}")
+        if not close:
+            lines.append("* none")
+        return "\n".join(lines) + "\n"
+
+
+def _headline(r: dict[str, Any]) -> str:
+    k = r["kind"]
+    if k == "referral":
+        return f"REFER {r['direction'].upper()} ({r.get('urgency', 'routine')}) to {r['specialty']}"
+    if k == "medication":
+        return f"{r['action'].upper()} {r['name']} ({r['atc']})"
+    if k == "test":
+        return f"TEST {r['code']}"
+    if k == "follow_up":
+        return f"FOLLOW UP in {r['days']} days"
+    return f"ALERT [{r['severity']}] {r['text']}"
+
+
+def _merged_vocab(pathways: Sequence[CheckedPathway]) -> lang.Vocabulary:
+    obs: dict[str, lang.ObsDef] = {}
+    findings: frozenset[str] = frozenset()
+    for p in pathways:
+        obs.update(p.vocab.observations)
+        findings |= p.vocab.findings
+    if not pathways:
+        base = Path(bundled_pathways()) / "dictionary.yaml"
+        from .validate import load_vocabulary
+
+        return load_vocabulary(base)
+    return lang.Vocabulary(obs, findings)
+
+
+Recorder = Callable[[int], None]

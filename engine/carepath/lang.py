@@ -1,0 +1,638 @@
+"""The condition language: parsed into an AST (never eval'd), with Kleene three-valued semantics.
+
+Grammar (keywords and/or/not; see docs/pathway-format.md)::
+
+    expr    := and ("or" and)*
+    and     := unary ("and" unary)*
+    unary   := "not" unary | primary
+    primary := "(" expr ")" | term [cmp]
+    term    := NAME | NAME "(" args ")"
+    cmp     := OP NUMBER [UNIT] | ("=="|"!="|"is"|"is not") NAME
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Union
+
+# ---------------------------------------------------------------- vocabulary
+
+
+@dataclass(frozen=True)
+class ObsDef:
+    code: str
+    unit: str
+    lo: float
+    hi: float
+    loinc: tuple[str, ...] = ()
+    label: str = ""
+    conversions: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def to_canonical(self, value: float, unit: str) -> float | None:
+        """Convert ``value`` in ``unit`` to the canonical unit; None when no conversion exists."""
+        if unit == self.unit:
+            return value
+        conv = self.conversions.get(unit)
+        if conv is None:
+            return None
+        factor, offset = conv
+        return round(value * factor + offset, 6)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    observations: Mapping[str, ObsDef]
+    findings: frozenset[str]
+
+
+# ---------------------------------------------------------------- AST
+
+Span = tuple[int, int]
+NUMERIC_FIELDS = {"age": (0.0, 130.0), "smi_risk_grade": (0.0, 5.0)}
+ENUM_FIELDS = {"sex": ("female", "male", "other"), "setting": ("community", "hospital")}
+OPTIONAL_FIELDS = ("age", "sex", "pregnant", "smi_risk_grade")
+OPS = ("<=", ">=", "==", "!=", "<", ">")
+NEGATE = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
+SYMBOL = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "!=": "≠"}
+
+
+@dataclass(frozen=True)
+class Num:
+    """A numeric quantity read from the facts: ``kind`` is obs, prev, days, field, count, days_on."""
+
+    kind: str
+    arg: str | tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        if self.kind == "obs":
+            return f"o_{self.arg}"
+        if self.kind == "prev":
+            return f"p_{self.arg}"
+        if self.kind == "days":
+            return f"d_{self.arg}"
+        if self.kind == "field":
+            return str(self.arg)
+        if self.kind == "count":
+            assert isinstance(self.arg, tuple)
+            return "n_" + "_".join(sanitize(a) for a in self.arg)
+        return f"s_{sanitize(str(self.arg))}"
+
+    @property
+    def integer(self) -> bool:
+        return self.kind in ("days", "count", "days_on") or (self.kind == "field")
+
+    def text(self) -> str:
+        if self.kind in ("obs", "field"):
+            return str(self.arg)
+        if self.kind == "prev":
+            return f"previous({self.arg})"
+        if self.kind == "days":
+            return f"days_since({self.arg})"
+        if self.kind == "count":
+            assert isinstance(self.arg, tuple)
+            return f"count_taking({', '.join(self.arg)})"
+        return f"days_on({self.arg})"
+
+
+@dataclass(frozen=True)
+class Cmp:
+    num: Num
+    op: str
+    value: float
+    unit: str | None = None
+    span: Span = (0, 0)
+
+
+@dataclass(frozen=True)
+class Enum:
+    """``field`` is one of ``values`` (unknown when the field is missing)."""
+
+    field: str
+    values: frozenset[str]
+    span: Span = (0, 0)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A two- or three-valued flag: finding, dx (ICD prefix), on (ATC prefix), allergy, pregnant."""
+
+    kind: str
+    arg: str
+    value: bool = True
+    span: Span = (0, 0)
+
+    @property
+    def key(self) -> str:
+        if self.kind == "pregnant":
+            return "pregnant"
+        return {"finding": "f_", "dx": "dx_", "on": "on_", "allergy": "al_"}[self.kind] + sanitize(self.arg)
+
+
+@dataclass(frozen=True)
+class Present:
+    """Whether a value exists (always known)."""
+
+    kind: str  # obs or field
+    name: str
+    value: bool = True
+    span: Span = (0, 0)
+
+    @property
+    def key(self) -> str:
+        return f"h_{self.name}"
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Expr
+    span: Span = (0, 0)
+
+
+@dataclass(frozen=True)
+class And:
+    items: tuple[Expr, ...]
+    span: Span = (0, 0)
+
+
+@dataclass(frozen=True)
+class Or:
+    items: tuple[Expr, ...]
+    span: Span = (0, 0)
+
+
+@dataclass(frozen=True)
+class Const:
+    value: bool
+    span: Span = (0, 0)
+
+
+Literal = Union[Cmp, Enum, Flag, Present]
+Expr = Union[Cmp, Enum, Flag, Present, Not, And, Or, Const]
+
+
+def sanitize(code: str) -> str:
+    return code.replace(".", "_")
+
+
+# ---------------------------------------------------------------- parser
+
+
+class ParseError(Exception):
+    def __init__(self, offset: int, message: str) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.message = message
+
+
+@dataclass
+class NameError_:
+    offset: int
+    message: str
+
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>-?\d+(?:\.\d+)?)|(?P<op><=|>=|==|!=|<|>)|(?P<lp>\()|(?P<rp>\))|(?P<comma>,)"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.]*))"
+)
+_UNIT = re.compile(r"\s*(?P<unit>%|[A-Za-zµ/^0-9][A-Za-z0-9µ/^.%]*)")
+_ICD = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{0,4})?$|^[A-Z][0-9]?$")
+_ATC = re.compile(r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$")
+KEYWORDS = {"and", "or", "not", "is"}
+CALLS = {
+    "missing",
+    "present",
+    "older_than",
+    "due",
+    "days_since",
+    "previous",
+    "finding",
+    "diagnosed",
+    "taking",
+    "allergic",
+    "count_taking",
+    "days_on",
+}
+
+
+def did_you_mean(name: str, options: object) -> str:
+    close = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)  # type: ignore[call-overload]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Parser:
+    def __init__(self, text: str, vocab: Vocabulary) -> None:
+        self.text = text
+        self.vocab = vocab
+        self.pos = 0
+        self.errors: list[NameError_] = []
+        self._peeked: tuple[str, str, int, int] | None = None
+
+    # tokens: (kind, text, start, end)
+    def peek(self) -> tuple[str, str, int, int]:
+        if self._peeked is None:
+            m = _TOKEN.match(self.text, self.pos)
+            if m is None or m.end() == self.pos and self.pos < len(self.text):
+                rest = self.text[self.pos :].lstrip()
+                if not rest:
+                    self._peeked = ("eof", "", len(self.text), len(self.text))
+                else:
+                    start = len(self.text) - len(rest)
+                    raise ParseError(start, f"unexpected character {rest[0]!r}")
+            else:
+                kind = m.lastgroup or "eof"
+                if kind == "eof" or m.lastgroup is None:
+                    self._peeked = ("eof", "", len(self.text), len(self.text))
+                else:
+                    self._peeked = (kind, m.group(kind), m.start(kind), m.end())
+        return self._peeked
+
+    def next(self) -> tuple[str, str, int, int]:
+        tok = self.peek()
+        self.pos = tok[3]
+        self._peeked = None
+        return tok
+
+    def expect(self, kind: str, what: str) -> tuple[str, str, int, int]:
+        tok = self.peek()
+        if tok[0] != kind:
+            found = repr(tok[1]) if tok[0] != "eof" else "the end"
+            raise ParseError(tok[2], f"expected {what}, found {found}")
+        return self.next()
+
+    def is_kw(self, word: str) -> bool:
+        tok = self.peek()
+        return tok[0] == "name" and tok[1] == word
+
+    def parse(self) -> Expr:
+        if not self.text.strip():
+            raise ParseError(0, "empty condition")
+        expr = self.parse_or()
+        tok = self.peek()
+        if tok[0] != "eof":
+            raise ParseError(tok[2], f"unexpected {tok[1]!r}; expected 'and', 'or' or the end")
+        return expr
+
+    def parse_or(self) -> Expr:
+        start = self.peek()[2]
+        items = [self.parse_and()]
+        while self.is_kw("or"):
+            self.next()
+            items.append(self.parse_and())
+        return items[0] if len(items) == 1 else Or(tuple(items), (start, self.pos))
+
+    def parse_and(self) -> Expr:
+        start = self.peek()[2]
+        items = [self.parse_unary()]
+        while self.is_kw("and"):
+            self.next()
+            items.append(self.parse_unary())
+        return items[0] if len(items) == 1 else And(tuple(items), (start, self.pos))
+
+    def parse_unary(self) -> Expr:
+        if self.is_kw("not"):
+            start = self.next()[2]
+            item = self.parse_unary()
+            return Not(item, (start, self.pos))
+        return self.parse_primary()
+
+    def parse_primary(self) -> Expr:
+        tok = self.peek()
+        if tok[0] == "lp":
+            self.next()
+            expr = self.parse_or()
+            self.expect("rp", "')'")
+            return expr
+        if tok[0] != "name" or tok[1] in KEYWORDS:
+            found = repr(tok[1]) if tok[0] != "eof" else "the end"
+            raise ParseError(tok[2], f"expected a condition, found {found}")
+        self.next()
+        name, start = tok[1], tok[2]
+        if self.peek()[0] == "lp":
+            return self.parse_call(name, start)
+        return self.parse_name(name, start)
+
+    # ------------------------------------------------------------ terms
+    def err(self, offset: int, message: str) -> None:
+        self.errors.append(NameError_(offset, message))
+
+    def obs(self, name: str, offset: int) -> ObsDef | None:
+        od = self.vocab.observations.get(name)
+        if od is None:
+            self.err(offset, f"unknown observation {name!r}" + did_you_mean(name, self.vocab.observations))
+        return od
+
+    def comparison(self, num: Num, start: int, od: ObsDef | None) -> Expr:
+        tok = self.peek()
+        if tok[0] != "op":
+            raise ParseError(tok[2], f"{num.text()} is a number: compare it, e.g. '{num.text()} >= 1'")
+        op = self.next()[1]
+        ntok = self.peek()
+        if ntok[0] != "num":
+            found = repr(ntok[1]) if ntok[0] != "eof" else "the end"
+            raise ParseError(ntok[2], f"expected a number after {op!r}, found {found}")
+        self.next()
+        value = float(ntok[1])
+        unit: str | None = None
+        m = _UNIT.match(self.text, self.pos)
+        if m is not None and m.group("unit") not in KEYWORDS:
+            unit = m.group("unit")
+            self.pos = m.end()
+            self._peeked = None
+        unit_at = m.start("unit") if m is not None else start
+        if unit is not None:
+            if num.kind in ("obs", "prev"):
+                if od is None:
+                    return Cmp(num, op, value, unit, (start, self.pos))
+                conv = od.to_canonical(value, unit)
+                if conv is None:
+                    accepted = ", ".join([od.unit, *od.conversions])
+                    self.err(unit_at, f"unit {unit!r} does not match {od.code} (accepted: {accepted})")
+                else:
+                    value = conv
+            elif num.kind == "days" or num.kind == "days_on":
+                if unit not in ("days", "day", "d"):
+                    self.err(unit_at, f"{num.text()} is in days, not {unit!r}")
+            else:
+                self.err(unit_at, f"{num.text()} takes no unit, found {unit!r}")
+        return Cmp(num, op, value, unit, (start, self.pos))
+
+    def parse_name(self, name: str, start: int) -> Expr:
+        if name in ENUM_FIELDS:
+            tok = self.peek()
+            negate = False
+            if tok[0] == "op" and tok[1] in ("==", "!="):
+                negate = self.next()[1] == "!="
+            elif tok[0] == "name" and tok[1] == "is":
+                self.next()
+                if self.is_kw("not"):
+                    self.next()
+                    negate = True
+            else:
+                raise ParseError(tok[2], f"compare {name} with '==' or 'is', e.g. '{name} == {ENUM_FIELDS[name][0]}'")
+            vtok = self.expect("name", f"a {name} value ({', '.join(ENUM_FIELDS[name])})")
+            allowed = ENUM_FIELDS[name]
+            if vtok[1] not in allowed:
+                self.err(vtok[2], f"{name} is one of {', '.join(allowed)}, not {vtok[1]!r}")
+            values = frozenset(v for v in allowed if (v == vtok[1]) != negate)
+            return Enum(name, values, (start, self.pos))
+        if name in NUMERIC_FIELDS:
+            return self.comparison(Num("field", name), start, None)
+        if name == "pregnant":
+            return Flag("pregnant", "pregnant", True, (start, self.pos))
+        if name in ("true", "false"):
+            return Const(name == "true", (start, self.pos))
+        if name in self.vocab.observations:
+            return self.comparison(Num("obs", name), start, self.vocab.observations[name])
+        if name in self.vocab.findings:
+            return Flag("finding", name, True, (start, self.pos))
+        options = set(self.vocab.findings) | set(self.vocab.observations) | set(NUMERIC_FIELDS) | set(ENUM_FIELDS)
+        self.err(start, f"unknown name {name!r}" + did_you_mean(name, options | {"pregnant"}))
+        if self.peek()[0] == "op":  # keep parsing so later errors are reported too
+            return self.comparison(Num("obs", name), start, None)
+        return Const(False, (start, self.pos))
+
+    def args(self) -> list[tuple[str, int]]:
+        self.expect("lp", "'('")
+        out: list[tuple[str, int]] = []
+        while True:
+            tok = self.peek()
+            if tok[0] in ("name", "num"):
+                self.next()
+                out.append((tok[1], tok[2]))
+            else:
+                found = repr(tok[1]) if tok[0] != "eof" else "the end"
+                raise ParseError(tok[2], f"expected an argument, found {found}")
+            if self.peek()[0] == "comma":
+                self.next()
+                continue
+            self.expect("rp", "',' or ')'")
+            return out
+
+    def parse_call(self, name: str, start: int) -> Expr:
+        if name not in CALLS:
+            self.err(start, f"unknown function {name!r}" + did_you_mean(name, CALLS))
+            self.args()
+            return Const(False, (start, self.pos))
+        args = self.args()
+        end = self.pos
+
+        def arity(n: int) -> None:
+            if len(args) != n:
+                raise ParseError(start, f"{name}() takes {n} argument{'s' if n > 1 else ''}, got {len(args)}")
+
+        def days_arg(a: tuple[str, int]) -> float:
+            try:
+                return float(a[0])
+            except ValueError:
+                raise ParseError(a[1], f"expected a number of days, found {a[0]!r}") from None
+
+        if name in ("missing", "present"):
+            arity(1)
+            what, off = args[0]
+            if what in OPTIONAL_FIELDS:
+                return Present("field", what, name == "present", (start, end))
+            self.obs(what, off)
+            return Present("obs", what, name == "present", (start, end))
+        if name in ("older_than", "due"):
+            arity(2)
+            self.obs(args[0][0], args[0][1])
+            days = days_arg(args[1])
+            older = Cmp(Num("days", args[0][0]), ">", days, None, (start, end))
+            if name == "older_than":
+                return older
+            return Or((Present("obs", args[0][0], False, (start, end)), older), (start, end))
+        if name in ("days_since", "previous"):
+            arity(1)
+            od = self.obs(args[0][0], args[0][1])
+            kind = "days" if name == "days_since" else "prev"
+            return self.comparison(Num(kind, args[0][0]), start, od)
+        if name == "finding":
+            arity(1)
+            if args[0][0] not in self.vocab.findings:
+                self.err(args[0][1], f"unknown finding {args[0][0]!r}" + did_you_mean(args[0][0], self.vocab.findings))
+            return Flag("finding", args[0][0], True, (start, end))
+        if not args:
+            raise ParseError(start, f"{name}() needs at least one code")
+        pattern = _ICD if name == "diagnosed" else _ATC
+        label = "ICD-10" if name == "diagnosed" else "ATC"
+        for code, off in args:
+            if not pattern.match(code):
+                self.err(off, f"{code!r} is not an {label} code or prefix")
+        if name == "count_taking":
+            return self.comparison(Num("count", tuple(sorted({a for a, _ in args}))), start, None)
+        if name == "days_on":
+            arity(1)
+            return self.comparison(Num("days_on", args[0][0]), start, None)
+        kind = {"diagnosed": "dx", "taking": "on", "allergic": "allergy"}[name]
+        flags = tuple(Flag(kind, code, True, (start, end)) for code, _ in args)
+        return flags[0] if len(flags) == 1 else Or(flags, (start, end))
+
+
+def parse(text: str, vocab: Vocabulary) -> tuple[Expr, list[NameError_]]:
+    """Parse a condition. Raises ParseError on bad syntax; returns name errors to report together."""
+    p = _Parser(text, vocab)
+    expr = p.parse()
+    return expr, p.errors
+
+
+# ---------------------------------------------------------------- transformations
+
+
+def conj(*items: Expr) -> Expr:
+    flat: list[Expr] = []
+    for it in items:
+        flat.extend(it.items if isinstance(it, And) else (it,))
+    return flat[0] if len(flat) == 1 else And(tuple(flat))
+
+
+def nnf(e: Expr, neg: bool = False) -> Expr:
+    """Push negations onto literals. Valid in Kleene logic (De Morgan holds), so truth is kept."""
+    if isinstance(e, Not):
+        return nnf(e.item, not neg)
+    if isinstance(e, And):
+        items = tuple(nnf(i, neg) for i in e.items)
+        return Or(items, e.span) if neg else And(items, e.span)
+    if isinstance(e, Or):
+        items = tuple(nnf(i, neg) for i in e.items)
+        return And(items, e.span) if neg else Or(items, e.span)
+    if not neg:
+        return e
+    if isinstance(e, Cmp):
+        return Cmp(e.num, NEGATE[e.op], e.value, e.unit, e.span)
+    if isinstance(e, Enum):
+        return Enum(e.field, frozenset(ENUM_FIELDS[e.field]) - e.values, e.span)
+    if isinstance(e, Flag):
+        return Flag(e.kind, e.arg, not e.value, e.span)
+    if isinstance(e, Present):
+        return Present(e.kind, e.name, not e.value, e.span)
+    assert isinstance(e, Const)
+    return Const(not e.value, e.span)
+
+
+def literals(e: Expr) -> list[Literal]:
+    if isinstance(e, (And, Or)):
+        return [lit for i in e.items for lit in literals(i)]
+    if isinstance(e, Not):
+        return literals(e.item)
+    if isinstance(e, Const):
+        return []
+    return [e]
+
+
+# ---------------------------------------------------------------- three-valued evaluation
+
+Facts = Mapping[str, object]
+Truth = Union[bool, None]  # None = unknown
+
+_CMP: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+def eval3(e: Expr, facts: Facts) -> Truth:
+    """Kleene evaluation of the AST on derived facts: True, False or None (unknown)."""
+    if isinstance(e, Cmp):
+        v = facts.get(e.num.key)
+        if v is None:
+            return None
+        assert isinstance(v, (int, float))
+        return _CMP[e.op](float(v), e.value)
+    if isinstance(e, Enum):
+        s = facts.get(e.field)
+        return None if s is None else s in e.values
+    if isinstance(e, Flag):
+        b = facts.get(e.key)
+        if b is None:
+            return None
+        return bool(b) == e.value
+    if isinstance(e, Present):
+        return bool(facts.get(e.key)) == e.value
+    if isinstance(e, Not):
+        t = eval3(e.item, facts)
+        return None if t is None else not t
+    if isinstance(e, And):
+        result: Truth = True
+        for i in e.items:
+            t = eval3(i, facts)
+            if t is False:
+                return False
+            if t is None:
+                result = None
+        return result
+    if isinstance(e, Or):
+        result = False
+        for i in e.items:
+            t = eval3(i, facts)
+            if t is True:
+                return True
+            if t is None:
+                result = None
+        return result
+    assert isinstance(e, Const)
+    return e.value
+
+
+def num_text(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def describe(lit: Literal, facts: Facts, vocab: Vocabulary) -> str:
+    """A literal in words with the value it read, e.g. ``sbp 186 mmHg ≥ 180``."""
+    if isinstance(lit, Cmp):
+        v = facts.get(lit.num.key)
+        unit = ""
+        if lit.num.kind in ("obs", "prev") and isinstance(lit.num.arg, str) and lit.num.arg in vocab.observations:
+            unit = " " + vocab.observations[lit.num.arg].unit
+        elif lit.num.kind in ("days", "days_on"):
+            unit = " days"
+        shown = "unknown" if v is None else f"{num_text(float(v))}{unit}"  # type: ignore[arg-type]
+        return f"{lit.num.text()} {shown} {SYMBOL[lit.op]} {num_text(lit.value)}"
+    if isinstance(lit, Enum):
+        return f"{lit.field} {facts.get(lit.field) or 'unknown'}"
+    if isinstance(lit, Flag):
+        if lit.kind == "pregnant":
+            return "pregnant" if lit.value else "not pregnant"
+        verb = {"finding": "", "dx": "diagnosed ", "on": "taking ", "allergy": "allergic to "}[lit.kind]
+        return f"{'' if lit.value else 'not '}{verb}{lit.arg}"
+    if lit.value:
+        return f"{lit.name} on record"
+    return f"no {lit.name} on record"
+
+
+def true_literals(e: Expr, facts: Facts) -> list[Literal]:
+    """The literals that made a TRUE expression true (for reasons); e must be in NNF."""
+    if isinstance(e, And):
+        return [lit for i in e.items for lit in true_literals(i, facts)]
+    if isinstance(e, Or):
+        for i in e.items:
+            if eval3(i, facts) is True:
+                return true_literals(i, facts)
+        return []
+    if isinstance(e, (Const, Not)):
+        return []
+    return [e] if eval3(e, facts) is True else []
+
+
+def blocking(e: Expr, facts: Facts) -> list[tuple[Literal, Truth]]:
+    """Why an expression is not TRUE: the false or unknown literals on the way (for --explain)."""
+    t = eval3(e, facts)
+    if t is True:
+        return []
+    if isinstance(e, And):
+        return [b for i in e.items for b in blocking(i, facts)]
+    if isinstance(e, Or):
+        out: list[tuple[Literal, Truth]] = []
+        for i in e.items:
+            out.extend(blocking(i, facts))
+        return out
+    if isinstance(e, (Const, Not)):
+        return []
+    return [(e, t)]

@@ -1,0 +1,137 @@
+"""Pydantic models of the pathway format; `carepath schema` prints their JSON Schema."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?$"
+RULE_ID = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
+ATC = r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$"
+NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Citation(_Strict):
+    guideline: str = Field(min_length=3, description="The guideline or specification, as a reader would look it up.")
+    year: int = Field(ge=1900, le=2100)
+    section: str = Field(min_length=1, description="Section, table or clause; say '[unconfirmed]' where not verified.")
+    url: str | None = None
+
+
+class Conversion(_Strict):
+    factor: float
+    offset: float = 0.0
+
+
+class ObservationDef(_Strict):
+    loinc: list[str] = Field(default_factory=list)
+    unit: str = Field(min_length=1)
+    range: tuple[float, float] = Field(description="Plausible range in the canonical unit; values outside are bad input.")
+    label: str | None = None
+    conversions: dict[str, Conversion] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> ObservationDef:
+        if self.range[0] > self.range[1]:
+            raise ValueError("range must be [low, high] with low <= high")
+        return self
+
+
+class Dictionary(_Strict):
+    observations: dict[Annotated[str, Field(pattern=NAME)], ObservationDef] = Field(default_factory=dict)
+    findings: list[Annotated[str, Field(pattern=NAME)]] = Field(default_factory=list)
+
+
+class TestRec(_Strict):
+    kind: Literal["test"]
+    code: str = Field(pattern=NAME, description="A dictionary observation name.")
+
+
+class MedicationRec(_Strict):
+    kind: Literal["medication"]
+    action: Literal["start", "titrate", "add", "switch", "stop", "avoid"]
+    atc: str = Field(pattern=ATC, description="ATC code or class prefix.")
+    name: str = Field(min_length=1)
+
+
+class ReferralRec(_Strict):
+    kind: Literal["referral"]
+    direction: Literal["up", "down"]
+    urgency: Literal["emergency", "priority", "routine"] | None = None
+    specialty: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _up_has_urgency(self) -> ReferralRec:
+        if self.direction == "up" and self.urgency is None:
+            raise ValueError("an up-referral needs an urgency: emergency, priority or routine")
+        return self
+
+
+class FollowUpRec(_Strict):
+    kind: Literal["follow_up"]
+    days: int = Field(ge=1, le=730)
+
+
+class AlertRec(_Strict):
+    kind: Literal["alert"]
+    severity: Literal["info", "warning", "critical"]
+    text: str = Field(min_length=1)
+
+
+Recommendation = Annotated[
+    Union[TestRec, MedicationRec, ReferralRec, FollowUpRec, AlertRec], Field(discriminator="kind")
+]
+
+
+class Rule(_Strict):
+    id: str = Field(pattern=RULE_ID, description="Stable id, unique across pathways, e.g. htn.crisis.bp.")
+    title: str | None = Field(default=None, description="Short words that start the reason text.")
+    when: str = Field(min_length=1, description="Condition in the carepath condition language.")
+    then: list[Recommendation] = Field(min_length=1)
+    citation: str = Field(min_length=1, description="A key of the pathway's citations.")
+    priority: int = Field(default=0, description="Settles declared conflicts between rules that can fire together.")
+    note: str | None = None
+
+
+class ChangelogEntry(_Strict):
+    version: str = Field(pattern=SEMVER)
+    date: date
+    change: str = Field(min_length=1)
+
+
+class Invariant(_Strict):
+    """A committee's property: given a condition, a recommendation pattern never / always appears."""
+
+    id: str = Field(pattern=RULE_ID)
+    given: str = Field(min_length=1)
+    never: dict[str, str | int] | None = None
+    always: dict[str, str | int] | None = None
+    citation: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Invariant:
+        if (self.never is None) == (self.always is None):
+            raise ValueError("an invariant has exactly one of 'never' or 'always'")
+        return self
+
+
+class Pathway(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    title: str = Field(min_length=1)
+    version: str = Field(pattern=SEMVER, description="Semantic version; changing a rule bumps it.")
+    status: Literal["draft", "active", "retired"]
+    owners: list[str] = Field(min_length=1)
+    applies_to: str = Field(min_length=1, description="Who is in the pathway; AND-ed into every rule.")
+    citations: dict[str, Citation] = Field(min_length=1)
+    dictionary: Dictionary = Field(default_factory=Dictionary)
+    emergency_findings: list[str] = Field(default_factory=list)
+    worse_is_higher: list[str] = Field(default_factory=list)
+    changelog: list[ChangelogEntry] = Field(default_factory=list)
+    rules: list[Rule] = Field(min_length=1)
+    invariants: list[Invariant] = Field(default_factory=list)

@@ -1,0 +1,417 @@
+"""Validate pathways: structure by pydantic, then the semantic checks a committee needs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from . import lang
+from .errors import Diagnostic, PathwayError
+from .lang import And, Cmp, Const, Enum, Expr, Flag, Or, Present, Vocabulary
+from .load import Located, YamlPath, load_file, load_text
+from .model import Dictionary, MedicationRec, Pathway, ReferralRec, Rule, TestRec
+
+DICTIONARY_FILE = "dictionary.yaml"
+
+
+@dataclass(frozen=True)
+class CheckedRule:
+    index: int
+    rule: Rule
+    when: Expr
+    condition: Expr  # applies_to AND when
+
+
+@dataclass(frozen=True)
+class CheckedPathway:
+    """A pathway that passed validation, with its parsed conditions and merged vocabulary."""
+
+    model: Pathway
+    file: str
+    source: str
+    sha256: str
+    vocab: Vocabulary
+    applies: Expr
+    rules: tuple[CheckedRule, ...]
+    invariants: tuple[tuple[int, Expr], ...]
+
+    @property
+    def id(self) -> str:
+        return self.model.id
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+
+# ---------------------------------------------------------------- structure
+
+
+def _real_path(data: Any, loc: tuple[Any, ...]) -> YamlPath:
+    """Map a pydantic error location onto the YAML path (dropping union tags like 'medication')."""
+    out: list[str | int] = []
+    cur = data
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(part, str) and isinstance(cur, dict) and part not in cur:
+            # a missing field or a discriminator tag; keep real missing fields
+            if part in {"function-after", "function-before"} or part[:1].isupper() or "[" in part:
+                continue
+            if isinstance(cur.get("kind"), str) and part == cur.get("kind"):
+                continue
+            out.append(part)
+            cur = None
+        else:
+            continue
+    return tuple(out)
+
+
+def _structure_errors(loc: Located, exc: ValidationError) -> list[Diagnostic]:
+    diags = []
+    for err in exc.errors():
+        path = _real_path(loc.data, tuple(err["loc"]))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (not part of the pathway format)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        diags.append(loc.diag(path, msg))
+    return diags
+
+
+def load_vocabulary(path: Path) -> Vocabulary:
+    loc = load_file(path, str(path))
+    try:
+        d = Dictionary.model_validate(loc.data)
+    except ValidationError as exc:
+        raise PathwayError(_structure_errors(loc, exc)) from None
+    return merge_vocabulary(Vocabulary({}, frozenset()), d)
+
+
+def merge_vocabulary(base: Vocabulary, add: Dictionary) -> Vocabulary:
+    obs = dict(base.observations)
+    for code, od in add.observations.items():
+        obs[code] = lang.ObsDef(
+            code=code,
+            unit=od.unit,
+            lo=od.range[0],
+            hi=od.range[1],
+            loinc=tuple(od.loinc),
+            label=od.label or code,
+            conversions={u: (c.factor, c.offset) for u, c in od.conversions.items()},
+        )
+    return Vocabulary(obs, base.findings | frozenset(add.findings))
+
+
+# ---------------------------------------------------------------- satisfiability
+
+_MAX_TERMS = 2048
+
+
+def _dnf(e: Expr) -> list[list[lang.Literal]] | None:
+    """Disjunctive normal form of an NNF expression; None when it would be too large."""
+    if isinstance(e, Const):
+        return [[]] if e.value else []
+    if isinstance(e, Or):
+        out: list[list[lang.Literal]] = []
+        for i in e.items:
+            d = _dnf(i)
+            if d is None:
+                return None
+            out.extend(d)
+            if len(out) > _MAX_TERMS:
+                return None
+        return out
+    if isinstance(e, And):
+        acc: list[list[lang.Literal]] = [[]]
+        for i in e.items:
+            d = _dnf(i)
+            if d is None or len(acc) * len(d) > _MAX_TERMS:
+                return None
+            acc = [a + b for a in acc for b in d]
+        return acc
+    assert not isinstance(e, lang.Not)
+    return [[e]]
+
+
+def _domain(num: lang.Num, vocab: Vocabulary) -> tuple[float, float]:
+    if num.kind in ("obs", "prev") and isinstance(num.arg, str) and num.arg in vocab.observations:
+        od = vocab.observations[num.arg]
+        return od.lo, od.hi
+    if num.kind == "field":
+        return lang.NUMERIC_FIELDS[str(num.arg)]
+    if num.kind == "count":
+        return 0.0, float(len(num.arg))
+    return 0.0, math.inf
+
+
+def _consistent(term: list[lang.Literal], vocab: Vocabulary) -> bool:
+    bounds: dict[str, list[float | bool]] = {}  # key -> [lo, lo_strict, hi, hi_strict]
+    present: dict[str, bool] = {}
+    flags: dict[str, tuple[str, str, bool]] = {}
+    enums: dict[str, frozenset[str]] = {}
+    for lit in term:
+        if isinstance(lit, Cmp):
+            key = lit.num.key
+            if lit.num.kind in ("obs", "prev", "days"):
+                pkey = f"h_{lit.num.arg}"
+                if present.get(pkey) is False:
+                    return False
+                present[pkey] = True
+            if lit.num.kind == "field":
+                pkey = f"h_{lit.num.arg}"
+                if present.get(pkey) is False:
+                    return False
+                present[pkey] = True
+            lo, hi = _domain(lit.num, vocab)
+            b = bounds.setdefault(key, [lo, False, hi, False])
+            v = lit.value
+            if lit.num.integer:
+                if lit.op == ">":
+                    v, op = math.floor(v) + 1, ">="
+                elif lit.op == "<":
+                    v, op = math.ceil(v) - 1, "<="
+                else:
+                    op = lit.op
+            else:
+                op = lit.op
+            if op == "==":
+                ops = [(">=", v), ("<=", v)]
+            elif op == "!=":
+                continue
+            else:
+                ops = [(op, v)]
+            for o, val in ops:
+                if o in (">", ">="):
+                    strict = o == ">"
+                    if val > b[0] or (val == b[0] and strict):  # type: ignore[operator]
+                        b[0], b[1] = val, strict
+                else:
+                    strict = o == "<"
+                    if val < b[2] or (val == b[2] and strict):  # type: ignore[operator]
+                        b[2], b[3] = val, strict
+            if b[0] > b[2] or (b[0] == b[2] and (b[1] or b[3])):  # type: ignore[operator]
+                return False
+        elif isinstance(lit, Present):
+            if present.get(lit.key, lit.value) != lit.value:
+                return False
+            present[lit.key] = lit.value
+        elif isinstance(lit, Enum):
+            cur = enums.get(lit.field, lit.values) & lit.values
+            if not cur:
+                return False
+            enums[lit.field] = cur
+            pkey = f"h_{lit.field}"
+            if present.get(pkey) is False:
+                return False
+            present[pkey] = True
+        elif isinstance(lit, Flag):
+            if lit.kind == "pregnant":
+                if present.get("h_pregnant") is False:
+                    return False
+                present["h_pregnant"] = True
+            prev = flags.get(lit.key)
+            if prev is not None and prev[2] != lit.value:
+                return False
+            flags[lit.key] = (lit.kind, lit.arg, lit.value)
+    # prefix implications: taking C09AA implies taking C09A; a diagnosis likewise
+    for (k1, a1, v1), (k2, a2, v2) in itertools.permutations(flags.values(), 2):
+        if k1 == k2 and k1 in ("dx", "on") and v1 and not v2 and a1.startswith(a2):
+            return False
+    return True
+
+
+def satisfiable(e: Expr, vocab: Vocabulary) -> bool:
+    """Whether some case makes ``e`` TRUE; errs towards True when the check is too large."""
+    d = _dnf(lang.nnf(e))
+    if d is None:
+        return True
+    return any(_consistent(t, vocab) for t in d)
+
+
+# ---------------------------------------------------------------- semantic checks
+
+
+def _overlap(a: str, b: str) -> bool:
+    return a.startswith(b) or b.startswith(a)
+
+
+_STARTS = {"start", "add", "titrate", "switch"}
+
+
+def _contradiction(r1: Rule, r2: Rule) -> str | None:
+    for x, y in itertools.product(r1.then, r2.then):
+        if isinstance(x, MedicationRec) and isinstance(y, MedicationRec) and _overlap(x.atc, y.atc):
+            acts = {x.action, y.action}
+            if acts & _STARTS and acts & {"avoid", "stop"}:
+                return f"{x.action} {x.atc} vs {y.action} {y.atc}"
+        if isinstance(x, ReferralRec) and isinstance(y, ReferralRec) and x.direction != y.direction:
+            return "up-referral vs down-referral"
+    return None
+
+
+def _parse(
+    loc: Located, path: YamlPath, text: str, vocab: Vocabulary, diags: list[Diagnostic]
+) -> Expr | None:
+    try:
+        expr, errs = lang.parse(text, vocab)
+    except lang.ParseError as exc:
+        diags.append(loc.diag(path, exc.message, exc.offset))
+        return None
+    for err in errs:
+        diags.append(loc.diag(path, err.message, err.offset))
+    return None if errs else expr
+
+
+def check_pathway(loc: Located, base: Vocabulary) -> tuple[CheckedPathway | None, list[Diagnostic]]:
+    """Validate one loaded pathway; return it (if clean) and every diagnostic found."""
+    try:
+        model = Pathway.model_validate(loc.data)
+    except ValidationError as exc:
+        return None, _structure_errors(loc, exc)
+    diags: list[Diagnostic] = []
+    for i, code in enumerate(model.dictionary.observations):
+        if code in base.observations:
+            diags.append(loc.diag(("dictionary", "observations", code), f"observation {code!r} is already in the shared dictionary"))
+    vocab = merge_vocabulary(base, model.dictionary)
+    applies = _parse(loc, ("applies_to",), model.applies_to, vocab, diags)
+    for i, f in enumerate(model.emergency_findings):
+        if f not in vocab.findings:
+            diags.append(loc.diag(("emergency_findings", i), f"unknown finding {f!r}" + lang.did_you_mean(f, vocab.findings)))
+    for i, o in enumerate(model.worse_is_higher):
+        if o not in vocab.observations:
+            diags.append(loc.diag(("worse_is_higher", i), f"unknown observation {o!r}" + lang.did_you_mean(o, vocab.observations)))
+    rules: list[CheckedRule] = []
+    seen: dict[str, int] = {}
+    for i, rule in enumerate(model.rules):
+        rp: YamlPath = ("rules", i)
+        if rule.id in seen:
+            diags.append(loc.diag((*rp, "id"), f"duplicate rule id {rule.id!r} (first at rules[{seen[rule.id]}])"))
+        seen.setdefault(rule.id, i)
+        if rule.citation not in model.citations:
+            diags.append(
+                loc.diag((*rp, "citation"), f"unknown citation {rule.citation!r}" + lang.did_you_mean(rule.citation, model.citations))
+            )
+        for j, rec in enumerate(rule.then):
+            if isinstance(rec, TestRec) and rec.code not in vocab.observations:
+                diags.append(
+                    loc.diag((*rp, "then", j, "code"), f"unknown observation {rec.code!r}" + lang.did_you_mean(rec.code, vocab.observations))
+                )
+        when = _parse(loc, (*rp, "when"), rule.when, vocab, diags)
+        if when is None or applies is None:
+            continue
+        cond = lang.conj(applies, when)
+        if not satisfiable(cond, vocab):
+            diags.append(loc.diag((*rp, "when"), "this condition can never be true (together with applies_to)"))
+            continue
+        rules.append(CheckedRule(i, rule, when, cond))
+    for a, b in itertools.combinations(rules, 2):
+        why = _contradiction(a.rule, b.rule)
+        if why and a.rule.priority == b.rule.priority and satisfiable(lang.conj(a.condition, b.condition), vocab):
+            diags.append(
+                loc.diag(
+                    ("rules", b.index, "when"),
+                    f"can fire together with rules[{a.index}] ({a.rule.id}) with a contradictory recommendation "
+                    f"({why}); make the conditions exclusive or declare different priorities",
+                )
+            )
+    invariants: list[tuple[int, Expr]] = []
+    for i, inv in enumerate(model.invariants):
+        if inv.citation is not None and inv.citation not in model.citations:
+            diags.append(loc.diag(("invariants", i, "citation"), f"unknown citation {inv.citation!r}" + lang.did_you_mean(inv.citation, model.citations)))
+        g = _parse(loc, ("invariants", i, "given"), inv.given, vocab, diags)
+        if g is not None:
+            invariants.append((i, g))
+    if diags or applies is None:
+        return None, diags
+    checked = CheckedPathway(
+        model=model,
+        file=loc.file,
+        source=loc.text,
+        sha256=loc.sha256,
+        vocab=vocab,
+        applies=applies,
+        rules=tuple(rules),
+        invariants=tuple(invariants),
+    )
+    return checked, []
+
+
+def pathway_files(paths: Sequence[Path | str]) -> list[Path]:
+    """Expand directories into their pathway files (every *.yaml except the dictionary)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.glob("*.y*ml") if f.name != DICTIONARY_FILE and f.suffix in (".yaml", ".yml")))
+        else:
+            out.append(p)
+    return out
+
+
+def find_dictionary(files: Sequence[Path], default_dir: Path) -> Path:
+    for f in files:
+        cand = f.parent / DICTIONARY_FILE
+        if cand.exists():
+            return cand
+    return default_dir / DICTIONARY_FILE
+
+
+def check_set(locs: Sequence[Located], base: Vocabulary) -> tuple[list[CheckedPathway], list[Diagnostic]]:
+    """Validate several pathways together: each alone, then ids unique across the set."""
+    checked: list[CheckedPathway] = []
+    diags: list[Diagnostic] = []
+    ids: dict[str, str] = {}
+    rule_ids: dict[str, str] = {}
+    for loc in locs:
+        cp, d = check_pathway(loc, base)
+        diags.extend(d)
+        if cp is None:
+            continue
+        if cp.id in ids:
+            diags.append(loc.diag(("id",), f"pathway id {cp.id!r} is also used by {ids[cp.id]}"))
+        ids.setdefault(cp.id, cp.file)
+        for r in cp.rules:
+            if r.rule.id in rule_ids:
+                diags.append(loc.diag(("rules", r.index, "id"), f"rule id {r.rule.id!r} is also used in {rule_ids[r.rule.id]}"))
+            rule_ids.setdefault(r.rule.id, cp.file)
+        checked.append(cp)
+    return checked, diags
+
+
+def validate_paths(paths: Sequence[Path | str], default_dir: Path) -> tuple[list[CheckedPathway], list[Diagnostic]]:
+    """Load and validate files and directories; collect every diagnostic rather than stopping at the first."""
+    files = pathway_files(paths)
+    diags: list[Diagnostic] = []
+    if not files:
+        return [], [Diagnostic(str(paths[0]) if paths else ".", 1, 1, "", "no pathway files found")]
+    try:
+        base = load_vocabulary(find_dictionary(files, default_dir))
+    except PathwayError as exc:
+        return [], exc.diagnostics
+    locs: list[Located] = []
+    for f in files:
+        try:
+            locs.append(load_file(f, str(f)))
+        except PathwayError as exc:
+            diags.extend(exc.diagnostics)
+    checked, more = check_set(locs, base)
+    return checked, sorted(diags + more)
+
+
+def validate_source(text: str, file: str, base: Vocabulary) -> tuple[CheckedPathway | None, list[Diagnostic]]:
+    """Validate pathway text (for the gRPC ValidatePathway call and editors)."""
+    try:
+        loc = load_text(text, file)
+    except PathwayError as exc:
+        return None, exc.diagnostics
+    return check_pathway(loc, base)
