@@ -91,7 +91,13 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif not part.startswith(("function-", "lax-", "strict-")) and part not in ("int", "float", "str", "bool", "date", "none"):
+        elif not part.startswith(("function-", "lax-", "strict-")) and part not in (
+            "int",
+            "float",
+            "str",
+            "bool",
+            "none",
+        ):
             out += f".{part}" if out else part
     return out
 
@@ -102,6 +108,8 @@ def _message(err: Any) -> str:
         return "unknown field"
     if t == "missing":
         return "required field is missing"
+    if t == "too_long" and isinstance(err.get("input"), str):
+        return f"must be at most {err['ctx']['max_length']} characters"
     msg = str(err["msg"])
     return msg.removeprefix("Value error, ")
 
@@ -152,7 +160,9 @@ def validate_case(data: Any, vocab: Vocabulary) -> tuple[Case, list[tuple[str, f
             continue
         if not od.lo <= value <= od.hi:
             bad.append(
-                FieldViolation(f"{where}.value", f"{code} {o.value:g} {o.unit} is outside the plausible range {od.lo:g}–{od.hi:g} {od.unit}")
+                FieldViolation(
+                    f"{where}.value", f"{code} {o.value:g} {o.unit} is outside the plausible range {od.lo:g}–{od.hi:g} {od.unit}"
+                )
             )
         if o.date > case.as_of:
             bad.append(FieldViolation(f"{where}.date", f"{o.date.isoformat()} is after as_of {case.as_of.isoformat()}"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
@@ -103,7 +104,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("schema", lambda p: p.add_argument("--case", action="store_true", help="print the case schema instead"))
+def _schema_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--case", action="store_true", help="print the case schema instead")
+
+
+@command("schema", _schema_setup)
 def _schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of the pathway format (or --case)."""
     from .case import Case
@@ -125,8 +130,11 @@ def _load_plugins() -> None:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
-            if exc.name is None or not mod.startswith(exc.name):
-                raise
+            if exc.name is not None and mod.startswith(exc.name):
+                continue  # that part of carepath is not installed
+            print(f"carepath: the {mod} commands are unavailable: {exc}", file=sys.stderr)
+        except ImportError as exc:
+            print(f"carepath: the {mod} commands are unavailable: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

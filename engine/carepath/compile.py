@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import lang
 from .lang import And, Cmp, Const, Enum, Expr, Flag, Not, Or, Present, Truth

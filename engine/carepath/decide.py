@@ -98,9 +98,7 @@ def decide(
                     od = cp.vocab.observations[rec.code]
                     if od.loinc:
                         body["loinc"] = od.loinc[0]
-                recs.append(
-                    _Rec(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, reason, _citation(cp, cr.rule.citation), vals)
-                )
+                recs.append(_Rec(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, reason, _citation(cp, cr.rule.citation), vals))
 
     def suppress(r: _Rec, why: str) -> None:
         notes.setdefault(r.rule, []).append(f"{_label(r)}: {why}")
@@ -178,9 +176,9 @@ def decide(
             merged[key] = _Rec(r.body, r.order, r.priority, r.rule, r.reason, r.citation, dict(r.values), [r.rule], [r.reason])
     out = []
     for r in sorted(merged.values(), key=_sort_key):
-        rec = dict(r.body)
-        rec.update(rule=r.rule, rules=r.rules, reason="; ".join(r.reasons), citation=r.citation, values=r.values)
-        out.append(rec)
+        out_rec = dict(r.body)
+        out_rec.update(rule=r.rule, rules=r.rules, reason="; ".join(r.reasons), citation=r.citation, values=r.values)
+        out.append(out_rec)
     for t in trace:
         if t["rule"] in notes:
             t["suppressed"] = notes[t["rule"]]
@@ -230,5 +228,3 @@ def _sort_key(r: _Rec) -> tuple[object, ...]:
     if r.kind == "test":
         return (k, 0, b["code"])
     return (k, 0, "")
-
-

@@ -35,9 +35,7 @@ class Features:
             elif isinstance(lit, lang.Present) and lit.kind == "obs":
                 self.observations.add(lit.name)
             elif isinstance(lit, lang.Flag):
-                {"finding": self.findings, "dx": self.dx, "on": self.on, "allergy": self.allergy}.get(
-                    lit.kind, set()
-                ).add(lit.arg)
+                {"finding": self.findings, "dx": self.dx, "on": self.on, "allergy": self.allergy}.get(lit.kind, set()).add(lit.arg)
 
 
 def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> dict[str, object]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 from durable.engine import Host
 
@@ -67,11 +68,9 @@ class Engine:
             name, definition = comp.durable_ruleset(conds, self._fired.append)
             self._host.set_rulesets(definition)
             keys = set().union(*(comp.fact_keys(lang.nnf(c)) for c in conds)) if conds else set()
-            self._compiled.append(
-                _Compiled(cp, name, tuple(sorted(keys)), comp.reference(cp.applies), [comp.reference(c) for c in conds])
-            )
-        for c in self._compiled:  # rulesets register lazily on the first post: warm them up now
-            self._post(c, {})
+            self._compiled.append(_Compiled(cp, name, tuple(sorted(keys)), comp.reference(cp.applies), [comp.reference(c) for c in conds]))
+        for compiled in self._compiled:  # rulesets register lazily on the first post: warm them up now
+            self._post(compiled, {})
         self._fired.clear()
 
     @classmethod
@@ -111,7 +110,9 @@ class Engine:
             self._host.delete_state(c.ruleset, sid)
         return sorted(set(self._fired))  # an OR fires once per true branch
 
-    def fire(self, facts: dict[str, object], pathway_ids: Sequence[str] | None = None, backend: Backend = "durable") -> list[tuple[int, _Compiled, list[int]]]:
+    def fire(
+        self, facts: dict[str, object], pathway_ids: Sequence[str] | None = None, backend: Backend = "durable"
+    ) -> list[tuple[int, _Compiled, list[int]]]:
         """The indices of the rules that fire in each selected pathway."""
         selected = self._select(pathway_ids)
         out = []

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Union
 
 # ---------------------------------------------------------------- vocabulary
 
@@ -169,8 +169,8 @@ class Const:
     span: Span = (0, 0)
 
 
-Literal = Union[Cmp, Enum, Flag, Present]
-Expr = Union[Cmp, Enum, Flag, Present, Not, And, Or, Const]
+Literal = Cmp | Enum | Flag | Present
+Expr = Cmp | Enum | Flag | Present | Not | And | Or | Const
 
 
 def sanitize(code: str) -> str:
@@ -234,7 +234,7 @@ class _Parser:
     def peek(self) -> tuple[str, str, int, int]:
         if self._peeked is None:
             m = _TOKEN.match(self.text, self.pos)
-            if m is None or m.end() == self.pos and self.pos < len(self.text):
+            if m is None or (m.end() == self.pos and self.pos < len(self.text)):
                 rest = self.text[self.pos :].lstrip()
                 if not rest:
                     self._peeked = ("eof", "", len(self.text), len(self.text))
@@ -525,7 +525,7 @@ def literals(e: Expr) -> list[Literal]:
 # ---------------------------------------------------------------- three-valued evaluation
 
 Facts = Mapping[str, object]
-Truth = Union[bool, None]  # None = unknown
+Truth = bool | None  # None = unknown
 
 _CMP: dict[str, Callable[[float, float], bool]] = {
     "<": lambda a, b: a < b,

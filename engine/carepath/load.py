@@ -81,9 +81,7 @@ def _walk(node: yaml.Node, path: YamlPath, loc: Located, errors: list[Diagnostic
             key = str(key_node.value)
             if key in seen:
                 line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                errors.append(
-                    Diagnostic(loc.file, line, col, format_path((*path, key)), f"duplicate key {key!r}")
-                )
+                errors.append(Diagnostic(loc.file, line, col, format_path((*path, key)), f"duplicate key {key!r}"))
             seen.add(key)
             _walk(value_node, (*path, key), loc, errors)
 

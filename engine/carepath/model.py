@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -84,9 +84,7 @@ class AlertRec(_Strict):
     text: str = Field(min_length=1)
 
 
-Recommendation = Annotated[
-    Union[TestRec, MedicationRec, ReferralRec, FollowUpRec, AlertRec], Field(discriminator="kind")
-]
+Recommendation = Annotated[TestRec | MedicationRec | ReferralRec | FollowUpRec | AlertRec, Field(discriminator="kind")]
 
 
 class Rule(_Strict):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -76,12 +77,23 @@ def _real_path(data: Any, loc: tuple[Any, ...]) -> YamlPath:
     return tuple(out)
 
 
+_PATTERN_HELP = {
+    "atc": "is not an ATC code or class prefix (e.g. C09AA)",
+    "version": "is not a semantic version (e.g. 1.2.0)",
+    "id": "is not a valid id (lowercase, dotted for rules: e.g. htn.crisis.bp)",
+    "code": "is not a dictionary name (lowercase letters, digits, _)",
+}
+
+
 def _structure_errors(loc: Located, exc: ValidationError) -> list[Diagnostic]:
     diags = []
     for err in exc.errors():
         path = _real_path(loc.data, tuple(err["loc"]))
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        last = path[-1] if path else ""
+        if err["type"] == "string_pattern_mismatch" and last in _PATTERN_HELP:
+            msg = f"{err['input']!r} {_PATTERN_HELP[str(last)]}"
+        elif err["type"] == "extra_forbidden":
             msg = "unknown field (not part of the pathway format)"
         elif err["type"] == "missing":
             msg = "required field is missing"
@@ -194,13 +206,13 @@ def _consistent(term: list[lang.Literal], vocab: Vocabulary) -> bool:
             for o, val in ops:
                 if o in (">", ">="):
                     strict = o == ">"
-                    if val > b[0] or (val == b[0] and strict):  # type: ignore[operator]
+                    if val > b[0] or (val == b[0] and strict):
                         b[0], b[1] = val, strict
                 else:
                     strict = o == "<"
-                    if val < b[2] or (val == b[2] and strict):  # type: ignore[operator]
+                    if val < b[2] or (val == b[2] and strict):
                         b[2], b[3] = val, strict
-            if b[0] > b[2] or (b[0] == b[2] and (b[1] or b[3])):  # type: ignore[operator]
+            if b[0] > b[2] or (b[0] == b[2] and (b[1] or b[3])):
                 return False
         elif isinstance(lit, Present):
             if present.get(lit.key, lit.value) != lit.value:
@@ -260,9 +272,7 @@ def _contradiction(r1: Rule, r2: Rule) -> str | None:
     return None
 
 
-def _parse(
-    loc: Located, path: YamlPath, text: str, vocab: Vocabulary, diags: list[Diagnostic]
-) -> Expr | None:
+def _parse(loc: Located, path: YamlPath, text: str, vocab: Vocabulary, diags: list[Diagnostic]) -> Expr | None:
     try:
         expr, errs = lang.parse(text, vocab)
     except lang.ParseError as exc:
@@ -280,7 +290,7 @@ def check_pathway(loc: Located, base: Vocabulary) -> tuple[CheckedPathway | None
     except ValidationError as exc:
         return None, _structure_errors(loc, exc)
     diags: list[Diagnostic] = []
-    for i, code in enumerate(model.dictionary.observations):
+    for code in model.dictionary.observations:
         if code in base.observations:
             diags.append(loc.diag(("dictionary", "observations", code), f"observation {code!r} is already in the shared dictionary"))
     vocab = merge_vocabulary(base, model.dictionary)
@@ -305,7 +315,10 @@ def check_pathway(loc: Located, base: Vocabulary) -> tuple[CheckedPathway | None
         for j, rec in enumerate(rule.then):
             if isinstance(rec, TestRec) and rec.code not in vocab.observations:
                 diags.append(
-                    loc.diag((*rp, "then", j, "code"), f"unknown observation {rec.code!r}" + lang.did_you_mean(rec.code, vocab.observations))
+                    loc.diag(
+                        (*rp, "then", j, "code"),
+                        f"unknown observation {rec.code!r}" + lang.did_you_mean(rec.code, vocab.observations),
+                    )
                 )
         when = _parse(loc, (*rp, "when"), rule.when, vocab, diags)
         if when is None or applies is None:
@@ -328,7 +341,12 @@ def check_pathway(loc: Located, base: Vocabulary) -> tuple[CheckedPathway | None
     invariants: list[tuple[int, Expr]] = []
     for i, inv in enumerate(model.invariants):
         if inv.citation is not None and inv.citation not in model.citations:
-            diags.append(loc.diag(("invariants", i, "citation"), f"unknown citation {inv.citation!r}" + lang.did_you_mean(inv.citation, model.citations)))
+            diags.append(
+                loc.diag(
+                    ("invariants", i, "citation"),
+                    f"unknown citation {inv.citation!r}" + lang.did_you_mean(inv.citation, model.citations),
+                )
+            )
         g = _parse(loc, ("invariants", i, "given"), inv.given, vocab, diags)
         if g is not None:
             invariants.append((i, g))

@@ -1,0 +1,99 @@
+"""Per-case cost of carepath (validate, derive, post, decide) against posting the same derived
+facts straight into the same compiled durable-rules rulesets, side by side in one run.
+
+    python bench/bench_engine.py [--pathways DIR] [--cases N]
+
+Prints p50/p99 per case for both and the ratio. Cases come from the golden scenarios when
+present (tests/scenarios), else from the example case in the contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from carepath.evaluate import Engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXAMPLE: dict[str, Any] = {
+    "patient_id": "p-0001",
+    "as_of": "2026-11-24",
+    "setting": "community",
+    "age": 58,
+    "sex": "female",
+    "pregnant": False,
+    "conditions": ["I10", "E11.9"],
+    "observations": [
+        {"code": "sbp", "value": 162, "unit": "mmHg", "date": "2026-11-20"},
+        {"code": "dbp", "value": 98, "unit": "mmHg", "date": "2026-11-20"},
+        {"code": "hba1c", "value": 8.4, "unit": "%", "date": "2026-09-02"},
+        {"code": "egfr", "value": 52, "unit": "mL/min/1.73m2", "date": "2026-09-02"},
+    ],
+    "medications": [{"atc": "A10BA02", "name": "metformin", "dose_mg_per_day": 1000, "since": "2025-03-01"}],
+    "allergies": ["C09AA"],
+    "findings": ["severe_headache"],
+    "smi_risk_grade": None,
+}
+
+
+def load_cases() -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = []
+    try:
+        from carepath.scenarios import iter_scenarios  # type: ignore[attr-defined]
+
+        cases = [s.case for s in iter_scenarios(ROOT / "tests" / "scenarios")]
+    except Exception:  # scenarios not available: fall back to the contract's example
+        cases = []
+    return cases or [EXAMPLE]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pathways", default=None)
+    ap.add_argument("--cases", type=int, default=20000, help="evaluations per side")
+    args = ap.parse_args()
+    engine = Engine.from_directory(args.pathways)
+    cases = load_cases()
+    facts = [engine.prepare(c)[1] for c in cases]
+    n = args.cases
+    full: list[float] = []
+    raw: list[float] = []
+    gc.disable()
+    for i in range(200):  # warm-up both paths
+        engine.evaluate(cases[i % len(cases)])
+        engine.fire(facts[i % len(facts)])
+    for i in range(n):  # interleave so both see the same machine noise
+        c, f = cases[i % len(cases)], facts[i % len(facts)]
+        t0 = time.perf_counter()
+        engine.fire(f)
+        t1 = time.perf_counter()
+        engine.evaluate(c)
+        t2 = time.perf_counter()
+        raw.append(t1 - t0)
+        full.append(t2 - t1)
+        if i % 1000 == 999:
+            gc.collect()
+    gc.enable()
+    rules = sum(len(p.rules) for p in engine.pathways)
+    print(
+        f"pathways: {', '.join(f'{p.id} {p.version}' for p in engine.pathways)} ({rules} rules); {len(cases)} distinct cases; {n} runs each"
+    )
+    print(f"{'':28}{'p50 µs':>10}{'p99 µs':>10}{'mean µs':>10}")
+    for label, xs in (("durable-rules post (raw)", raw), ("carepath evaluate (total)", full)):
+        print(f"{label:28}{pct(xs, 0.5) * 1e6:10.0f}{pct(xs, 0.99) * 1e6:10.0f}{statistics.fmean(xs) * 1e6:10.0f}")
+    print(f"ratio total/raw: p50 {pct(full, 0.5) / pct(raw, 0.5):.2f}x  p99 {pct(full, 0.99) / pct(raw, 0.99):.2f}x  (target <= 3x)")
+    print(f"carepath p99 {pct(full, 0.99) * 1e3:.3f} ms (target < 2 ms)")
+
+
+if __name__ == "__main__":
+    main()
