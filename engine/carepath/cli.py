@@ -122,11 +122,25 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_plugins() -> None:
-    """Import modules that register further commands; a missing optional module is skipped."""
+# Commands that live in other modules, imported only when asked for (grpc is slow to import).
+PLUGINS = {
+    "docs": "carepath.docs_cli",
+    "serve": "carepath.service.cli",
+    "call": "carepath.service.cli",
+    "check": "carepath.testing.cli",
+    "synth": "carepath.population.cli",
+    "batch": "carepath.population.cli",
+    "report": "carepath.population.cli",
+}
+
+
+def _load_plugins(argv: Sequence[str]) -> None:
+    """Import the module of the command asked for (all of them for --help); a missing one is skipped."""
     import importlib
 
-    for mod in ("carepath.docs_cli", "carepath.service.cli", "carepath.testing.cli", "carepath.population.cli"):
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    mods = [PLUGINS[wanted]] if wanted in PLUGINS else ([] if wanted in _COMMANDS else sorted(set(PLUGINS.values())))
+    for mod in mods:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -138,7 +152,8 @@ def _load_plugins() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_plugins()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _load_plugins(argv)
     parser = argparse.ArgumentParser(prog="carepath", description="Clinical-pathway decision support on durable-rules.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (setup, fn) in _COMMANDS.items():

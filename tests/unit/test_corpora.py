@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from carepath.errors import CaseError
 from carepath.evaluate import Engine
 from carepath.validate import load_vocabulary, validate_source

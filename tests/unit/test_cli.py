@@ -1,0 +1,65 @@
+"""The CLI as a user runs it: exit codes, stdout/stderr, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "pathways"
+BROKEN = Path(__file__).parent / "broken_pathways"
+CASE = Path(__file__).parent / "bad_cases" / "01-missing-patient-id.json"
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "carepath.cli", *args], capture_output=True, text=True, input=stdin, timeout=60)
+
+
+def example_case() -> str:
+    case = json.loads(CASE.read_text())
+    case["patient_id"] = "p-0001"
+    return json.dumps(case)
+
+
+def test_validate_clean_exits_0() -> None:
+    r = run("validate", str(FIXTURES))
+    assert r.returncode == 0, r.stderr
+    assert "mini_htn 0.1.0" in r.stdout
+
+
+def test_validate_reports_all_errors_and_exits_1() -> None:
+    files = sorted(BROKEN.glob("0[1-4]-*.yaml"))
+    r = run("validate", *map(str, files))
+    assert r.returncode == 1
+    assert len([ln for ln in r.stderr.splitlines() if ":" in ln and ln.startswith(str(BROKEN))]) >= 4
+    assert "Traceback" not in r.stderr
+
+
+def test_evaluate_from_stdin_prints_decision_json() -> None:
+    r = run("evaluate", "--pathways", str(FIXTURES), "-", stdin=example_case())
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["patient_id"] == "p-0001"
+    assert any(rec["kind"] == "referral" for rec in d["recommendations"])
+
+
+def test_evaluate_bad_case_names_field_without_traceback() -> None:
+    r = run("evaluate", "--pathways", str(FIXTURES), str(CASE))
+    assert r.returncode == 2
+    assert r.stderr.startswith("case error: patient_id: required field is missing")
+    assert "Traceback" not in r.stderr
+
+
+def test_evaluate_missing_file_is_a_clear_error() -> None:
+    r = run("evaluate", "--pathways", str(FIXTURES), "/nonexistent/case.json")
+    assert r.returncode == 2
+    assert "cannot read /nonexistent/case.json" in r.stderr
+
+
+def test_schema_is_json_schema_of_the_pathway_format() -> None:
+    r = run("schema")
+    schema = json.loads(r.stdout)
+    assert schema["title"] == "carepath pathway"
+    assert {"id", "version", "rules", "citations"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False

@@ -1,0 +1,163 @@
+"""Evaluate and decide on the fixture pathway: the conflict policy, determinism, sessions, explain."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carepath.cli import dumps
+from carepath.errors import UnknownPathwayError
+from carepath.evaluate import Engine
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "pathways"
+
+BASE: dict[str, Any] = {
+    "patient_id": "p-0001",
+    "as_of": "2026-11-24",
+    "setting": "community",
+    "age": 58,
+    "sex": "female",
+    "pregnant": False,
+    "conditions": ["I10"],
+    "observations": [
+        {"code": "sbp", "value": 162, "unit": "mmHg", "date": "2026-11-20"},
+        {"code": "dbp", "value": 98, "unit": "mmHg", "date": "2026-11-20"},
+        {"code": "potassium", "value": 4.1, "unit": "mmol/L", "date": "2026-09-02"},
+        {"code": "egfr", "value": 52, "unit": "mL/min/1.73m2", "date": "2026-09-02"},
+    ],
+    "medications": [],
+    "allergies": [],
+    "findings": [],
+    "smi_risk_grade": None,
+}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.from_directory(FIXTURES)
+
+
+def case(**changes: Any) -> dict[str, Any]:
+    c = copy.deepcopy(BASE)
+    c.update(changes)
+    return c
+
+
+def kinds(decision: dict[str, Any]) -> list[tuple[Any, ...]]:
+    out = []
+    for r in decision["recommendations"]:
+        key = {"referral": "urgency", "medication": "action", "test": "code", "follow_up": "days", "alert": "severity"}[r["kind"]]
+        out.append((r["kind"], r.get(key), r.get("atc")))
+    return out
+
+
+def test_uncontrolled_bp_starts_acei_with_k_check_and_two_week_follow_up(engine: Engine) -> None:
+    d = engine.evaluate(case())
+    assert ("medication", "start", "C09AA") in kinds(d)
+    assert ("test", "potassium", None) in kinds(d)
+    assert ("follow_up", 14, None) in kinds(d)
+    start = next(r for r in d["recommendations"] if r["kind"] == "medication")
+    assert start["rule"] == "mini.start_acei"
+    assert start["values"]["sbp"] == 162
+    assert "sbp 162 mmHg ≥ 140" in start["reason"]
+    assert start["citation"].startswith("National Basic Public Health Service")
+
+
+def test_emergency_beats_everything(engine: Engine) -> None:
+    d = engine.evaluate(case(findings=["severe_headache"]))
+    ks = kinds(d)
+    assert ("referral", "emergency", None) in ks
+    assert not any(k[0] == "medication" and k[1] == "start" for k in ks)
+    assert not any(k[0] == "test" for k in ks)
+    suppressed = [s for t in d["trace"] for s in t.get("suppressed", [])]
+    assert any("emergency up-referral" in s for s in suppressed)
+
+
+def test_avoid_beats_start_and_missing_pregnancy_is_not_false(engine: Engine) -> None:
+    d = engine.evaluate(case(pregnant=None, age=30))
+    ks = kinds(d)
+    assert ("medication", "avoid", "C09") in ks
+    assert not any(k[1] == "start" for k in ks)
+
+
+def test_allergy_blocks_a_start(engine: Engine) -> None:
+    d = engine.evaluate(case(allergies=["C09AA"]))
+    assert not any(r["kind"] == "medication" and r["action"] == "start" for r in d["recommendations"])
+    notes = [s for t in d["trace"] for s in t.get("suppressed", [])]
+    assert "start C09AA: patient is allergic to C09AA" in notes
+
+
+def test_referral_direction_follows_setting(engine: Engine) -> None:
+    crisis = [{"code": "sbp", "value": 190, "unit": "mmHg", "date": "2026-11-24"}]
+    assert not any(r["kind"] == "referral" for r in engine.evaluate(case(setting="hospital", observations=crisis))["recommendations"])
+    stable = case(
+        setting="hospital",
+        observations=[
+            {"code": "sbp", "value": 128, "unit": "mmHg", "date": "2026-11-24"},
+            {"code": "dbp", "value": 78, "unit": "mmHg", "date": "2026-11-24"},
+        ],
+        medications=[{"atc": "C08CA01", "name": "amlodipine", "since": "2026-06-01"}],
+    )
+    refs = [r for r in engine.evaluate(stable)["recommendations"] if r["kind"] == "referral"]
+    assert [(r["direction"], r["rule"]) for r in refs] == [("down", "mini.down")]
+    refs = [r for r in engine.evaluate(dict(stable, setting="community"))["recommendations"] if r["kind"] == "referral"]
+    assert refs == []
+
+
+def test_shortest_follow_up_wins_and_duplicates_merge(engine: Engine) -> None:
+    d = engine.evaluate(case(observations=[{"code": "sbp", "value": 185, "unit": "mmHg", "date": "2026-11-24"}], findings=["chest_pain"]))
+    fus = [r for r in d["recommendations"] if r["kind"] == "follow_up"]
+    assert len(fus) == 1 and fus[0]["days"] == 14
+    refs = [r for r in d["recommendations"] if r["kind"] == "referral"]
+    assert len(refs) == 1
+    assert refs[0]["rules"] == ["mini.crisis", "mini.symptom"]
+
+
+def test_unit_conversion_on_input(engine: Engine) -> None:
+    obs = [{"code": "8480-6", "value": 185, "unit": "mmHg", "date": "2026-11-24"}]
+    d = engine.evaluate(case(observations=obs))
+    assert any(r["kind"] == "referral" and r["urgency"] == "emergency" for r in d["recommendations"])
+
+
+def test_decision_is_byte_identical_and_names_pathway_versions(engine: Engine) -> None:
+    a = dumps(engine.evaluate(case()))
+    b = dumps(Engine.from_directory(FIXTURES).evaluate(json.loads(json.dumps(case()))))
+    assert a == b
+    p = json.loads(a)["pathways"][0]
+    assert (p["id"], p["version"], len(p["sha256"]), p["enrolled"]) == ("mini_htn", "0.1.0", 64, True)
+
+
+def test_durable_and_reference_backends_agree_on_fixture_cases(engine: Engine) -> None:
+    for c in (case(), case(findings=["severe_headache"]), case(pregnant=None, age=30), case(allergies=["C09AA"])):
+        assert engine.evaluate(c) == engine.evaluate(c, backend="reference")
+
+
+def test_sessions_are_deleted_so_thousands_of_evaluations_work(engine: Engine) -> None:
+    # durable-rules refuses the 1025th live session: every evaluation must delete its state
+    first = engine.evaluate(case())
+    for _ in range(1100):
+        engine.evaluate(case())
+    assert engine.evaluate(case()) == first
+
+
+def test_not_enrolled_patient_gets_nothing(engine: Engine) -> None:
+    d = engine.evaluate(case(conditions=["E11.9"]))
+    assert d["recommendations"] == []
+    assert d["pathways"][0]["enrolled"] is False
+
+
+def test_unknown_pathway_is_refused(engine: Engine) -> None:
+    with pytest.raises(UnknownPathwayError):
+        engine.evaluate(case(), pathway_ids=["nope"])
+
+
+def test_explain_says_why_and_what_came_close(engine: Engine) -> None:
+    text = engine.explain(case())
+    assert "START ACE inhibitor (C09AA)" in text
+    assert "because Start an ACE inhibitor: sbp 162 mmHg ≥ 140" in text
+    assert "Rules that came close but did not fire:" in text
+    assert "mini.crisis: sbp 162 mmHg ≥ 180 is not met" in text

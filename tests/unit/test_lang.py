@@ -1,0 +1,130 @@
+"""The condition language: parsing, Kleene semantics, NNF, and the satisfiability check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from carepath import lang
+from carepath.validate import load_vocabulary, satisfiable
+
+VOCAB = load_vocabulary(Path(__file__).parent.parent / "fixtures" / "pathways" / "dictionary.yaml")
+
+
+def parse(text: str) -> lang.Expr:
+    expr, errors = lang.parse(text, VOCAB)
+    assert not errors, errors
+    return expr
+
+
+def test_comparison_reads_latest_value_key() -> None:
+    e = parse("sbp >= 180")
+    assert isinstance(e, lang.Cmp)
+    assert (e.num.key, e.op, e.value) == ("o_sbp", ">=", 180.0)
+
+
+def test_units_are_converted_to_canonical() -> None:
+    e = parse("fpg >= 126 mg/dL")
+    assert isinstance(e, lang.Cmp)
+    assert e.value == pytest.approx(7.0, abs=0.01)
+    e = parse("hba1c >= 53 mmol/mol")
+    assert isinstance(e, lang.Cmp)
+    assert e.value == pytest.approx(7.0, abs=0.01)
+
+
+def test_precedence_and_binds_tighter_than_or() -> None:
+    e = parse("sbp >= 180 or dbp >= 110 and severe_headache")
+    assert isinstance(e, lang.Or)
+    assert isinstance(e.items[1], lang.And)
+
+
+def test_missing_is_unknown_not_normal() -> None:
+    e = parse("sbp < 140")
+    assert lang.eval3(e, {}) is None
+    assert lang.eval3(parse("not sbp >= 140"), {}) is None
+    assert lang.eval3(parse("missing(sbp)"), {"h_sbp": 0}) is True
+
+
+def test_kleene_and_or() -> None:
+    facts = {"o_sbp": 150.0, "h_sbp": 1}
+    assert lang.eval3(parse("sbp >= 140 or dbp >= 90"), facts) is True
+    assert lang.eval3(parse("sbp >= 140 and dbp >= 90"), facts) is None
+    assert lang.eval3(parse("sbp >= 160 and dbp >= 90"), facts) is False
+
+
+def test_pregnancy_is_three_valued() -> None:
+    assert lang.eval3(parse("not pregnant"), {"h_pregnant": 0}) is None
+    assert lang.eval3(parse("not pregnant"), {"h_pregnant": 1, "pregnant": 0}) is True
+    assert lang.eval3(parse("missing(pregnant)"), {"h_pregnant": 0}) is True
+
+
+def test_due_is_missing_or_older() -> None:
+    e = parse("due(egfr, 365)")
+    assert lang.eval3(e, {"h_egfr": 0}) is True
+    assert lang.eval3(e, {"h_egfr": 1, "d_egfr": 400, "o_egfr": 50.0}) is True
+    assert lang.eval3(e, {"h_egfr": 1, "d_egfr": 30, "o_egfr": 50.0}) is False
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sbp >= 140 and not (dbp < 90 or pregnant)",
+        "not (taking(C09A) and allergic(C09AA)) or missing(potassium)",
+        "not (sex == female and age < 50) and setting is community",
+        "not due(hba1c, 90) or count_taking(C09A, C08CA, C03AA) >= 2",
+    ],
+)
+def test_nnf_keeps_three_valued_truth(text: str) -> None:
+    e = parse(text)
+    n = lang.nnf(e)
+    samples: list[dict[str, object]] = [
+        {},
+        {"o_sbp": 150.0, "h_sbp": 1, "o_dbp": 85.0, "h_dbp": 1, "pregnant": 0, "h_pregnant": 1},
+        {"on_C09A": 1, "al_C09AA": 1, "h_potassium": 0, "sex": "female", "age": 30, "setting": "community"},
+        {"h_hba1c": 1, "d_hba1c": 10, "o_hba1c": 7.0, "n_C03AA_C08CA_C09A": 2, "sex": "male", "setting": "hospital"},
+    ]
+    for facts in samples:
+        assert lang.eval3(n, facts) == lang.eval3(e, facts)
+
+
+@pytest.mark.parametrize(
+    ("text", "sat"),
+    [
+        ("sbp >= 180", True),
+        ("sbp > 300", False),
+        ("sbp >= 150 and sbp < 140", False),
+        ("missing(sbp) and sbp > 100", False),
+        ("taking(C09AA) and not taking(C09A)", False),
+        ("taking(C09A) and not taking(C09AA)", True),
+        ("age > 64 and age < 65", False),
+        ("sex == female and sex == male", False),
+        ("smi_risk_grade >= 3 or smi_risk_grade > 5", True),
+        ("pregnant and not pregnant", False),
+    ],
+)
+def test_satisfiability(text: str, sat: bool) -> None:
+    assert satisfiable(parse(text), VOCAB) is sat
+
+
+@pytest.mark.parametrize(
+    ("text", "offset", "message"),
+    [
+        ("sbp >= ", 7, "expected a number"),
+        ("sbp >= 180 or", 13, "expected a condition"),
+        ("(sbp >= 180", 11, "expected ')'"),
+        ("sbp >= 180 $", 11, "unexpected character '$'"),
+        ("sex == female female", 14, "unexpected 'female'"),
+    ],
+)
+def test_syntax_errors_point_at_the_offending_character(text: str, offset: int, message: str) -> None:
+    with pytest.raises(lang.ParseError) as info:
+        lang.parse(text, VOCAB)
+    assert info.value.offset == offset
+    assert message in info.value.message
+
+
+def test_describe_shows_the_value_read() -> None:
+    e = parse("sbp >= 180")
+    assert isinstance(e, lang.Cmp)
+    assert lang.describe(e, {"o_sbp": 186.0}, VOCAB) == "sbp 186 mmHg ≥ 180"
