@@ -1,0 +1,124 @@
+"""CLI commands for population runs: synth, batch, report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import date
+from pathlib import Path
+from typing import IO
+
+from ..cli import command
+from ..errors import CarepathError
+
+
+def _synth_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, default=1000, help="number of cases (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+    p.add_argument("--as-of", type=date.fromisoformat, default=None, metavar="DATE", help="decision date (default 2026-11-24)")
+    p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+
+
+@command("synth", _synth_setup)
+def _synth(args: argparse.Namespace) -> int:
+    """Write a synthetic Luohu-like cohort as JSONL (deterministic by seed)."""
+    from .synth import DEFAULT_AS_OF, synth_lines
+
+    if args.n < 0:
+        raise CarepathError("--n must be >= 0")
+    out: IO[str] = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        buf: list[str] = []
+        for line in synth_lines(args.n, args.seed, args.as_of or DEFAULT_AS_OF):
+            buf.append(line)
+            if len(buf) >= 512:
+                out.write("".join(buf))
+                buf.clear()
+        out.write("".join(buf))
+        out.flush()
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
+def _batch_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cohort", metavar="COHORT", help="JSONL file of cases, or - for stdin")
+    p.add_argument("--out", metavar="FILE", help="decisions JSONL (default stdout)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    p.add_argument("--pathways", metavar="DIR", help="pathway directory (default: the bundled pathways/)")
+    p.add_argument("--backend", choices=["local", "dask"], default="local", help="local processes (default) or a Dask cluster")
+    p.add_argument("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a local cluster)")
+    p.add_argument("--chunk", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
+
+
+@command("batch", _batch_setup)
+def _batch(args: argparse.Namespace) -> int:
+    """Evaluate a cohort (JSONL) into decisions (JSONL), in parallel, in input order."""
+    from .batch import Progress, run_batch
+
+    if args.cohort == "-":
+        src: IO[bytes] = sys.stdin.buffer
+        total = None
+    else:
+        try:
+            src = open(args.cohort, "rb")
+        except OSError as exc:
+            raise CarepathError(f"cannot read {args.cohort}: {exc.strerror}") from None
+        total = os.fstat(src.fileno()).st_size
+    out: IO[bytes] = open(args.out, "wb") if args.out else sys.stdout.buffer
+    progress = Progress(sys.stderr, total, sys.stderr.isatty())
+    try:
+        stats = run_batch(
+            src,
+            out,
+            workers=args.workers,
+            pathways=args.pathways,
+            backend=args.backend,
+            scheduler=args.scheduler,
+            chunk_lines=args.chunk,
+            progress=progress,
+        )
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+        if args.out:
+            out.close()
+    if not args.quiet:
+        msg = f"{stats.cases:,} cases ({stats.errors:,} error records) in {stats.seconds:.1f}s, {stats.rate:,.0f} cases/s"
+        if stats.interrupted:
+            msg = f"interrupted: output holds input lines 1-{stats.lines_done}: " + msg
+        print(msg, file=sys.stderr)
+    return 130 if stats.interrupted else 0
+
+
+def _report_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("decisions", metavar="DECISIONS", help="decisions JSONL from `carepath batch`, or - for stdin")
+    p.add_argument("--out", metavar="FILE", help="report.html or report.md (default: Markdown on stdout)")
+    p.add_argument("--title", default="carepath population report")
+
+
+@command("report", _report_setup)
+def _report(args: argparse.Namespace) -> int:
+    """Summarise batch decisions: rates by pathway and kind, tests, medications, referrals, charts."""
+    from .report import aggregate, render_html, render_markdown
+
+    if args.decisions == "-":
+        summary = aggregate(sys.stdin.buffer)
+    else:
+        try:
+            with open(args.decisions, "rb") as fh:
+                summary = aggregate(fh)
+        except OSError as exc:
+            raise CarepathError(f"cannot read {args.decisions}: {exc.strerror}") from None
+    if args.out and Path(args.out).suffix.lower() in (".html", ".htm"):
+        text = render_html(summary, args.title)
+    else:
+        text = render_markdown(summary, args.title)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
