@@ -1,0 +1,642 @@
+"""Hypothesis strategies for valid carepath cases, built from the pathways' own vocabulary.
+
+Everything a generated case contains is harvested from the pathways under test:
+
+* observation values sit on, just beside and well beyond every threshold that a
+  condition compares against (``sbp >= 180`` gives 170, 179, 180, 181, 190),
+  and anywhere else within the dictionary's plausible range; some are sent in
+  an alternative unit so conversions are exercised;
+* observation dates are measured back from ``as_of`` on and beside every day
+  threshold (``due(hba1c, 180)`` gives readings 179, 180 and 181 days old), so
+  some are stale; any observation may be missing, and some have a previous
+  reading for ``previous()``;
+* medications and allergies are ATC codes completing every prefix the pathways
+  mention in ``taking()``, ``allergic()``, ``count_taking()``, ``days_on()`` and
+  their ``then`` recommendations;
+* diagnoses come from every pathway's ``applies_to``, plus comorbidity;
+* pregnancy is true, false or unknown; both settings; findings from the list.
+
+Half of the cases are *steered*: a rule (or invariant) is picked and the case is
+edited so one disjunct of its condition holds, which is how rare conjunctions
+(pregnant, hypertensive, potassium recent and normal, not yet on a RAS blocker)
+get generated at all. Every choice is a Hypothesis draw whose simplest value
+is "missing" or "not steered", so counterexamples shrink to small, readable cases.
+
+``cases(conditions=["I10"], pregnant=True, setting="community")`` pins fields.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from hypothesis import strategies as st
+
+from .. import lang
+from ..lang import And, Cmp, Const, Enum, Expr, Flag, Not, Or, Present
+from ..validate import CheckedPathway
+
+T = TypeVar("T")
+Case = dict[str, Any]
+Draw = Callable[[st.SearchStrategy[T]], T]
+
+AS_OF: Final = date(2026, 11, 24)
+SETTINGS: Final = ("community", "hospital")
+_DAY_BASE: Final = (0, 1, 7, 14, 30, 90, 180, 365, 400, 730)
+
+# Realistic full ATC codes used to complete class prefixes (and their names).
+ATC_NAMES: Final[dict[str, str]] = {
+    "C09AA02": "enalapril",
+    "C09AA05": "ramipril",
+    "C09CA01": "losartan",
+    "C09CA03": "valsartan",
+    "C09XA02": "aliskiren",
+    "C08CA01": "amlodipine",
+    "C03AA03": "hydrochlorothiazide",
+    "C03BA11": "indapamide",
+    "C03DA01": "spironolactone",
+    "C07AB02": "metoprolol",
+    "C07AA05": "propranolol",
+    "C10AA05": "atorvastatin",
+    "B01AC06": "aspirin",
+    "A10BA02": "metformin",
+    "A10BB09": "gliclazide",
+    "A10BX02": "repaglinide",
+    "A10BK01": "dapagliflozin",
+    "A10BK03": "empagliflozin",
+    "A10BJ02": "liraglutide",
+    "A10BH01": "sitagliptin",
+    "A10AE04": "insulin glargine",
+    "A10AB05": "insulin aspart",
+    "N05AH02": "clozapine",
+    "N05AH03": "olanzapine",
+    "N05AH04": "quetiapine",
+    "N05AX08": "risperidone",
+    "N05AD01": "haloperidol",
+    "N05AN01": "lithium",
+    "N03AG01": "valproic acid",
+    "N06AB06": "sertraline",
+    "M01AE01": "ibuprofen",
+}
+COMORBIDITY: Final = ("E78.5", "J45.9", "N18.3", "I25.1", "E66.9")
+
+
+class _Any:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Final = _Any()
+"""Leave a keyword of :func:`cases` to the generator."""
+
+
+def prefixes(arg: str) -> tuple[str, ...]:
+    """The codes of a dx/on/allergy flag (one prefix, or several joined by '|')."""
+    return tuple(arg.split("|"))
+
+
+def complete_atc(prefix: str) -> list[str]:
+    """Full ATC codes starting with ``prefix``: known drugs first, else the prefix padded to 7 characters."""
+    known = [c for c in ATC_NAMES if c.startswith(prefix)]
+    if known:
+        return known
+    if len(prefix) >= 7:
+        return [prefix]
+    pad = "A01AA01"  # level shapes: L NN L L NN
+    return [prefix + pad[len(prefix) :]]
+
+
+def complete_icd(prefix: str) -> list[str]:
+    """Valid case ICD-10 codes starting with ``prefix`` (``F2`` -> ``F20``; ``E11`` -> ``E11``, ``E11.9``)."""
+    base = prefix.split(".")[0]
+    base = (base + "00")[:3] if len(base) < 3 else base
+    if "." in prefix:
+        return [prefix]
+    return [base, base + ".9"]
+
+
+def _step(od: lang.ObsDef, thresholds: Iterable[float]) -> float:
+    ts = list(thresholds)
+    if od.hi - od.lo >= 40 and all(float(t).is_integer() for t in ts):
+        return 1.0
+    if od.hi - od.lo <= 2:
+        return 0.01
+    return 0.1
+
+
+def _rnd(v: float, step: float) -> float:
+    digits = max(0, -math.floor(math.log10(step)))
+    r = round(round(v / step) * step, digits)
+    return float(int(r)) if r.is_integer() else r
+
+
+def _plain(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else v
+
+
+def _satisfies(v: float, op: str, x: float) -> bool:
+    return {
+        "<": v < x,
+        "<=": v <= x,
+        ">": v > x,
+        ">=": v >= x,
+        "==": v == x,
+        "!=": v != x,
+    }[op]
+
+
+def dnf(e: Expr, limit: int = 64) -> list[tuple[lang.Literal, ...]]:
+    """Disjunctive normal form of ``e`` (negations pushed in), truncated to ``limit`` terms."""
+
+    def go(x: Expr) -> list[tuple[lang.Literal, ...]]:
+        if isinstance(x, Const):
+            return [()] if x.value else []
+        if isinstance(x, Or):
+            out: list[tuple[lang.Literal, ...]] = []
+            for i in x.items:
+                out.extend(go(i))
+            return out[:limit]
+        if isinstance(x, And):
+            acc: list[tuple[lang.Literal, ...]] = [()]
+            for i in x.items:
+                acc = [a + b for a in acc for b in go(i)][:limit]
+            return acc
+        assert not isinstance(x, Not)
+        return [(x,)]
+
+    return go(lang.nnf(e))
+
+
+@dataclass(frozen=True)
+class PathwayInfo:
+    """What the generator needs to know about one pathway."""
+
+    id: str
+    dx: tuple[str, ...]
+    obs: tuple[str, ...]
+    emergency: tuple[str, ...]
+    worse_is_higher: tuple[str, ...]
+    terms: tuple[tuple[lang.Literal, ...], ...]
+
+
+@dataclass
+class _Draft:
+    """A case under construction; readings[code][0] is the latest (days ago, canonical value)."""
+
+    setting: str
+    conditions: list[str]
+    age: int | None = None
+    sex: str | None = None
+    pregnant: bool | None = None
+    smi: int | None = None
+    readings: dict[str, list[list[float]]] = field(default_factory=dict)
+    alt_unit: dict[str, str] = field(default_factory=dict)
+    meds: list[list[Any]] = field(default_factory=list)  # [atc, since days ago | None]
+    allergies: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+
+
+class CaseSpace:
+    """The harvested vocabulary of a set of pathways, and the strategies built from it."""
+
+    def __init__(self, pathways: Sequence[CheckedPathway], as_of: date = AS_OF) -> None:
+        self.as_of = as_of
+        obs: dict[str, lang.ObsDef] = {}
+        findings: set[str] = set()
+        for p in pathways:
+            obs.update(p.vocab.observations)
+            findings |= p.vocab.findings
+        self.vocab = lang.Vocabulary(obs, frozenset(findings))
+        thresholds: dict[str, set[float]] = {}
+        days: dict[str, set[float]] = {}
+        fields: dict[str, set[float]] = {"age": {18, 25, 40, 50, 65, 80}, "smi_risk_grade": set(range(6))}
+        since: set[float] = {0, 7, 28, 90, 365}
+        atc: set[str] = set()
+        icd: set[str] = set()
+        used_findings: set[str] = set()
+        self.pathways: dict[str, PathwayInfo] = {}
+        for p in pathways:
+            exprs: list[Expr] = [p.applies, *(r.when for r in p.rules), *(g for _, g in p.invariants)]
+            p_obs: list[str] = []
+            for e in exprs:
+                for lit in lang.literals(e):
+                    if isinstance(lit, Cmp):
+                        n = lit.num
+                        if n.kind in ("obs", "prev"):
+                            thresholds.setdefault(str(n.arg), set()).add(lit.value)
+                            p_obs.append(str(n.arg))
+                        elif n.kind == "days":
+                            days.setdefault(str(n.arg), set()).add(lit.value)
+                            p_obs.append(str(n.arg))
+                        elif n.kind == "field":
+                            fields.setdefault(str(n.arg), set()).add(lit.value)
+                        elif n.kind == "count":
+                            atc.update(n.arg)
+                        elif n.kind == "days_on":
+                            atc.add(str(n.arg))
+                            since.add(lit.value)
+                    elif isinstance(lit, Present) and lit.kind == "obs":
+                        p_obs.append(lit.name)
+                    elif isinstance(lit, Flag):
+                        if lit.kind in ("on", "allergy"):
+                            atc.update(prefixes(lit.arg))
+                        elif lit.kind == "dx":
+                            icd.update(prefixes(lit.arg))
+                        elif lit.kind == "finding":
+                            used_findings.add(lit.arg)
+            for rule in p.model.rules:
+                for rec in rule.then:
+                    if rec.kind == "medication":
+                        atc.add(rec.atc)
+            p_obs.extend(o for o in p.model.worse_is_higher if o in obs)
+            used_findings |= set(p.model.emergency_findings)
+            dx = tuple(
+                sorted({a for lit in lang.literals(p.applies) if isinstance(lit, Flag) and lit.kind == "dx" for a in prefixes(lit.arg)})
+            )
+            terms: list[tuple[lang.Literal, ...]] = []
+            for r in p.rules:
+                terms.extend(dnf(r.condition, 16))
+            for _, g in p.invariants:
+                terms.extend(dnf(lang.conj(p.applies, g), 16))
+            self.pathways[p.id] = PathwayInfo(
+                id=p.id,
+                dx=dx,
+                obs=tuple(dict.fromkeys(p_obs)),
+                emergency=tuple(p.model.emergency_findings),
+                worse_is_higher=tuple(o for o in p.model.worse_is_higher if o in obs),
+                terms=tuple(terms),
+            )
+        self.obs_codes = tuple(dict.fromkeys(o for info in self.pathways.values() for o in info.obs))
+        self.steps: dict[str, float] = {}
+        self.values: dict[str, tuple[float, ...]] = {}
+        for code in self.obs_codes:
+            od = obs[code]
+            ts = sorted(thresholds.get(code, set()))
+            step = _step(od, ts)
+            self.steps[code] = step
+            cands: list[float] = []
+            for t in ts:
+                cands += [t, t - step, t + step, t - 10 * step, t + 10 * step]
+            cands += [od.lo, od.hi]
+            self.values[code] = tuple(dict.fromkeys(_rnd(min(max(v, od.lo), od.hi), step) for v in cands))
+        self.days: dict[str, tuple[int, ...]] = {}
+        for code in self.obs_codes:
+            ds = set(_DAY_BASE)
+            for d in days.get(code, set()):
+                ds |= {int(d) - 1, int(d), int(d) + 1}
+            self.days[code] = tuple(sorted(d for d in ds if d >= 0))
+        self.fields = {k: tuple(sorted({int(min(max(v + dv, 0), 130)) for v in vs for dv in (-1, 0, 1)})) for k, vs in fields.items()}
+        self.fields["smi_risk_grade"] = tuple(v for v in self.fields["smi_risk_grade"] if 0 <= v <= 5)
+        self.since = tuple(sorted({int(max(d + dv, 0)) for d in since for dv in (-1, 0, 1)}))
+        self.atc_prefixes = tuple(sorted(atc))
+        meds: list[str] = []
+        for a in self.atc_prefixes:
+            meds += complete_atc(a)
+        meds += ["B01AC06", "C10AA05"]
+        self.med_codes = tuple(dict.fromkeys(meds))
+        self.allergy_codes = tuple(dict.fromkeys([*self.atc_prefixes, *self.med_codes]))
+        dx_codes: list[str] = []
+        for prefix in sorted(icd):
+            dx_codes += complete_icd(prefix)
+        self.icd_codes = tuple(dict.fromkeys([*dx_codes, *COMORBIDITY]))
+        ordered = sorted(used_findings) + sorted(findings - used_findings)
+        self.findings = tuple(ordered)
+
+    @classmethod
+    def from_directory(cls, path: Path | str | None = None) -> CaseSpace:
+        from ..evaluate import Engine
+
+        return cls(Engine.from_directory(path).pathways)
+
+    # ------------------------------------------------------------ strategies
+    def cases(
+        self,
+        *,
+        pathway: str | None = None,
+        conditions: Sequence[str] | _Any = ANY,
+        pregnant: bool | _Any | None = ANY,
+        setting: str | _Any = ANY,
+        findings: Sequence[str] | _Any = ANY,
+        steer: bool = True,
+    ) -> st.SearchStrategy[Case]:
+        """Valid cases; keywords pin a field, ``pathway`` enrols (and steers) the cases into one pathway."""
+        if pathway is not None and pathway not in self.pathways:
+            raise ValueError(f"unknown pathway {pathway!r}; known: {', '.join(sorted(self.pathways))}")
+        if not isinstance(setting, _Any) and setting not in SETTINGS:
+            raise ValueError(f"setting is one of {SETTINGS}, not {setting!r}")
+
+        @st.composite
+        def build(draw: st.DrawFn) -> Case:
+            info = self.pathways[pathway] if pathway is not None else None
+            if info is None and self.pathways:
+                info = draw(st.sampled_from(sorted(self.pathways.values(), key=lambda i: i.id)))
+            d = self._base(draw, info, conditions, pregnant, setting, findings)
+            if steer and info is not None and info.terms and draw(st.booleans()):
+                term = draw(st.sampled_from(info.terms))
+                self._steer(draw, d, term, conditions, pregnant, setting)
+            return self.emit(d)
+
+        return build()
+
+    def steered(
+        self,
+        expr: Expr,
+        *,
+        pathway: str | None = None,
+        conditions: Sequence[str] | _Any = ANY,
+        pregnant: bool | _Any | None = ANY,
+        setting: str | _Any = ANY,
+    ) -> st.SearchStrategy[Case]:
+        """Cases edited so that one disjunct of ``expr`` holds (best effort): for ``given`` of an invariant."""
+        terms = dnf(expr, 32)
+
+        @st.composite
+        def build(draw: st.DrawFn) -> Case:
+            info = self.pathways[pathway] if pathway is not None else None
+            d = self._base(draw, info, conditions, pregnant, setting, ANY)
+            if terms:
+                self._steer(draw, d, draw(st.sampled_from(terms)), conditions, pregnant, setting)
+            return self.emit(d)
+
+        return build()
+
+    # ------------------------------------------------------------ pieces
+    def value(self, code: str) -> st.SearchStrategy[float]:
+        od = self.vocab.observations[code]
+        step = self.steps.get(code, 0.1)
+        lo, hi = math.ceil(od.lo / step), math.floor(od.hi / step)
+        return st.one_of(st.sampled_from(self.values[code]), st.integers(lo, hi).map(lambda k: _rnd(k * step, step)))
+
+    def _days(self, code: str) -> st.SearchStrategy[int]:
+        return st.one_of(st.sampled_from(self.days.get(code, _DAY_BASE)), st.integers(0, 1500))
+
+    def _reading(self, draw: st.DrawFn, code: str) -> list[float]:
+        return [float(draw(self._days(code))), draw(self.value(code))]
+
+    def _base(
+        self,
+        draw: st.DrawFn,
+        info: PathwayInfo | None,
+        conditions: Sequence[str] | _Any,
+        pregnant: bool | _Any | None,
+        setting: str | _Any,
+        findings: Sequence[str] | _Any,
+    ) -> _Draft:
+        s = draw(st.sampled_from(SETTINGS)) if isinstance(setting, _Any) else setting
+        if isinstance(conditions, _Any):
+            conds: list[str] = []
+            if info is not None and info.dx and draw(st.sampled_from([True, True, True, False])):
+                conds.append(draw(st.sampled_from([c for p in info.dx for c in complete_icd(p)])))
+            conds += draw(st.lists(st.sampled_from(self.icd_codes), max_size=2, unique=True))
+            conds = list(dict.fromkeys(conds))
+        else:
+            conds = list(conditions)
+        d = _Draft(setting=s, conditions=conds)
+        d.age = draw(st.one_of(st.none(), st.sampled_from(self.fields["age"]), st.integers(0, 110)))
+        d.sex = draw(st.sampled_from([None, "female", "male", "other", "unknown"]))
+        d.pregnant = draw(st.sampled_from([None, False, True])) if isinstance(pregnant, _Any) else pregnant
+        if d.pregnant and d.sex == "male":
+            d.sex = "female"
+        d.smi = draw(st.one_of(st.none(), st.integers(0, 5)))
+        own = info.obs if info is not None else ()
+        for code in dict.fromkeys([*own, *self.obs_codes]):
+            n = draw(st.integers(0, 2))
+            if n == 0:
+                continue
+            latest = self._reading(draw, code)
+            rs = [latest]
+            if n == 2:
+                rs.append([latest[0] + draw(st.sampled_from([0, 1, 7, 14, 30, 90, 365])), draw(self.value(code))])
+            d.readings[code] = rs
+            od = self.vocab.observations[code]
+            if od.conversions and draw(st.integers(0, 3)) == 3:
+                d.alt_unit[code] = draw(st.sampled_from(sorted(od.conversions)))
+        for atc in draw(st.lists(st.sampled_from(self.med_codes), max_size=4, unique=True)) if self.med_codes else []:
+            d.meds.append([atc, draw(st.one_of(st.none(), st.sampled_from(self.since), st.integers(0, 3650)))])
+        if self.allergy_codes:
+            d.allergies = draw(st.lists(st.sampled_from(self.allergy_codes), max_size=2, unique=True))
+        if isinstance(findings, _Any):
+            d.findings = draw(st.lists(st.sampled_from(self.findings), max_size=3, unique=True)) if self.findings else []
+        else:
+            d.findings = list(findings)
+        return d
+
+    def _pick(self, draw: st.DrawFn, cands: Iterable[float], op: str, x: float) -> float | None:
+        ok = sorted({c for c in cands if _satisfies(c, op, x)})
+        return draw(st.sampled_from(ok)) if ok else None
+
+    def _steer(
+        self,
+        draw: st.DrawFn,
+        d: _Draft,
+        term: Sequence[lang.Literal],
+        conditions: Sequence[str] | _Any,
+        pregnant: bool | _Any | None,
+        setting: str | _Any,
+    ) -> None:
+        """Edit the draft so each literal of ``term`` holds (later literals win a conflict)."""
+        for lit in term:
+            if isinstance(lit, Cmp):
+                self._steer_cmp(draw, d, lit)
+            elif isinstance(lit, Enum):
+                if lit.field == "setting":
+                    if isinstance(setting, _Any) and lit.values:
+                        d.setting = draw(st.sampled_from(sorted(lit.values)))
+                elif lit.field == "sex" and lit.values:
+                    d.sex = draw(st.sampled_from(sorted(lit.values)))
+            elif isinstance(lit, Flag):
+                self._steer_flag(draw, d, lit, conditions, pregnant)
+            elif isinstance(lit, Present):
+                self._steer_present(draw, d, lit, pregnant)
+
+    def _steer_cmp(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
+        n, op, x = lit.num, lit.op, lit.value
+        if n.kind in ("obs", "prev", "days"):
+            code = str(n.arg)
+            if code not in self.vocab.observations:
+                return
+            if code not in self.values:  # read only by an invariant given: harvest lazily
+                self.values[code] = (x,)
+                self.steps[code] = 0.1
+            rs = d.readings.setdefault(code, [])
+            if not rs:
+                rs.append(self._reading(draw, code))
+            if n.kind == "prev" and len(rs) < 2:
+                rs.append([rs[0][0] + draw(st.sampled_from([0, 7, 30])), draw(self.value(code))])
+            od = self.vocab.observations[code]
+            step = self.steps[code]
+            if n.kind == "days":
+                v = self._pick(draw, [*self.days.get(code, _DAY_BASE), x - 1, x, x + 1], op, x)
+                if v is not None and v >= 0:
+                    rs[0][0] = v
+                    for r in rs[1:]:
+                        r[0] = max(r[0], v)
+                return
+            cands = [c for c in (*self.values[code], _rnd(x - step, step), x, _rnd(x + step, step)) if od.lo <= c <= od.hi]
+            v = self._pick(draw, cands, op, x)
+            if v is not None:
+                rs[0 if n.kind == "obs" else 1][1] = v
+        elif n.kind == "field":
+            name = str(n.arg)
+            lo, hi = lang.NUMERIC_FIELDS.get(name, (0.0, 130.0))
+            v = self._pick(draw, [c for c in (*self.fields.get(name, ()), x - 1, x, x + 1) if lo <= c <= hi], op, x)
+            if v is not None:
+                if name == "age":
+                    d.age = int(v)
+                elif name == "smi_risk_grade":
+                    d.smi = int(v)
+        elif n.kind == "count":
+            assert isinstance(n.arg, tuple)
+            group = list(n.arg)
+            k = self._pick(draw, range(len(group) + 1), op, x)
+            if k is None:
+                return
+            chosen = draw(st.permutations(group))[: int(k)]
+            d.meds = [m for m in d.meds if not any(str(m[0]).startswith(g) for g in group)]
+            for g in chosen:
+                d.meds.append([draw(st.sampled_from(complete_atc(g))), None])
+        elif n.kind == "days_on":
+            prefix = str(n.arg)
+            v = self._pick(draw, [*self.since, x - 1, x, x + 1], op, x)
+            if v is None or v < 0:
+                return
+            mine = [m for m in d.meds if str(m[0]).startswith(prefix)]
+            if not mine:
+                mine = [[draw(st.sampled_from(complete_atc(prefix))), None]]
+                d.meds.append(mine[0])
+            for m in mine:
+                m[1] = int(v)
+
+    def _steer_flag(self, draw: st.DrawFn, d: _Draft, lit: Flag, conditions: Sequence[str] | _Any, pregnant: bool | _Any | None) -> None:
+        ps = prefixes(lit.arg)
+        a = draw(st.sampled_from(ps)) if lit.value and len(ps) > 1 else ps[0]
+        if lit.kind == "pregnant":
+            if isinstance(pregnant, _Any):
+                d.pregnant = lit.value
+                if lit.value and d.sex == "male":
+                    d.sex = "female"
+        elif lit.kind == "finding":
+            if lit.value and a not in d.findings:
+                d.findings.append(a)
+            elif not lit.value:
+                d.findings = [f for f in d.findings if f != a]
+        elif lit.kind == "dx":
+            if not isinstance(conditions, _Any):
+                return
+            if lit.value and not any(c.startswith(ps) for c in d.conditions):
+                d.conditions.append(draw(st.sampled_from(complete_icd(a))))
+            elif not lit.value:
+                d.conditions = [c for c in d.conditions if not c.startswith(ps)]
+        elif lit.kind == "on":
+            if lit.value and not any(str(m[0]).startswith(ps) for m in d.meds):
+                d.meds.append([draw(st.sampled_from(complete_atc(a))), draw(st.one_of(st.none(), st.sampled_from(self.since)))])
+            elif not lit.value:
+                d.meds = [m for m in d.meds if not str(m[0]).startswith(ps)]
+        elif lit.kind == "allergy":
+            if lit.value and not any(x.startswith(ps) or any(q.startswith(x) for q in ps) for x in d.allergies):
+                d.allergies.append(draw(st.sampled_from([a, *complete_atc(a)])))
+            elif not lit.value:
+                d.allergies = [x for x in d.allergies if not (x.startswith(ps) or any(q.startswith(x) for q in ps))]
+
+    def _steer_present(self, draw: st.DrawFn, d: _Draft, lit: Present, pregnant: bool | _Any | None) -> None:
+        if lit.kind == "obs":
+            if lit.name not in self.vocab.observations:
+                return
+            if lit.value and lit.name not in d.readings and lit.name in self.values:
+                d.readings[lit.name] = [self._reading(draw, lit.name)]
+            elif not lit.value:
+                d.readings.pop(lit.name, None)
+            return
+        if lit.name == "age":
+            d.age = (d.age if d.age is not None else draw(st.sampled_from(self.fields["age"]))) if lit.value else None
+        elif lit.name == "sex":
+            d.sex = (d.sex if d.sex not in (None, "unknown") else draw(st.sampled_from(["female", "male"]))) if lit.value else None
+        elif lit.name == "smi_risk_grade":
+            d.smi = (d.smi if d.smi is not None else draw(st.integers(0, 5))) if lit.value else None
+        elif lit.name == "pregnant" and isinstance(pregnant, _Any):
+            d.pregnant = (d.pregnant if d.pregnant is not None else draw(st.booleans())) if lit.value else None
+
+    # ------------------------------------------------------------ output
+    def emit(self, d: _Draft) -> Case:
+        """The draft as case-contract JSON (observations oldest first)."""
+        case: Case = {"patient_id": "generated", "as_of": self.as_of.isoformat(), "setting": d.setting}
+        if d.age is not None:
+            case["age"] = d.age
+        if d.sex is not None:
+            case["sex"] = d.sex
+        if d.pregnant is not None:
+            case["pregnant"] = d.pregnant
+        case["conditions"] = list(d.conditions)
+        observations: list[dict[str, Any]] = []
+        for code, rs in d.readings.items():
+            od = self.vocab.observations[code]
+            for days_ago, v in reversed(rs):
+                unit = d.alt_unit.get(code, od.unit)
+                value: float = v
+                if unit != od.unit:
+                    factor, offset = od.conversions[unit]
+                    value = round((v - offset) / factor, 4)
+                    back = od.to_canonical(value, unit)
+                    if back is None or not od.lo <= back <= od.hi:
+                        unit, value = od.unit, v
+                observations.append(
+                    {"code": code, "value": _plain(value), "unit": unit, "date": (self.as_of - timedelta(days=int(days_ago))).isoformat()}
+                )
+        case["observations"] = observations
+        meds = []
+        for atc, since in d.meds:
+            m: dict[str, Any] = {"atc": atc}
+            if atc in ATC_NAMES:
+                m["name"] = ATC_NAMES[atc]
+            if since is not None:
+                m["since"] = (self.as_of - timedelta(days=int(since))).isoformat()
+            meds.append(m)
+        case["medications"] = meds
+        case["allergies"] = list(d.allergies)
+        case["findings"] = list(d.findings)
+        if d.smi is not None:
+            case["smi_risk_grade"] = d.smi
+        return case
+
+
+# ---------------------------------------------------------------- module-level default space
+
+_default_dir: Path | str | None = None
+_default_space: CaseSpace | None = None
+
+
+def set_default_pathways(path: Path | str | None) -> None:
+    """Point :func:`cases` at a pathway directory (the pytest plugin does this from --carepath-pathways)."""
+    global _default_dir, _default_space
+    _default_dir, _default_space = path, None
+
+
+def default_space() -> CaseSpace:
+    global _default_space
+    if _default_space is None:
+        _default_space = CaseSpace.from_directory(_default_dir)
+    return _default_space
+
+
+def cases(
+    *,
+    pathway: str | None = None,
+    conditions: Sequence[str] | _Any = ANY,
+    pregnant: bool | _Any | None = ANY,
+    setting: str | _Any = ANY,
+    findings: Sequence[str] | _Any = ANY,
+    space: CaseSpace | None = None,
+) -> st.SearchStrategy[Case]:
+    """Valid cases over the bundled pathways (or ``space``); e.g. ``cases(conditions=["I10"], pregnant=True)``.
+
+    The pathways are loaded on the first draw, so this is safe to call at import time in a test module.
+    """
+    return st.deferred(
+        lambda: (space or default_space()).cases(
+            pathway=pathway, conditions=conditions, pregnant=pregnant, setting=setting, findings=findings
+        )
+    )
