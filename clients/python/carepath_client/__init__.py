@@ -1,0 +1,6 @@
+"""The carepath gRPC client (the implementation lives in carepath.client, installed with carepath)."""
+
+from carepath.client import CallError, CarepathClient, Result
+from carepath.errors import CaseError, Diagnostic, FieldViolation
+
+__all__ = ["CallError", "CarepathClient", "CaseError", "Diagnostic", "FieldViolation", "Result"]

@@ -1,0 +1,52 @@
+"""`carepath serve` and `carepath call`: registered into carepath.cli's command table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from carepath.cli import command, dumps, read_case
+
+
+def _serve_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one)")
+    p.add_argument("--pathways", metavar="DIR", help="pathway directory (default: the bundled pathways/)")
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes, each with its own engine (default: one per core)"
+    )
+    p.add_argument("--watch", action="store_true", help="reload when a pathway file changes (SIGHUP always reloads)")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM (default 30)")
+
+
+@command("serve", _serve_setup)
+def _serve(args: argparse.Namespace) -> int:
+    """Serve decisions over gRPC (carepath.v1): health, reflection, SIGHUP reload, SIGTERM drain."""
+    from carepath.service.server import serve
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    return serve(
+        host=args.host, port=args.port, pathways=args.pathways, workers=args.workers, watch=args.watch, grace=args.grace, announce=announce
+    )
+
+
+def _call_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of a carepath server (default 127.0.0.1:50051)")
+    p.add_argument("--pathway", action="append", dest="pathway_ids", metavar="ID", help="only these pathways (repeatable)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
+    p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, or - for stdin")
+
+
+@command("call", _call_setup)
+def _call(args: argparse.Namespace) -> int:
+    """Evaluate a case on a carepath server; prints the same JSON as `carepath evaluate`."""
+    from carepath.client import CarepathClient
+
+    case = read_case(args.case)
+    with CarepathClient(args.target, timeout=args.timeout) as client:
+        decision = client.evaluate(case, pathway_ids=args.pathway_ids)
+    sys.stdout.write(dumps(decision))
+    return 0

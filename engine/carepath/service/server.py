@@ -1,0 +1,357 @@
+"""The gRPC front end: thin servicers over the worker pool, health, reflection, reload, drain.
+
+The front end never touches an engine: DecisionService requests pass as bytes to a worker
+process (which parses, evaluates and serialises the response), so the event loop only routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from carepath._proto.v1 import decision_service_pb2 as ds
+from carepath._proto.v1 import pathway_service_pb2 as ps
+from carepath.service import status
+from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
+
+log = logging.getLogger("carepath.service")
+rpc_log = logging.getLogger("carepath.rpc")
+
+DECISION = ds.DESCRIPTOR.services_by_name["DecisionService"].full_name
+PATHWAY = ps.DESCRIPTOR.services_by_name["PathwayService"].full_name
+MAX_MESSAGE = 4 * 1024 * 1024  # a case is at most 1 MiB of JSON; anything larger is refused by gRPC
+MAX_DEADLINE = 60.0  # a call without a deadline gets this one
+STREAM_WINDOW = 64  # cases of one stream in flight at once
+
+
+def log_rpc(method: str, request_id: str, code: grpc.StatusCode, t0: float, patient_id: str | None = None, pathway_set: int = 0) -> None:
+    """One line per request: no patient data beyond patient_id."""
+    if rpc_log.isEnabledFor(logging.INFO):
+        fields: dict[str, Any] = {"event": "rpc", "method": method, "request_id": request_id, "status": code.name}
+        if patient_id is not None:
+            fields["patient_id"] = patient_id
+        if pathway_set:
+            fields["pathway_set"] = pathway_set
+        fields["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        rpc_log.info(json.dumps(fields, ensure_ascii=True))
+
+
+def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    left = context.time_remaining()
+    return time.monotonic() + (MAX_DEADLINE if left is None else min(left, MAX_DEADLINE))
+
+
+def _request_id(raw: bytes) -> str:
+    try:
+        return ds.EvaluateRequest.FromString(raw).request_id or uuid.uuid4().hex[:16]
+    except Exception:
+        return uuid.uuid4().hex[:16]
+
+
+class DecisionServicer:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def _run(self, raw: bytes, deadline: float) -> tuple[Reply | None, status.Failure | None, str]:
+        try:
+            reply = await self.pool.call("eval", raw, deadline)
+        except PoolError as exc:
+            rid = _request_id(raw)
+            return None, status.from_exception(exc, rid), rid
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            rid = _request_id(raw)
+            log.exception("internal error, request id %s", rid)
+            return None, status.internal(rid), rid
+        rid = reply.request_id or _request_id(raw)
+        return reply, status.from_reply(reply, rid), rid
+
+    async def evaluate(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        t0 = time.perf_counter()
+        try:
+            reply, failure, rid = await self._run(raw, _deadline(context))
+        except asyncio.CancelledError:
+            log_rpc("Evaluate", _request_id(raw), grpc.StatusCode.CANCELLED, t0)
+            raise
+        patient = reply.patient_id if reply else None
+        pset = reply.pathway_set if reply else 0
+        if failure is not None:
+            log_rpc("Evaluate", rid, failure.code, t0, patient, pset)
+            rich = failure.rich()
+            await context.abort(rich.code, rich.details, rich.trailing_metadata)
+        assert reply is not None
+        log_rpc("Evaluate", rid, grpc.StatusCode.OK, t0, patient, pset)
+        payload: bytes = reply.payload
+        return payload
+
+    async def _stream_one(self, raw: bytes, deadline: float) -> bytes:
+        t0 = time.perf_counter()
+        reply, failure, rid = await self._run(raw, deadline)
+        patient = reply.patient_id if reply else None
+        pset = reply.pathway_set if reply else 0
+        if failure is None:
+            assert reply is not None
+            log_rpc("EvaluateStream", rid, grpc.StatusCode.OK, t0, patient, pset)
+            out: bytes = reply.payload  # an EvaluateResponse: the same wire format as EvaluateStreamResponse
+            return out
+        log_rpc("EvaluateStream", rid, failure.code, t0, patient, pset)
+        return ds.EvaluateStreamResponse(request_id=rid, error=failure.stream_error()).SerializeToString()
+
+    async def evaluate_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        deadline = _deadline(context)
+        window: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
+
+        async def feed() -> None:
+            async for raw in requests:
+                await window.put(asyncio.create_task(self._stream_one(raw, deadline)))
+            await window.put(None)
+
+        feeder = asyncio.create_task(feed())
+        try:
+            while True:  # ends with the caller's stream (or its deadline/cancellation)
+                task = await window.get()
+                if task is None:
+                    break
+                yield await task
+            await feeder
+        finally:
+            feeder.cancel()
+            while not window.empty():
+                t = window.get_nowait()
+                if t is not None:
+                    t.cancel()
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        return grpc.method_handlers_generic_handler(
+            DECISION,
+            {
+                "Evaluate": grpc.unary_unary_rpc_method_handler(self.evaluate),
+                "EvaluateStream": grpc.stream_stream_rpc_method_handler(self.evaluate_stream),
+            },
+        )
+
+
+def _pathway(info: dict[str, str], source: bool = False) -> ps.Pathway:
+    return ps.Pathway(
+        id=info["id"],
+        version=info["version"],
+        sha256=info["sha256"],
+        title=info.get("title", ""),
+        file=info.get("file", ""),
+        source=info.get("source", "") if source else "",
+    )
+
+
+class PathwayServicer:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def _serving(self) -> list[dict[str, str]]:
+        return self.pool.current.info if self.pool.current else []
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], failure: status.Failure) -> None:
+        rich = failure.rich()
+        await context.abort(rich.code, rich.details, rich.trailing_metadata)
+
+    async def list_pathways(self, request: ps.ListPathwaysRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ps.ListPathwaysResponse:
+        t0 = time.perf_counter()
+        out = ps.ListPathwaysResponse(pathways=[_pathway(i) for i in self._serving()])
+        log_rpc("ListPathways", "", grpc.StatusCode.OK, t0)
+        return out
+
+    async def get_pathway(self, request: ps.GetPathwayRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ps.GetPathwayResponse:
+        t0 = time.perf_counter()
+        for info in self._serving():
+            if info["id"] == request.id:
+                log_rpc("GetPathway", "", grpc.StatusCode.OK, t0)
+                return ps.GetPathwayResponse(pathway=_pathway(info, source=True))
+        known = ", ".join(i["id"] for i in self._serving()) or "none"
+        log_rpc("GetPathway", "", grpc.StatusCode.NOT_FOUND, t0)
+        await self._abort(context, status.not_found(f"unknown pathway {request.id!r} (loaded: {known})"))
+        raise AssertionError("unreachable")
+
+    async def validate_pathway(
+        self, request: ps.ValidatePathwayRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ps.ValidatePathwayResponse:
+        t0 = time.perf_counter()
+        try:
+            reply = await self.pool.call("validate", (request.source, request.file or "<source>"), _deadline(context))
+        except PoolError as exc:
+            failure = status.from_exception(exc, "")
+            log_rpc("ValidatePathway", "", failure.code, t0)
+            await self._abort(context, failure)
+            raise AssertionError("unreachable") from None
+        bad = status.from_reply(reply, "")
+        if bad is not None:
+            log_rpc("ValidatePathway", "", bad.code, t0)
+            await self._abort(context, bad)
+        result = reply.payload
+        diags = [ps.Diagnostic(file=f, line=ln, col=c, path=p, message=m, text=t) for f, ln, c, p, m, t in result["diagnostics"]]
+        resp = ps.ValidatePathwayResponse(valid=not diags, diagnostics=diags)
+        if result["pathway"] is not None:
+            resp.pathway.CopyFrom(_pathway(result["pathway"]))
+        log_rpc("ValidatePathway", "", grpc.StatusCode.OK, t0)
+        return resp
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler[Any, Any]:
+            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString)
+
+        return grpc.method_handlers_generic_handler(
+            PATHWAY,
+            {
+                "ListPathways": unary(self.list_pathways, ps.ListPathwaysRequest, ps.ListPathwaysResponse),
+                "GetPathway": unary(self.get_pathway, ps.GetPathwayRequest, ps.GetPathwayResponse),
+                "ValidatePathway": unary(self.validate_pathway, ps.ValidatePathwayRequest, ps.ValidatePathwayResponse),
+            },
+        )
+
+
+def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for f in sorted(directory.glob("*.y*ml")):
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append((f.name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+class Service:
+    """The whole server: gRPC, health, reflection, the pool, signals, reload and drain."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        pathways: str | None = None,
+        workers: int = 1,
+        watch: bool = False,
+        grace: float = 30.0,
+        announce: Callable[[str], None] = print,
+    ) -> None:
+        self.host, self.port, self.pathways, self.workers = host, port, pathways, workers
+        self.watch, self.grace, self.announce = watch, grace, announce
+        self.pool = Pool(pathways, workers)
+        self.health: Any = getattr(health, "aio").HealthServicer()  # noqa: B009 (the stubs lack health.aio)
+        self.stopping = asyncio.Event()
+        self.bound = 0
+
+    async def _set_health(self, serving: bool) -> None:
+        st = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", DECISION, PATHWAY):
+            await self.health.set(name, st)
+
+    async def run(self) -> int:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers((DecisionServicer(self.pool).handler(), PathwayServicer(self.pool).handler()))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (DECISION, PATHWAY, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        await self._set_health(False)
+        self.bound = server.add_insecure_port(f"{self.host}:{self.port}")
+        await server.start()
+        target = f"{self.host}:{self.bound}"
+        self.announce(f"carepath: listening on {target} (NOT_SERVING while {self.workers} worker(s) compile the pathways)")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.pool.request_reload, "SIGHUP")
+        try:
+            gen = await self.pool.start()
+        except LoadFailed as exc:
+            for e in exc.errors:
+                print(e, file=sys.stderr)
+            log.error(json.dumps({"event": "load_failed", "errors": len(exc.errors)}))
+            await server.stop(0)
+            return 1
+        await self._set_health(True)
+        names_versions = ", ".join(f"{p['id']} {p['version']}" for p in gen.info) or "no pathways"
+        self.announce(f"carepath: SERVING {names_versions} on {target} with {self.workers} worker(s)")
+        self.announce(f"  carepath call --target {target} CASE_FILE")
+        self.announce(f"  grpcurl -plaintext -d @ {target} carepath.v1.DecisionService/Evaluate < request.json")
+        self.announce(f"  grpcurl -plaintext {target} grpc.health.v1.Health/Check")
+        tasks = [asyncio.create_task(self._reloader())]
+        if self.watch:
+            tasks.append(asyncio.create_task(self._watcher()))
+        await self.stopping.wait()
+        log.warning(json.dumps({"event": "draining", "grace_s": self.grace}))
+        await self.health.enter_graceful_shutdown()
+        await server.stop(self.grace)
+        for t in tasks:
+            t.cancel()
+        await self.pool.close()
+        log.warning(json.dumps({"event": "stopped"}))
+        return 0
+
+    async def _reloader(self) -> None:
+        while True:  # until cancelled at shutdown
+            why = await self.pool.reload_requests.get()
+            while not self.pool.reload_requests.empty():  # coalesce a burst of requests
+                self.pool.reload_requests.get_nowait()
+            t0 = time.perf_counter()
+            try:
+                gen = await self.pool.reload()
+            except LoadFailed as exc:
+                for e in exc.errors:
+                    print(e, file=sys.stderr, flush=True)
+                log.error(json.dumps({"event": "reload_refused", "trigger": why, "errors": exc.errors[:20]}))
+                continue
+            pathways = [f"{p['id']} {p['version']} {p['sha256'][:12]}" for p in gen.info]
+            ms = round((time.perf_counter() - t0) * 1000)
+            log.warning(json.dumps({"event": "reloaded", "trigger": why, "pathway_set": gen.number, "pathways": pathways, "ms": ms}))
+
+    async def _watcher(self) -> None:
+        from carepath.evaluate import bundled_pathways
+
+        directory = Path(self.pathways) if self.pathways else bundled_pathways()
+        last = _fingerprint(directory)
+        while True:  # until cancelled at shutdown; polls once a second
+            await asyncio.sleep(1.0)
+            now = _fingerprint(directory)
+            if now != last:
+                await asyncio.sleep(0.3)  # let an editor finish writing
+                last = _fingerprint(directory)
+                self.pool.request_reload("watch")
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if msg.startswith("{"):
+            return msg
+        return json.dumps({"event": "log", "level": record.levelname, "message": msg})
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLines())
+    root = logging.getLogger("carepath")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def serve(**kwargs: Any) -> int:
+    configure_logging()
+    return asyncio.run(Service(**kwargs).run())

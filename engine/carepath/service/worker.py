@@ -1,0 +1,121 @@
+"""A worker process: one compiled Engine, jobs in over a pipe, replies out, strictly one at a time.
+
+durable-rules is not thread-safe, so each worker owns its engine and runs a single thread.
+Messages are pickled tuples framed by multiprocessing.connection:
+  in:  (job_id, kind, payload, deadline)   kind "eval": EvaluateRequest bytes; "validate": (source, file)
+  out: (job_id, status, payload, meta)      job_id 0 is the start-up report: "ready" or "failed"
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import sys
+import time
+import traceback
+import uuid
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from carepath._proto.v1 import decision_service_pb2 as ds
+from carepath.case import parse_json
+from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
+from carepath.evaluate import Engine, bundled_pathways
+from carepath.service.convert import case_to_dict, decision_to_proto
+from carepath.validate import find_dictionary, load_vocabulary, pathway_files, validate_source
+
+# statuses a worker replies with (mapped to gRPC codes in carepath.service.status)
+OK, CASE_ERROR, NOT_FOUND, DEADLINE, INTERNAL, READY, FAILED = "ok", "case_error", "not_found", "deadline", "internal", "ready", "failed"
+
+
+def pathway_info(engine: Engine) -> list[dict[str, str]]:
+    return [
+        {"id": p.id, "version": p.version, "sha256": p.sha256, "title": p.model.title, "file": p.file, "source": p.source}
+        for p in engine.pathways
+    ]
+
+
+class Worker:
+    def __init__(self, engine: Engine, pathways: str | None) -> None:
+        self.engine = engine
+        self.pathways = pathways
+        self._vocab: Any = None
+
+    def handle(self, kind: str, payload: Any, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
+        if deadline is not None and time.monotonic() > deadline:
+            return DEADLINE, "deadline exceeded before the case was evaluated", ("", None)
+        if kind == "eval":
+            return self.evaluate(payload)
+        if kind == "validate":
+            return OK, self.validate(*payload), ("", None)
+        raise ValueError(f"unknown job kind {kind!r}")
+
+    def evaluate(self, payload: bytes) -> tuple[str, Any, tuple[str, str | None]]:
+        try:
+            req = ds.EvaluateRequest.FromString(payload)
+        except DecodeError:
+            return CASE_ERROR, [("", "the request is not a valid carepath.v1.EvaluateRequest")], ("", None)
+        rid = req.request_id or uuid.uuid4().hex[:16]
+        which = req.WhichOneof("input")
+        patient: str | None = None
+        try:
+            if which == "case":
+                data: Any = case_to_dict(req.case)
+            elif which == "case_json":
+                data = parse_json(req.case_json)
+            else:
+                raise CaseError([FieldViolation("case", "required field is missing (set case or case_json)")])
+            if isinstance(data, dict) and isinstance(data.get("patient_id"), str):
+                patient = data["patient_id"][:128]
+            decision = self.engine.evaluate(data, list(req.pathway_ids) or None)
+        except CaseError as exc:
+            return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, patient)
+        except UnknownPathwayError as exc:
+            return NOT_FOUND, str(exc), (rid, patient)
+        resp = ds.EvaluateResponse(request_id=rid, decision=decision_to_proto(decision))
+        return OK, resp.SerializeToString(), (rid, patient)
+
+    def validate(self, source: str, file: str) -> dict[str, Any]:
+        if self._vocab is None:
+            files = pathway_files([self.pathways or bundled_pathways()])
+            self._vocab = load_vocabulary(find_dictionary(files, bundled_pathways()))
+        checked, diags = validate_source(source, file, self._vocab)
+        info = None
+        if checked is not None and not diags:
+            info = {"id": checked.id, "version": checked.version, "sha256": checked.sha256, "title": checked.model.title, "file": file}
+        return {"diagnostics": [(d.file, d.line, d.col, d.path, d.message, str(d)) for d in diags], "pathway": info}
+
+
+def main(conn: Connection, pathways: str | None) -> None:
+    """The worker's entry point (a forkserver/spawn child)."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        engine = Engine.from_directory(Path(pathways) if pathways else None)
+    except PathwayError as exc:
+        conn.send_bytes(pickle.dumps((0, FAILED, [str(d) for d in exc.diagnostics], None)))
+        return
+    except Exception as exc:
+        conn.send_bytes(pickle.dumps((0, FAILED, [f"{type(exc).__name__}: {exc}"], None)))
+        return
+    conn.send_bytes(pickle.dumps((0, READY, pathway_info(engine), None)))
+    worker = Worker(engine, pathways)
+    while True:  # ends when the front end closes the pipe
+        try:
+            raw = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        job_id, kind, payload, deadline = pickle.loads(raw)
+        try:
+            status, out, meta = worker.handle(kind, payload, deadline)
+        except Exception:
+            rid = ""
+            print(f"carepath worker: internal error in job {job_id}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            status, out, meta = INTERNAL, "internal error", (rid, None)
+        try:
+            conn.send_bytes(pickle.dumps((job_id, status, out, meta), protocol=pickle.HIGHEST_PROTOCOL))
+        except (BrokenPipeError, OSError):
+            return
