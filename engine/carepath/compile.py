@@ -55,12 +55,76 @@ def fact_keys(e: Expr) -> set[str]:
 _ruleset_counter = itertools.count(1)
 
 
-def durable_ruleset(conditions: list[Expr], record: Callable[[int], None]) -> tuple[str, Json]:
-    """A ruleset whose rule k fires ``record(k)``; plus a catch-all so no assertion goes unhandled."""
+def _size(e: Expr) -> int:
+    return 1 + sum(_size(i) for i in e.items) if isinstance(e, (And, Or)) else 1
+
+
+def _largest_compound(e: Expr) -> Expr | None:
+    """The largest AND/OR strictly below the root (the next sub-condition to factor out)."""
+    best: Expr | None = None
+    stack = list(e.items) if isinstance(e, (And, Or)) else []
+    while stack:
+        x = stack.pop()
+        if isinstance(x, (And, Or)):
+            if best is None or _size(x) > _size(best):
+                best = x
+            stack.extend(x.items)
+    return best
+
+
+def _replace(e: Expr, old: Expr, new: Expr) -> Expr:
+    if e is old:
+        return new
+    if isinstance(e, And):
+        return And(tuple(_replace(i, old, new) for i in e.items), e.span)
+    if isinstance(e, Or):
+        return Or(tuple(_replace(i, old, new) for i in e.items), e.span)
+    return e
+
+
+def rule_pattern(cond: Expr, subs: list[tuple[str, Expr]]) -> Json:
+    """The durable-rules pattern for one rule.
+
+    durable-rules caps a pattern at 32 nested expressions. A condition over the cap has
+    its largest sub-conditions factored out, one at a time, into derived facts
+    (``x_N`` = 1 when the sub-condition is TRUE, 0 when FALSE, absent when unknown),
+    appended to ``subs`` for the deriver; Kleene truth is kept because the NNF only
+    tests them for TRUE.
+    """
+    n = lang.nnf(cond)
+    while True:
+        pattern = to_durable(n)
+        if _fits(pattern):
+            return pattern
+        target = _largest_compound(n)
+        if target is None:
+            return pattern
+        key = f"x_{len(subs)}"
+        subs.append((key, target))
+        n = _replace(n, target, Flag("sub", key))
+
+
+def _fits(pattern: Json) -> bool:
+    """Whether durable-rules accepts the pattern as one rule (it caps nested expressions)."""
+    from durable.engine import Host
+
+    class _Probe(Host):  # type: ignore[misc]
+        def _run(self) -> None:
+            return None
+
+    try:
+        _Probe().set_rulesets({f"carepath_probe_{next(_ruleset_counter)}": {"r": {"all": [{"m": pattern}], "run": _noop}}})
+    except Exception:
+        return False
+    return True
+
+
+def durable_ruleset(conditions: list[Expr], record: Callable[[int], None], subs: list[tuple[str, Expr]]) -> tuple[str, Json]:
+    """A ruleset whose rules for condition k fire ``record(k)``; plus a catch-all so no assertion goes unhandled."""
     name = f"carepath_{next(_ruleset_counter)}"
     rules: Json = {}
     for k, cond in enumerate(conditions):
-        rules[f"r{k}"] = {"all": [{"m": to_durable(lang.nnf(cond))}], "run": _action(record, k)}
+        rules[f"r{k}"] = {"all": [{"m": rule_pattern(cond, subs)}], "run": _action(record, k)}
     rules["catch_all"] = {"all": [{"m": TRUE}], "run": _noop}
     return name, {name: rules}
 

@@ -47,7 +47,7 @@ def values_read(expr: lang.Expr, facts: lang.Facts) -> dict[str, object]:
             v = facts.get(lit.key)
             name = {"finding": "{}", "dx": "diagnosed({})", "on": "taking({})", "allergy": "allergic({})", "pregnant": "{}"}[
                 lit.kind
-            ].format(lit.arg)
+            ].format(lit.arg.replace("|", ", "))
             out[name] = None if v is None else bool(v)
         else:
             out[f"present({lit.name})"] = bool(facts.get(lit.key))

@@ -72,13 +72,16 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
     findings = set(case.findings)
     for f in feat.findings:
         facts[f"f_{f}"] = int(f in findings)
-    for p in feat.dx:
-        facts[f"dx_{lang.sanitize(p)}"] = int(any(c.startswith(p) for c in case.conditions))
+    for p in feat.dx:  # a flag's arg is one prefix or several joined by '|'
+        prefixes = tuple(p.split("|"))
+        facts[f"dx_{lang.sanitize(p)}"] = int(any(c.startswith(prefixes) for c in case.conditions))
     atcs = [m.atc for m in case.medications]
     for p in feat.on:
-        facts[f"on_{p}"] = int(any(a.startswith(p) for a in atcs))
+        prefixes = tuple(p.split("|"))
+        facts[f"on_{lang.sanitize(p)}"] = int(any(a.startswith(prefixes) for a in atcs))
     for p in feat.allergy:
-        facts[f"al_{p}"] = int(any(a.startswith(p) or p.startswith(a) for a in case.allergies))
+        prefixes = tuple(p.split("|"))
+        facts[f"al_{lang.sanitize(p)}"] = int(any(a.startswith(prefixes) or any(q.startswith(a) for q in prefixes) for a in case.allergies))
     for group in feat.counts:
         facts["n_" + "_".join(group)] = sum(1 for p in group if any(a.startswith(p) for a in atcs))
     for p in feat.days_on:

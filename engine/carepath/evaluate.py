@@ -47,6 +47,7 @@ class _Compiled:
     keys: tuple[str, ...]
     applies: comp.Program
     programs: list[comp.Program]
+    subs: list[tuple[str, comp.Program]]  # sub-conditions factored out of over-long patterns
 
 
 class Engine:
@@ -65,10 +66,20 @@ class Engine:
             conds = [r.condition for r in cp.rules]
             for c in conds:
                 self.features.add(c)
-            name, definition = comp.durable_ruleset(conds, self._fired.append)
+            subs: list[tuple[str, lang.Expr]] = []
+            name, definition = comp.durable_ruleset(conds, self._fired.append, subs)
             self._host.set_rulesets(definition)
             keys = set().union(*(comp.fact_keys(lang.nnf(c)) for c in conds)) if conds else set()
-            self._compiled.append(_Compiled(cp, name, tuple(sorted(keys)), comp.reference(cp.applies), [comp.reference(c) for c in conds]))
+            self._compiled.append(
+                _Compiled(
+                    cp,
+                    name,
+                    tuple(sorted(keys)),
+                    comp.reference(cp.applies),
+                    [comp.reference(c) for c in conds],
+                    [(key, comp.reference(e)) for key, e in subs],
+                )
+            )
         for compiled in self._compiled:  # rulesets register lazily on the first post: warm them up now
             self._post(compiled, {})
         self._fired.clear()
@@ -100,6 +111,10 @@ class Engine:
         self._sid += 1
         sid = str(self._sid)
         fact: dict[str, object] = {k: facts[k] for k in c.keys if k in facts}
+        for key, prog in c.subs:
+            t = prog(facts)
+            if t is not None:
+                fact[key] = int(t)
         fact["sid"] = sid
         fact["id"] = "case"
         fact["cp"] = 1

@@ -128,6 +128,8 @@ class Flag:
     def key(self) -> str:
         if self.kind == "pregnant":
             return "pregnant"
+        if self.kind == "sub":  # a factored-out sub-condition (compile.rule_pattern)
+            return self.arg
         return {"finding": "f_", "dx": "dx_", "on": "on_", "allergy": "al_"}[self.kind] + sanitize(self.arg)
 
 
@@ -174,7 +176,7 @@ Expr = Cmp | Enum | Flag | Present | Not | And | Or | Const
 
 
 def sanitize(code: str) -> str:
-    return code.replace(".", "_")
+    return code.replace(".", "_").replace("|", "_")
 
 
 # ---------------------------------------------------------------- parser
@@ -467,8 +469,8 @@ class _Parser:
             arity(1)
             return self.comparison(Num("days_on", args[0][0]), start, None)
         kind = {"diagnosed": "dx", "taking": "on", "allergic": "allergy"}[name]
-        flags = tuple(Flag(kind, code, True, (start, end)) for code, _ in args)
-        return flags[0] if len(flags) == 1 else Or(flags, (start, end))
+        # one derived flag for the whole list keeps compiled patterns small
+        return Flag(kind, "|".join(sorted({code for code, _ in args})), True, (start, end))
 
 
 def parse(text: str, vocab: Vocabulary) -> tuple[Expr, list[NameError_]]:
@@ -601,7 +603,7 @@ def describe(lit: Literal, facts: Facts, vocab: Vocabulary) -> str:
         if lit.kind == "pregnant":
             return "pregnant" if lit.value else "not pregnant"
         verb = {"finding": "", "dx": "diagnosed ", "on": "taking ", "allergy": "allergic to "}[lit.kind]
-        return f"{'' if lit.value else 'not '}{verb}{lit.arg}"
+        return f"{'' if lit.value else 'not '}{verb}{lit.arg.replace('|', '/')}"
     if lit.value:
         return f"{lit.name} on record"
     return f"no {lit.name} on record"

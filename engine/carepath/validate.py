@@ -238,7 +238,7 @@ def _consistent(term: list[lang.Literal], vocab: Vocabulary) -> bool:
             flags[lit.key] = (lit.kind, lit.arg, lit.value)
     # prefix implications: taking C09AA implies taking C09A; a diagnosis likewise
     for (k1, a1, v1), (k2, a2, v2) in itertools.permutations(flags.values(), 2):
-        if k1 == k2 and k1 in ("dx", "on") and v1 and not v2 and a1.startswith(a2):
+        if k1 == k2 and k1 in ("dx", "on") and v1 and not v2 and all(x.startswith(tuple(a2.split("|"))) for x in a1.split("|")):
             return False
     return True
 
