@@ -215,6 +215,28 @@ class BatchStats:
         return self.cases / self.seconds if self.seconds else 0.0
 
 
+class _Interrupt:
+    """Ctrl-C sets a flag that the run checks between steps (never an exception at an arbitrary point);
+    a second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.previous: Any = None
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def _drive(
     submit: Callable[[list[Line]], _Future],
     chunks: Iterator[list[Line]],
@@ -228,39 +250,47 @@ def _drive(
     t0 = time.perf_counter()
     pending: deque[tuple[int, _Future]] = deque()
 
-    def write(last_line: int, fut: _Future) -> None:
+    def wait_oldest(stop: _Interrupt) -> bool:
+        """Write the oldest chunk once done; False if interrupted while waiting."""
+        last_line, fut = pending[0]
+        while not fut.done():
+            if stop.flag:
+                return False
+            time.sleep(0.002)
         data, ok, bad = fut.result()
+        pending.popleft()
         out.write(data)
         stats.cases += ok + bad
         stats.errors += bad
         stats.lines_done = last_line
         progress.update(stats.cases, position())
+        return True
 
-    try:
-        for chunk in chunks:
-            pending.append((chunk[-1][0], submit(chunk)))
-            while len(pending) >= inflight or (pending and pending[0][1].done()):
-                write(*pending.popleft())
-        while pending:
-            write(*pending.popleft())
-    except KeyboardInterrupt:
-        stats.interrupted = True
-        for _, fut in pending:
-            fut.cancel()
-        try:  # finish and write the chunks already running, in order, up to the first cancelled one
-            while pending:
-                last, fut = pending.popleft()
-                try:
-                    write(last, fut)
-                except Exception:
+    with _Interrupt() as stop:
+        try:
+            for chunk in chunks:
+                if stop.flag:
                     break
-        except KeyboardInterrupt:
-            pass
-    finally:
-        out.flush()
-        stats.seconds = time.perf_counter() - t0
-        progress.update(stats.cases, position(), force=True)
-        progress.close()
+                pending.append((chunk[-1][0], submit(chunk)))
+                while (len(pending) >= inflight or (pending and pending[0][1].done())) and wait_oldest(stop):
+                    pass
+            while pending and not stop.flag and wait_oldest(stop):
+                pass
+            if stop.flag:  # finish the chunks already running, in order, up to the first cancelled one
+                stats.interrupted = True
+                for _, fut in pending:
+                    fut.cancel()
+                while pending:
+                    try:
+                        stop.flag = False
+                        wait_oldest(stop)
+                    except Exception:  # cancelled: nothing after it is written
+                        break
+        finally:
+            out.flush()
+            stats.seconds = time.perf_counter() - t0
+            progress.update(stats.cases, position(), force=True)
+            progress.close()
     return stats
 
 
