@@ -45,6 +45,7 @@ class ObsDef:
 class Vocabulary:
     observations: Mapping[str, ObsDef]
     findings: frozenset[str]
+    definitions: Mapping[str, Expr] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- AST
@@ -388,9 +389,12 @@ class _Parser:
             return Const(name == "true", (start, self.pos))
         if name in self.vocab.observations:
             return self.comparison(Num("obs", name), start, self.vocab.observations[name])
+        if name in self.vocab.definitions:  # a named sub-condition of the pathway, inlined
+            return self.vocab.definitions[name]
         if name in self.vocab.findings:
             return Flag("finding", name, True, (start, self.pos))
         options = set(self.vocab.findings) | set(self.vocab.observations) | set(NUMERIC_FIELDS) | set(ENUM_FIELDS)
+        options |= set(self.vocab.definitions)
         self.err(start, f"unknown name {name!r}" + did_you_mean(name, options | {"pregnant"}))
         if self.peek()[0] == "op":  # keep parsing so later errors are reported too
             return self.comparison(Num("obs", name), start, None)

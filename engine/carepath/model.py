@@ -126,6 +126,10 @@ class Pathway(_Strict):
     status: Literal["draft", "active", "retired"]
     owners: list[str] = Field(min_length=1)
     applies_to: str = Field(min_length=1, description="Who is in the pathway; AND-ed into every rule.")
+    definitions: dict[Annotated[str, Field(pattern=NAME)], str] = Field(
+        default_factory=dict,
+        description="Named sub-conditions (e.g. bp_uncontrolled) that rules use by name; each may use the ones above it.",
+    )
     citations: dict[str, Citation] = Field(min_length=1)
     dictionary: Dictionary = Field(default_factory=Dictionary)
     emergency_findings: list[str] = Field(default_factory=list)

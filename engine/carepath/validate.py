@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +294,16 @@ def check_pathway(loc: Located, base: Vocabulary) -> tuple[CheckedPathway | None
         if code in base.observations:
             diags.append(loc.diag(("dictionary", "observations", code), f"observation {code!r} is already in the shared dictionary"))
     vocab = merge_vocabulary(base, model.dictionary)
+    defs: dict[str, Expr] = {}
+    reserved = set(vocab.observations) | vocab.findings | set(lang.NUMERIC_FIELDS) | set(lang.ENUM_FIELDS) | lang.CALLS | lang.KEYWORDS
+    for name, text in model.definitions.items():
+        if name in reserved or name in ("pregnant", "true", "false"):
+            diags.append(loc.diag(("definitions", name), f"definition name {name!r} is already a name in the condition language"))
+            continue
+        d = _parse(loc, ("definitions", name), text, replace(vocab, definitions=dict(defs)), diags)
+        if d is not None:
+            defs[name] = d
+    vocab = replace(vocab, definitions=defs)
     applies = _parse(loc, ("applies_to",), model.applies_to, vocab, diags)
     for i, f in enumerate(model.emergency_findings):
         if f not in vocab.findings:

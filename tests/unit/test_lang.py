@@ -128,3 +128,24 @@ def test_describe_shows_the_value_read() -> None:
     e = parse("sbp >= 180")
     assert isinstance(e, lang.Cmp)
     assert lang.describe(e, {"o_sbp": 186.0}, VOCAB) == "sbp 186 mmHg ≥ 180"
+
+
+def test_definitions_are_inlined_and_checked_in_order(tmp_path: Path) -> None:
+    import shutil
+
+    from carepath.validate import validate_paths
+
+    src = (Path(__file__).parent.parent / "fixtures" / "pathways" / "mini_htn.yaml").read_text()
+    src = src.replace("applies_to:", "definitions:\n  high: sbp >= 140 or dbp >= 90\n  uses_later: later\n  later: high\napplies_to:")
+    src = src.replace("when: (sbp >= 140 or dbp >= 90) and sbp < 180", "when: high and sbp < 180")
+    (tmp_path / "p.yaml").write_text(src)
+    shutil.copy(Path(__file__).parent.parent / "fixtures" / "pathways" / "dictionary.yaml", tmp_path)
+    checked, diags = validate_paths([tmp_path], tmp_path)
+    assert [d.message for d in diags] == ["unknown name 'later'"]
+    assert diags[0].path == "definitions.uses_later"
+    fixed = src.replace("  uses_later: later\n", "")
+    (tmp_path / "p.yaml").write_text(fixed)
+    checked, diags = validate_paths([tmp_path], tmp_path)
+    assert not diags
+    rule = next(r for r in checked[0].rules if r.rule.id == "mini.uncontrolled")
+    assert lang.eval3(rule.when, {"o_sbp": 150.0, "o_dbp": 80.0}) is True

@@ -44,8 +44,13 @@ def test_missing_potassium_asks_for_the_test_and_does_not_start(engine: Engine) 
 
 
 def test_with_potassium_the_start_fires(engine: Engine) -> None:
-    d = engine.evaluate(case(observations=[obs("sbp", 150, "mmHg"), obs("potassium", 4.2, "mmol/L")]))
+    d = engine.evaluate(case(observations=[obs("sbp", 150, "mmHg"), obs("dbp", 92, "mmHg"), obs("potassium", 4.2, "mmol/L")]))
     assert any(r["kind"] == "medication" and r["action"] == "start" for r in d["recommendations"])
+
+
+def test_without_dbp_a_crisis_cannot_be_ruled_out_so_nothing_starts(engine: Engine) -> None:
+    d = engine.evaluate(case(observations=[obs("sbp", 150, "mmHg"), obs("potassium", 4.2, "mmol/L")]))
+    assert not any(r["kind"] == "medication" for r in d["recommendations"])
 
 
 def test_crisis_reason_reads_like_the_readme(engine: Engine) -> None:
