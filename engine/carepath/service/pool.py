@@ -107,6 +107,7 @@ class _Proc:
             raise LoadFailed(list(payload))
         self.alive = True
         self.reader_task = asyncio.create_task(self._read_loop())
+        log.info(json.dumps({"event": "worker_started", "pathway_set": self.gen.number, "worker": self.index, "pid": self.proc.pid}))
         return list(payload)
 
     async def _read(self) -> tuple[int, str, Any, Any]:

@@ -1,0 +1,131 @@
+"""A real carepath server in a subprocess on 127.0.0.1 (no mocks), and the cases the tests send."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "pathways"
+BAD_CASES = ROOT / "tests" / "unit" / "bad_cases"
+CARE = [sys.executable, "-c", "from carepath.cli import main; raise SystemExit(main())"]
+
+SAMPLE: dict[str, Any] = {
+    "patient_id": "p-0001",
+    "as_of": "2026-11-24",
+    "setting": "community",
+    "age": 58,
+    "sex": "female",
+    "pregnant": False,
+    "conditions": ["I10", "E11.9"],
+    "observations": [
+        {"code": "sbp", "value": 162, "unit": "mmHg", "date": "2026-11-20"},
+        {"code": "dbp", "value": 98, "unit": "mmHg", "date": "2026-11-20"},
+        {"code": "hba1c", "value": 8.4, "unit": "%", "date": "2026-09-02"},
+        {"code": "egfr", "value": 52, "unit": "mL/min/1.73m2", "date": "2026-09-02"},
+    ],
+    "medications": [{"atc": "A10BA02", "name": "metformin", "dose_mg_per_day": 1000, "since": "2025-03-01"}],
+    "allergies": ["C09AA"],
+    "findings": ["severe_headache"],
+    "smi_risk_grade": None,
+}
+
+
+def varied_case(i: int) -> dict[str, Any]:
+    """A deterministic spread of cases over the fixture pathway's branches."""
+    c = json.loads(json.dumps(SAMPLE))
+    c["patient_id"] = f"p-{i:05d}"
+    c["setting"] = "hospital" if i % 3 == 0 else "community"
+    c["pregnant"] = [False, True, None][i % 3]
+    c["age"] = 20 + i % 70
+    c["findings"] = [[], ["severe_headache"], ["chest_pain"], []][i % 4]
+    c["allergies"] = [] if i % 2 else ["C09AA"]
+    c["observations"][0]["value"] = 110 + (i * 7) % 100
+    c["observations"][1]["value"] = 70 + (i * 5) % 50
+    if i % 5 == 0:
+        c["observations"].append({"code": "potassium", "value": 4.0 + (i % 30) / 10, "unit": "mmol/L", "date": "2026-10-01"})
+    if i % 7 == 0:
+        c["medications"].append({"atc": "C09AA02", "name": "enalapril", "since": "2026-01-01"})
+    if i % 11 == 0:
+        del c["observations"][3]
+    return c
+
+
+def scenario_cases() -> list[tuple[str, Any]]:
+    """The cases compared over gRPC and in-process. The golden scenarios (tests/scenarios, via
+    carepath.scenarios) are not in the tree yet; until they land these fixture cases stand in."""
+    return [("sample", SAMPLE)] + [(f"varied-{i}", varied_case(i)) for i in range(40)]
+
+
+class Server:
+    """`carepath serve` in a subprocess; stderr (the JSON log) goes to a file."""
+
+    def __init__(self, tmp: Path, pathways: Path = FIXTURES, workers: int = 2, *extra: str) -> None:
+        self.log_path = tmp / f"serve-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        cmd = [*CARE, "serve", "--port", "0", "--pathways", str(pathways), "--workers", str(workers), *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=ROOT)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        m = re.search(r"listening on ([\d.]+:\d+)", line)
+        assert m, f"server did not start: {line!r}\n{self.log()}"
+        self.target = m.group(1)
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        assert self.proc.stdout is not None
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline().decode()
+            if "SERVING" in line:
+                return
+            if not line:
+                break
+        raise AssertionError(f"server never served:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            if line.startswith("{") and f'"{name}"' in line:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if ev.get("event") == name:
+                    out.append(ev)
+        return out
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._log.close()
+        return self.proc.returncode
+
+
+def wait_for(pred: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

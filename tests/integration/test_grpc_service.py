@@ -1,0 +1,336 @@
+"""The gRPC service end to end: a real `carepath serve` on 127.0.0.1 with real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_helpers import BAD_CASES, CARE, FIXTURES, ROOT, SAMPLE, Server, scenario_cases, varied_case, wait_for
+from grpc_status import rpc_status
+
+from carepath._proto.v1 import decision_service_pb2 as ds
+from carepath.case import parse_json
+from carepath.cli import dumps
+from carepath.client import CallError, CarepathClient
+from carepath.errors import CaseError
+from carepath.evaluate import Engine
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = Server(tmp_path_factory.mktemp("srv"))
+    s.wait_serving()
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[CarepathClient]:
+    with CarepathClient(server.target) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.from_directory(FIXTURES)
+
+
+@pytest.mark.parametrize(("name", "case"), scenario_cases(), ids=[n for n, _ in scenario_cases()])
+def test_scenario_same_decision_over_grpc(client: CarepathClient, engine: Engine, name: str, case: Any) -> None:
+    assert dumps(client.evaluate(case)) == dumps(engine.evaluate(case))
+
+
+def test_call_prints_exactly_what_evaluate_prints(server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "case.json"
+    path.write_text(json.dumps(SAMPLE))
+    cli = CARE
+    called = subprocess.run([*cli, "call", "--target", server.target, str(path)], capture_output=True, check=True, cwd=ROOT)
+    local = subprocess.run([*cli, "evaluate", "--pathways", str(FIXTURES), str(path)], capture_output=True, check=True, cwd=ROOT)
+    assert called.stdout == local.stdout
+
+
+def test_proto_and_json_inputs_agree(client: CarepathClient, engine: Engine) -> None:
+    raw = client._evaluate(ds.EvaluateRequest(request_id="j1", case_json=json.dumps(SAMPLE)), timeout=10)
+    assert raw.request_id == "j1"
+    assert dumps(client.evaluate(SAMPLE)) == dumps(engine.evaluate(SAMPLE))
+
+
+def test_stream_of_1000_cases(client: CarepathClient, engine: Engine) -> None:
+    cases = [varied_case(i) for i in range(1000)]
+    t0 = time.perf_counter()
+    results = list(client.evaluate_many(cases))
+    elapsed = time.perf_counter() - t0
+    assert [r.request_id for r in results] == [str(i) for i in range(1000)]
+    for case, r in zip(cases, results, strict=True):
+        assert r.error is None
+        assert dumps(r.decision) == dumps(engine.evaluate(case))
+    print(f"1000-case stream: {elapsed:.2f}s ({1000 / elapsed:.0f} cases/s)")
+
+
+def test_stream_bad_case_gets_an_error_and_the_stream_goes_on(client: CarepathClient) -> None:
+    bad = dict(SAMPLE, age=True)
+    results = list(client.evaluate_many([SAMPLE, bad, SAMPLE]))
+    assert [r.error is None for r in results] == [True, False, True]
+    err = results[1].error
+    assert isinstance(err, CaseError) and err.violations[0].field == "age"
+
+
+BAD = yaml.safe_load((BAD_CASES / "expected.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(BAD), ids=sorted(BAD))
+def test_bad_case_invalid_argument_names_the_field(client: CarepathClient, name: str) -> None:
+    expected = BAD[name]
+    raw = (BAD_CASES / name).read_bytes()
+    try:
+        data = parse_json(raw)
+        request = ds.EvaluateRequest(request_id=name, case_json=json.dumps(data, ensure_ascii=False))
+    except CaseError:  # not even JSON: send the bytes as they are
+        request = ds.EvaluateRequest(
+            request_id=name, case_json=raw.decode("utf-8", errors="surrogateescape").encode("utf-8", "replace").decode()
+        )
+    with pytest.raises(grpc.RpcError) as info:
+        client._evaluate(request, timeout=10)
+    err: Any = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    st = rpc_status.from_call(err)
+    assert st is not None
+    br = error_details_pb2.BadRequest()
+    assert st.details[0].Unpack(br)
+    fields = [(v.field, v.description) for v in br.field_violations]
+    assert any(f == expected["field"] and expected["message"] in m for f, m in fields), fields
+
+
+def test_client_raises_case_error_with_fields(client: CarepathClient) -> None:
+    with pytest.raises(CaseError) as info:
+        client.evaluate(dict(SAMPLE, agee=3))
+    assert [v.field for v in info.value.violations] == ["agee"]
+
+
+def test_unknown_pathway_is_not_found(client: CarepathClient) -> None:
+    with pytest.raises(CallError) as info:
+        client.evaluate(SAMPLE, pathway_ids=["nope"])
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_deadline_exceeded(client: CarepathClient) -> None:
+    with pytest.raises(CallError) as info:
+        client.evaluate(SAMPLE, timeout=0.0001)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_message_size_limit(client: CarepathClient) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        client._evaluate(ds.EvaluateRequest(case_json="x" * (5 * 1024 * 1024)), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert client.evaluate(SAMPLE)["patient_id"] == "p-0001"  # still serving
+
+
+def test_garbage_bytes_do_not_crash_a_worker(server: Server, client: CarepathClient) -> None:
+    channel = grpc.insecure_channel(server.target)
+    raw = channel.unary_unary("/carepath.v1.DecisionService/Evaluate")
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\xff\xff\xff\x07garbage", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    channel.close()
+    assert client.evaluate(SAMPLE)["patient_id"] == "p-0001"
+    assert not server.events("worker_died")
+
+
+def test_pathway_service(client: CarepathClient, engine: Engine) -> None:
+    listed = client.list_pathways()
+    assert [(p["id"], p["version"], p["sha256"]) for p in listed] == [(p.id, p.version, p.sha256) for p in engine.pathways]
+    got = client.get_pathway("mini_htn")
+    assert got["source"] == engine.pathways[0].source
+    with pytest.raises(CallError):
+        client.get_pathway("nope")
+    broken = (FIXTURES / "mini_htn.yaml").read_text().replace("when: due(egfr, 365)", "when: due(egfrr, 365)")
+    diags = client.validate_pathway(broken, "mini_htn.yaml")
+    assert diags and all(d.file == "mini_htn.yaml" and d.line > 0 for d in diags)
+    assert client.validate_pathway((FIXTURES / "mini_htn.yaml").read_text()) == []
+
+
+def test_one_log_line_per_request_without_patient_data(server: Server, client: CarepathClient) -> None:
+    client.evaluate(SAMPLE, request_id="log-probe-1")
+    wait_for(lambda: server.events("rpc") and any(e["request_id"] == "log-probe-1" for e in server.events("rpc")), 5, "log line")
+    lines = [e for e in server.events("rpc") if e["request_id"] == "log-probe-1"]
+    assert len(lines) == 1
+    assert set(lines[0]) <= {"event", "method", "request_id", "status", "patient_id", "pathway_set", "latency_ms"}
+    assert "metformin" not in server.log() and "A10BA02" not in server.log()
+
+
+# ------------------------------------------------------------- lifecycle tests (own servers)
+def _health(target: str) -> int:
+    with grpc.insecure_channel(target) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        except grpc.RpcError:
+            return -1
+        return int(resp.status)
+
+
+def test_health_not_serving_then_serving(tmp_path: Path) -> None:
+    s = Server(tmp_path)
+    try:
+        seen = [_health(s.target)]
+        wait_for(lambda: seen.append(_health(s.target)) or seen[-1] == health_pb2.HealthCheckResponse.SERVING, 60, "SERVING")
+        assert seen[0] == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert seen[-1] == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert s.stop() == 0
+
+
+class Load:
+    """Callers hammering Evaluate from threads; counts successes and failures."""
+
+    def __init__(self, target: str, threads: int = 4, timeout: float = 20.0) -> None:
+        self.target, self.timeout = target, timeout
+        self.ok = 0
+        self.failures: list[str] = []
+        self.versions: set[str] = set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, n: int) -> None:
+        with CarepathClient(self.target, timeout=self.timeout, retries=0) as c:
+            i = n
+            while not self._stop.is_set():  # until stop(); each call bounded by its deadline
+                try:
+                    d = c.evaluate(varied_case(i))
+                    with self._lock:
+                        self.ok += 1
+                        self.versions.add(d["pathways"][0]["version"])
+                except Exception as exc:
+                    with self._lock:
+                        self.failures.append(f"{type(exc).__name__}: {exc}")
+                i += 4
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+            assert not t.is_alive(), "a caller hung"
+
+
+def _copy_fixtures(tmp: Path) -> Path:
+    d = tmp / "pathways"
+    shutil.copytree(FIXTURES, d)
+    return d
+
+
+def test_reload_under_load_and_broken_set_refused(tmp_path: Path) -> None:
+    pathways = _copy_fixtures(tmp_path)
+    s = Server(tmp_path, pathways, 2)
+    s.wait_serving()
+    try:
+        with Load(s.target) as load:
+            wait_for(lambda: load.ok > 50, 20, "load")
+            f = pathways / "mini_htn.yaml"
+            f.write_text(f.read_text().replace("version: 0.1.0", "version: 0.2.0"))
+            s.signal(signal.SIGHUP)
+            wait_for(lambda: "0.2.0" in load.versions, 60, "the reloaded set to serve")
+            ok_at_swap = load.ok
+            wait_for(lambda: load.ok > ok_at_swap + 50, 20, "more load after the swap")
+            # a broken set is refused; the last good one keeps serving
+            f.write_text(f.read_text().replace("when: due(egfr, 365)", "when: due(egfrr, 365)"))
+            s.signal(signal.SIGHUP)
+            wait_for(lambda: bool(s.events("reload_refused")), 60, "the broken set to be refused")
+            ok_at_refusal = load.ok
+            wait_for(lambda: load.ok > ok_at_refusal + 50, 20, "load after the refusal")
+        assert load.failures == []
+        assert load.versions == {"0.1.0", "0.2.0"}
+        refused = s.events("reload_refused")[0]
+        assert any("egfrr" in e for e in refused["errors"])
+        with CarepathClient(s.target) as c:
+            assert c.list_pathways()[0]["version"] == "0.2.0"
+    finally:
+        assert s.stop() == 0
+
+
+def test_watch_reloads_on_file_change(tmp_path: Path) -> None:
+    pathways = _copy_fixtures(tmp_path)
+    s = Server(tmp_path, pathways, 1, "--watch")
+    s.wait_serving()
+    try:
+        f = pathways / "mini_htn.yaml"
+        f.write_text(f.read_text().replace("version: 0.1.0", "version: 0.3.0"))
+        with CarepathClient(s.target) as c:
+            wait_for(lambda: c.list_pathways()[0]["version"] == "0.3.0", 60, "the watched change to load")
+            assert c.evaluate(SAMPLE)["pathways"][0]["version"] == "0.3.0"
+    finally:
+        assert s.stop() == 0
+
+
+def test_kill_9_worker_under_load_recovers(tmp_path: Path) -> None:
+    s = Server(tmp_path, FIXTURES, 2)
+    s.wait_serving()
+    try:
+        with Load(s.target, threads=4, timeout=15) as load:
+            wait_for(lambda: load.ok > 50, 20, "load")
+            pids = [e["pid"] for e in s.events("worker_started")]
+            os.kill(pids[0], signal.SIGKILL)
+            wait_for(lambda: bool(s.events("worker_replaced")), 60, "a replacement worker")
+            ok_after = load.ok
+            wait_for(lambda: load.ok > ok_after + 50, 20, "load after the replacement")
+            os.kill(pids[1], signal.SIGKILL)
+            wait_for(lambda: len(s.events("worker_replaced")) >= 2, 60, "a second replacement worker")
+        # requests held by the dead worker were retried on another, or failed fast with UNAVAILABLE
+        assert all("UNAVAILABLE" in f for f in load.failures), load.failures
+        assert len(load.failures) <= 8, load.failures
+        with CarepathClient(s.target) as c:
+            assert c.evaluate(SAMPLE)["patient_id"] == "p-0001"
+    finally:
+        assert s.stop() == 0
+
+
+def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
+    s = Server(tmp_path, FIXTURES, 2, "--grace", "20")
+    s.wait_serving()
+    done: list[str] = []
+    errors: list[str] = []
+    with CarepathClient(s.target, retries=0) as c:
+        started = threading.Barrier(9)
+
+        def call(i: int) -> None:
+            started.wait(10)
+            try:
+                list(c.evaluate_many([varied_case(j) for j in range(i * 300, i * 300 + 300)]))
+                done.append(str(i))
+            except Exception as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        started.wait(10)
+        time.sleep(0.15)
+        s.signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+            assert not t.is_alive()
+    code = s.proc.wait(60)
+    s.stop()
+    assert code == 0
+    assert errors == [] and len(done) == 8
+    assert s.events("stopped")
