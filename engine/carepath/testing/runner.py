@@ -35,6 +35,8 @@ from .strategies import CaseSpace
 PROFILES: dict[str, int] = {"dev": 200, "ci": 1000, "thorough": 10_000, "pytest": 150}
 """Examples per pathway for each profile (each YAML invariant gets a fifth of it, at least 50)."""
 DEFAULT_SEED = 20261124
+TOP_UP = 40
+"""Examples of the steered search into a rule that the main search never fired."""
 SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture]
 
 
@@ -210,7 +212,23 @@ def check_engine(
             decision = checker.check(case, draw, pid)
             fired.update({t["rule"] for t in decision["trace"]})
 
-        searches.append(_search(p.id, space.cases(pathway=p.id), body, cfg, seed, f"carepath-check:{p.id}:{p.sha256}"))
+        res = _search(p.id, space.cases(pathway=p.id), body, cfg, seed, f"carepath-check:{p.id}:{p.sha256}")
+        # coverage top-up: a short search steered into each rule that has not fired yet
+        for r in p.rules:
+            if res.violation is not None or fired.get(r.rule.id, 0):
+                continue
+            top = _search(
+                r.rule.id,
+                space.steered(r.condition, pathway=p.id),
+                body,
+                settings(cfg, max_examples=TOP_UP),
+                seed,
+                f"carepath-topup:{r.rule.id}:{p.sha256}",
+            )
+            res.examples += top.examples
+            res.seconds += top.seconds
+            res.violation = top.violation
+        searches.append(res)
 
     if yaml_searches:
         yn = max(50, n // 5)

@@ -85,6 +85,13 @@ ATC_NAMES: Final[dict[str, str]] = {
 COMORBIDITY: Final = ("E78.5", "J45.9", "N18.3", "I25.1", "E66.9")
 
 
+_BOOL: Final = st.booleans()
+_GRADE: Final = st.integers(0, 5)
+_MAYBE_GRADE: Final = st.one_of(st.none(), st.integers(0, 5))
+_N_READINGS: Final = st.integers(0, 2)
+_ALT: Final = st.integers(0, 3)
+
+
 class _Any:
     def __repr__(self) -> str:
         return "ANY"
@@ -149,28 +156,6 @@ def _satisfies(v: float, op: str, x: float) -> bool:
     }[op]
 
 
-def dnf(e: Expr, limit: int = 64) -> list[tuple[lang.Literal, ...]]:
-    """Disjunctive normal form of ``e`` (negations pushed in), truncated to ``limit`` terms."""
-
-    def go(x: Expr) -> list[tuple[lang.Literal, ...]]:
-        if isinstance(x, Const):
-            return [()] if x.value else []
-        if isinstance(x, Or):
-            out: list[tuple[lang.Literal, ...]] = []
-            for i in x.items:
-                out.extend(go(i))
-            return out[:limit]
-        if isinstance(x, And):
-            acc: list[tuple[lang.Literal, ...]] = [()]
-            for i in x.items:
-                acc = [a + b for a in acc for b in go(i)][:limit]
-            return acc
-        assert not isinstance(x, Not)
-        return [(x,)]
-
-    return go(lang.nnf(e))
-
-
 @dataclass(frozen=True)
 class PathwayInfo:
     """What the generator needs to know about one pathway."""
@@ -180,7 +165,7 @@ class PathwayInfo:
     obs: tuple[str, ...]
     emergency: tuple[str, ...]
     worse_is_higher: tuple[str, ...]
-    terms: tuple[tuple[lang.Literal, ...], ...]
+    targets: tuple[Expr, ...]  # rule conditions and invariant givens (NNF): what steering aims at
 
 
 @dataclass
@@ -257,18 +242,15 @@ class CaseSpace:
             dx = tuple(
                 sorted({a for lit in lang.literals(p.applies) if isinstance(lit, Flag) and lit.kind == "dx" for a in prefixes(lit.arg)})
             )
-            terms: list[tuple[lang.Literal, ...]] = []
-            for r in p.rules:
-                terms.extend(dnf(r.condition, 16))
-            for _, g in p.invariants:
-                terms.extend(dnf(lang.conj(p.applies, g), 16))
+            targets = [lang.nnf(r.condition) for r in p.rules]
+            targets += [lang.nnf(lang.conj(p.applies, g)) for _, g in p.invariants]
             self.pathways[p.id] = PathwayInfo(
                 id=p.id,
                 dx=dx,
                 obs=tuple(dict.fromkeys(p_obs)),
                 emergency=tuple(p.model.emergency_findings),
                 worse_is_higher=tuple(o for o in p.model.worse_is_higher if o in obs),
-                terms=tuple(terms),
+                targets=tuple(targets),
             )
         self.obs_codes = tuple(dict.fromkeys(o for info in self.pathways.values() for o in info.obs))
         self.steps: dict[str, float] = {}
@@ -305,6 +287,10 @@ class CaseSpace:
         self.icd_codes = tuple(dict.fromkeys([*dx_codes, *COMORBIDITY]))
         ordered = sorted(used_findings) + sorted(findings - used_findings)
         self.findings = tuple(ordered)
+        self._cache: dict[object, st.SearchStrategy[Any]] = {}
+        self._age = st.one_of(st.none(), st.sampled_from(self.fields["age"]), st.integers(0, 110))
+        self._since = st.one_of(st.none(), st.sampled_from(self.since), st.integers(0, 3650))
+        self._since_short = st.one_of(st.none(), st.sampled_from(self.since))
 
     @classmethod
     def from_directory(cls, path: Path | str | None = None) -> CaseSpace:
@@ -333,11 +319,10 @@ class CaseSpace:
         def build(draw: st.DrawFn) -> Case:
             info = self.pathways[pathway] if pathway is not None else None
             if info is None and self.pathways:
-                info = draw(st.sampled_from(sorted(self.pathways.values(), key=lambda i: i.id)))
+                info = draw(self._sample(sorted(self.pathways.values(), key=lambda i: i.id)))
             d = self._base(draw, info, conditions, pregnant, setting, findings)
-            if steer and info is not None and info.terms and draw(st.booleans()):
-                term = draw(st.sampled_from(info.terms))
-                self._steer(draw, d, term, conditions, pregnant, setting)
+            if steer and info is not None and info.targets and draw(_BOOL):
+                self._steer(draw, d, draw(self._sample(info.targets)), conditions, pregnant, setting)
             return self.emit(d)
 
         return build()
@@ -352,27 +337,48 @@ class CaseSpace:
         setting: str | _Any = ANY,
     ) -> st.SearchStrategy[Case]:
         """Cases edited so that one disjunct of ``expr`` holds (best effort): for ``given`` of an invariant."""
-        terms = dnf(expr, 32)
+        target = lang.nnf(expr)
 
         @st.composite
         def build(draw: st.DrawFn) -> Case:
             info = self.pathways[pathway] if pathway is not None else None
             d = self._base(draw, info, conditions, pregnant, setting, ANY)
-            if terms:
-                self._steer(draw, d, draw(st.sampled_from(terms)), conditions, pregnant, setting)
+            self._steer(draw, d, target, conditions, pregnant, setting)
             return self.emit(d)
 
         return build()
 
     # ------------------------------------------------------------ pieces
+    def _sample(self, items: Sequence[T]) -> st.SearchStrategy[T]:
+        key = tuple((type(x).__name__, x) for x in items)
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache[key] = st.sampled_from(tuple(items))
+        return got
+
     def value(self, code: str) -> st.SearchStrategy[float]:
-        od = self.vocab.observations[code]
-        step = self.steps.get(code, 0.1)
-        lo, hi = math.ceil(od.lo / step), math.floor(od.hi / step)
-        return st.one_of(st.sampled_from(self.values[code]), st.integers(lo, hi).map(lambda k: _rnd(k * step, step)))
+        key = ("value", code)
+        got = self._cache.get(key)
+        if got is None:
+            od = self.vocab.observations[code]
+            step = self.steps.get(code, 0.1)
+            lo, hi = math.ceil(od.lo / step), math.floor(od.hi / step)
+            got = self._cache[key] = st.one_of(self._sample(self.values[code]), st.integers(lo, hi).map(lambda k: _rnd(k * step, step)))
+        return got
 
     def _days(self, code: str) -> st.SearchStrategy[int]:
-        return st.one_of(st.sampled_from(self.days.get(code, _DAY_BASE)), st.integers(0, 1500))
+        key = ("days", code)
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache[key] = st.one_of(self._sample(self.days.get(code, _DAY_BASE)), st.integers(0, 1500))
+        return got
+
+    def _list(self, items: Sequence[str], n: int) -> st.SearchStrategy[list[str]]:
+        key = ("list", n, tuple(items))
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache[key] = st.lists(st.sampled_from(tuple(items)), max_size=n, unique=True)
+        return got
 
     def _reading(self, draw: st.DrawFn, code: str) -> list[float]:
         return [float(draw(self._days(code))), draw(self.value(code))]
@@ -386,72 +392,164 @@ class CaseSpace:
         setting: str | _Any,
         findings: Sequence[str] | _Any,
     ) -> _Draft:
-        s = draw(st.sampled_from(SETTINGS)) if isinstance(setting, _Any) else setting
+        s = draw(self._sample(SETTINGS)) if isinstance(setting, _Any) else setting
         if isinstance(conditions, _Any):
             conds: list[str] = []
-            if info is not None and info.dx and draw(st.sampled_from([True, True, True, False])):
-                conds.append(draw(st.sampled_from([c for p in info.dx for c in complete_icd(p)])))
-            conds += draw(st.lists(st.sampled_from(self.icd_codes), max_size=2, unique=True))
+            if info is not None and info.dx and draw(self._sample([True, True, True, False])):
+                conds.append(draw(self._sample([c for p in info.dx for c in complete_icd(p)])))
+            conds += draw(self._list(self.icd_codes, 2))
             conds = list(dict.fromkeys(conds))
         else:
             conds = list(conditions)
         d = _Draft(setting=s, conditions=conds)
-        d.age = draw(st.one_of(st.none(), st.sampled_from(self.fields["age"]), st.integers(0, 110)))
-        d.sex = draw(st.sampled_from([None, "female", "male", "other", "unknown"]))
-        d.pregnant = draw(st.sampled_from([None, False, True])) if isinstance(pregnant, _Any) else pregnant
+        d.age = draw(self._age)
+        d.sex = draw(self._sample([None, "female", "male", "other", "unknown"]))
+        d.pregnant = draw(self._sample([None, False, True])) if isinstance(pregnant, _Any) else pregnant
         if d.pregnant and d.sex == "male":
             d.sex = "female"
-        d.smi = draw(st.one_of(st.none(), st.integers(0, 5)))
+        d.smi = draw(_MAYBE_GRADE)
         own = info.obs if info is not None else ()
         for code in dict.fromkeys([*own, *self.obs_codes]):
-            n = draw(st.integers(0, 2))
+            n = draw(_N_READINGS)
             if n == 0:
                 continue
             latest = self._reading(draw, code)
             rs = [latest]
             if n == 2:
-                rs.append([latest[0] + draw(st.sampled_from([0, 1, 7, 14, 30, 90, 365])), draw(self.value(code))])
+                rs.append([latest[0] + draw(self._sample([0, 1, 7, 14, 30, 90, 365])), draw(self.value(code))])
             d.readings[code] = rs
             od = self.vocab.observations[code]
-            if od.conversions and draw(st.integers(0, 3)) == 3:
-                d.alt_unit[code] = draw(st.sampled_from(sorted(od.conversions)))
-        for atc in draw(st.lists(st.sampled_from(self.med_codes), max_size=4, unique=True)) if self.med_codes else []:
-            d.meds.append([atc, draw(st.one_of(st.none(), st.sampled_from(self.since), st.integers(0, 3650)))])
+            if od.conversions and draw(_ALT) == 3:
+                d.alt_unit[code] = draw(self._sample(sorted(od.conversions)))
+        for atc in draw(self._list(self.med_codes, 4)) if self.med_codes else []:
+            d.meds.append([atc, draw(self._since)])
         if self.allergy_codes:
-            d.allergies = draw(st.lists(st.sampled_from(self.allergy_codes), max_size=2, unique=True))
+            d.allergies = draw(self._list(self.allergy_codes, 2))
         if isinstance(findings, _Any):
-            d.findings = draw(st.lists(st.sampled_from(self.findings), max_size=3, unique=True)) if self.findings else []
+            d.findings = draw(self._list(self.findings, 3)) if self.findings else []
         else:
             d.findings = list(findings)
         return d
 
     def _pick(self, draw: st.DrawFn, cands: Iterable[float], op: str, x: float) -> float | None:
         ok = sorted({c for c in cands if _satisfies(c, op, x)})
-        return draw(st.sampled_from(ok)) if ok else None
+        return draw(self._sample(ok)) if ok else None
 
     def _steer(
         self,
         draw: st.DrawFn,
         d: _Draft,
-        term: Sequence[lang.Literal],
+        target: Expr,
         conditions: Sequence[str] | _Any,
         pregnant: bool | _Any | None,
         setting: str | _Any,
     ) -> None:
-        """Edit the draft so each literal of ``term`` holds (later literals win a conflict)."""
-        for lit in term:
-            if isinstance(lit, Cmp):
-                self._steer_cmp(draw, d, lit)
-            elif isinstance(lit, Enum):
-                if lit.field == "setting":
-                    if isinstance(setting, _Any) and lit.values:
-                        d.setting = draw(st.sampled_from(sorted(lit.values)))
-                elif lit.field == "sex" and lit.values:
-                    d.sex = draw(st.sampled_from(sorted(lit.values)))
-            elif isinstance(lit, Flag):
-                self._steer_flag(draw, d, lit, conditions, pregnant)
-            elif isinstance(lit, Present):
-                self._steer_present(draw, d, lit, pregnant)
+        """Edit the draft until ``target`` (NNF) holds, best effort: a walk that keeps what is already true,
+        picks one branch of a false OR, and gives an AND a second pass to repair items a later edit broke."""
+
+        def make_true(e: Expr, depth: int = 0) -> None:
+            if self.truth(d, e) is True or depth > 40:
+                return
+            if isinstance(e, And):
+                for _ in range(2):
+                    for i in e.items:
+                        make_true(i, depth + 1)
+            elif isinstance(e, Or):
+                make_true(draw(self._sample(e.items)), depth + 1)
+            elif not isinstance(e, (Const, Not)):
+                self._apply(draw, d, e, conditions, pregnant, setting)
+
+        make_true(target)
+
+    def truth(self, d: _Draft, e: Expr) -> lang.Truth:
+        """Kleene truth of an NNF expression on a draft (mirrors derive + eval3, without validating)."""
+        if isinstance(e, And):
+            out: lang.Truth = True
+            for i in e.items:
+                t = self.truth(d, i)
+                if t is False:
+                    return False
+                if t is None:
+                    out = None
+            return out
+        if isinstance(e, Or):
+            out = False
+            for i in e.items:
+                t = self.truth(d, i)
+                if t is True:
+                    return True
+                if t is None:
+                    out = None
+            return out
+        if isinstance(e, Not):
+            t = self.truth(d, e.item)
+            return None if t is None else not t
+        if isinstance(e, Const):
+            return e.value
+        if isinstance(e, Cmp):
+            v = self._num(d, e.num)
+            return None if v is None else _satisfies(v, e.op, e.value)
+        if isinstance(e, Enum):
+            val = d.setting if e.field == "setting" else (d.sex if d.sex != "unknown" else None)
+            return None if val is None else val in e.values
+        if isinstance(e, Flag):
+            ps = prefixes(e.arg)
+            b: bool | None
+            if e.kind == "pregnant":
+                b = d.pregnant
+            elif e.kind == "finding":
+                b = e.arg in d.findings
+            elif e.kind == "dx":
+                b = any(c.startswith(ps) for c in d.conditions)
+            elif e.kind == "on":
+                b = any(str(m[0]).startswith(ps) for m in d.meds)
+            else:
+                b = any(a.startswith(ps) or any(q.startswith(a) for q in ps) for a in d.allergies)
+            return None if b is None else b == e.value
+        if e.kind == "obs":
+            has = bool(d.readings.get(e.name))
+        else:
+            has = {"age": d.age, "sex": d.sex if d.sex != "unknown" else None, "pregnant": d.pregnant, "smi_risk_grade": d.smi}[
+                e.name
+            ] is not None
+        return has == e.value
+
+    def _num(self, d: _Draft, n: lang.Num) -> float | None:
+        if n.kind in ("obs", "prev", "days"):
+            rs = d.readings.get(str(n.arg)) or []
+            if n.kind == "days":
+                return rs[0][0] if rs else None
+            i = 0 if n.kind == "obs" else 1
+            return rs[i][1] if len(rs) > i else None
+        if n.kind == "field":
+            return {"age": d.age, "smi_risk_grade": d.smi}.get(str(n.arg))
+        if n.kind == "count":
+            return float(sum(1 for g in n.arg if any(str(m[0]).startswith(g) for m in d.meds)))
+        starts = [m[1] for m in d.meds if str(m[0]).startswith(str(n.arg)) and m[1] is not None]
+        return float(max(starts)) if starts else None
+
+    def _apply(
+        self,
+        draw: st.DrawFn,
+        d: _Draft,
+        lit: lang.Literal,
+        conditions: Sequence[str] | _Any,
+        pregnant: bool | _Any | None,
+        setting: str | _Any,
+    ) -> None:
+        """Edit the draft so one literal holds."""
+        if isinstance(lit, Cmp):
+            self._steer_cmp(draw, d, lit)
+        elif isinstance(lit, Enum):
+            if lit.field == "setting":
+                if isinstance(setting, _Any) and lit.values:
+                    d.setting = draw(self._sample(sorted(lit.values)))
+            elif lit.field == "sex" and lit.values:
+                d.sex = draw(self._sample(sorted(lit.values)))
+        elif isinstance(lit, Flag):
+            self._steer_flag(draw, d, lit, conditions, pregnant)
+        elif isinstance(lit, Present):
+            self._steer_present(draw, d, lit, pregnant)
 
     def _steer_cmp(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
         n, op, x = lit.num, lit.op, lit.value
@@ -466,7 +564,7 @@ class CaseSpace:
             if not rs:
                 rs.append(self._reading(draw, code))
             if n.kind == "prev" and len(rs) < 2:
-                rs.append([rs[0][0] + draw(st.sampled_from([0, 7, 30])), draw(self.value(code))])
+                rs.append([rs[0][0] + draw(self._sample([0, 7, 30])), draw(self.value(code))])
             od = self.vocab.observations[code]
             step = self.steps[code]
             if n.kind == "days":
@@ -498,7 +596,7 @@ class CaseSpace:
             chosen = draw(st.permutations(group))[: int(k)]
             d.meds = [m for m in d.meds if not any(str(m[0]).startswith(g) for g in group)]
             for g in chosen:
-                d.meds.append([draw(st.sampled_from(complete_atc(g))), None])
+                d.meds.append([draw(self._sample(complete_atc(g))), None])
         elif n.kind == "days_on":
             prefix = str(n.arg)
             v = self._pick(draw, [*self.since, x - 1, x, x + 1], op, x)
@@ -506,14 +604,14 @@ class CaseSpace:
                 return
             mine = [m for m in d.meds if str(m[0]).startswith(prefix)]
             if not mine:
-                mine = [[draw(st.sampled_from(complete_atc(prefix))), None]]
+                mine = [[draw(self._sample(complete_atc(prefix))), None]]
                 d.meds.append(mine[0])
             for m in mine:
                 m[1] = int(v)
 
     def _steer_flag(self, draw: st.DrawFn, d: _Draft, lit: Flag, conditions: Sequence[str] | _Any, pregnant: bool | _Any | None) -> None:
         ps = prefixes(lit.arg)
-        a = draw(st.sampled_from(ps)) if lit.value and len(ps) > 1 else ps[0]
+        a = draw(self._sample(ps)) if lit.value and len(ps) > 1 else ps[0]
         if lit.kind == "pregnant":
             if isinstance(pregnant, _Any):
                 d.pregnant = lit.value
@@ -528,17 +626,17 @@ class CaseSpace:
             if not isinstance(conditions, _Any):
                 return
             if lit.value and not any(c.startswith(ps) for c in d.conditions):
-                d.conditions.append(draw(st.sampled_from(complete_icd(a))))
+                d.conditions.append(draw(self._sample(complete_icd(a))))
             elif not lit.value:
                 d.conditions = [c for c in d.conditions if not c.startswith(ps)]
         elif lit.kind == "on":
             if lit.value and not any(str(m[0]).startswith(ps) for m in d.meds):
-                d.meds.append([draw(st.sampled_from(complete_atc(a))), draw(st.one_of(st.none(), st.sampled_from(self.since)))])
+                d.meds.append([draw(self._sample(complete_atc(a))), draw(self._since_short)])
             elif not lit.value:
                 d.meds = [m for m in d.meds if not str(m[0]).startswith(ps)]
         elif lit.kind == "allergy":
             if lit.value and not any(x.startswith(ps) or any(q.startswith(x) for q in ps) for x in d.allergies):
-                d.allergies.append(draw(st.sampled_from([a, *complete_atc(a)])))
+                d.allergies.append(draw(self._sample([a, *complete_atc(a)])))
             elif not lit.value:
                 d.allergies = [x for x in d.allergies if not (x.startswith(ps) or any(q.startswith(x) for q in ps))]
 
@@ -552,13 +650,13 @@ class CaseSpace:
                 d.readings.pop(lit.name, None)
             return
         if lit.name == "age":
-            d.age = (d.age if d.age is not None else draw(st.sampled_from(self.fields["age"]))) if lit.value else None
+            d.age = (d.age if d.age is not None else draw(self._sample(self.fields["age"]))) if lit.value else None
         elif lit.name == "sex":
-            d.sex = (d.sex if d.sex not in (None, "unknown") else draw(st.sampled_from(["female", "male"]))) if lit.value else None
+            d.sex = (d.sex if d.sex not in (None, "unknown") else draw(self._sample(["female", "male"]))) if lit.value else None
         elif lit.name == "smi_risk_grade":
-            d.smi = (d.smi if d.smi is not None else draw(st.integers(0, 5))) if lit.value else None
+            d.smi = (d.smi if d.smi is not None else draw(_GRADE)) if lit.value else None
         elif lit.name == "pregnant" and isinstance(pregnant, _Any):
-            d.pregnant = (d.pregnant if d.pregnant is not None else draw(st.booleans())) if lit.value else None
+            d.pregnant = (d.pregnant if d.pregnant is not None else draw(_BOOL)) if lit.value else None
 
     # ------------------------------------------------------------ output
     def emit(self, d: _Draft) -> Case:
