@@ -19,7 +19,6 @@ from typing import Any
 
 from . import lang
 from .case import Case
-from .model import TestRec
 from .validate import CheckedPathway, CheckedRule
 
 _KIND_ORDER = {"referral": 0, "alert": 1, "medication": 2, "test": 3, "follow_up": 4}
@@ -35,22 +34,19 @@ def _plain(v: object) -> object:
     return v
 
 
-def values_read(expr: lang.Expr, facts: lang.Facts) -> dict[str, object]:
-    """Every value a condition reads, by its name in the condition language; null = unknown."""
+def values_read(cr: CheckedRule, facts: lang.Facts) -> dict[str, object]:
+    """Every value a rule's condition reads, by its name in the condition language; null = unknown."""
     out: dict[str, object] = {}
-    for lit in lang.literals(expr):
-        if isinstance(lit, lang.Cmp):
-            out[lit.num.text()] = _plain(facts.get(lit.num.key))
-        elif isinstance(lit, lang.Enum):
-            out[lit.field] = facts.get(lit.field)
-        elif isinstance(lit, lang.Flag):
-            v = facts.get(lit.key)
-            name = {"finding": "{}", "dx": "diagnosed({})", "on": "taking({})", "allergy": "allergic({})", "pregnant": "{}"}[
-                lit.kind
-            ].format(lit.arg.replace("|", ", "))
+    for name, key, kind in cr.reads:
+        v = facts.get(key)
+        if kind == "number":
+            out[name] = _plain(v)
+        elif kind == "flag":
             out[name] = None if v is None else bool(v)
+        elif kind == "present":
+            out[name] = bool(v)
         else:
-            out[f"present({lit.name})"] = bool(facts.get(lit.key))
+            out[name] = v
     return out
 
 
@@ -65,10 +61,10 @@ class _Rec:
     values: dict[str, object]
     rules: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    kind: str = ""
 
-    @property
-    def kind(self) -> str:
-        return str(self.body["kind"])
+    def __post_init__(self) -> None:
+        self.kind = str(self.body["kind"])
 
 
 def _citation(cp: CheckedPathway, key: str) -> str:
@@ -88,17 +84,17 @@ def decide(
     notes: dict[str, list[str]] = {}
     for p_index, cp, rules in fired:
         for cr in rules:
-            vals = values_read(cr.when, facts)
-            why = "; ".join(lang.describe(lit, facts, cp.vocab) for lit in lang.true_literals(lang.nnf(cr.when), facts))
+            vals = values_read(cr, facts)
+            why = "; ".join(lang.describe(lit, facts, cp.vocab) for lit in lang.true_literals(cr.when_nnf, facts))
             reason = f"{cr.rule.title}: {why}" if cr.rule.title else why
             trace.append({"pathway": cp.id, "rule": cr.rule.id, "values": vals})
-            for rec in cr.rule.then:
-                body: dict[str, Any] = rec.model_dump(exclude_none=True)
-                if isinstance(rec, TestRec):
-                    od = cp.vocab.observations[rec.code]
+            citation = _citation(cp, cr.rule.citation)
+            for body in cr.bodies:
+                if body["kind"] == "test":
+                    od = cp.vocab.observations[body["code"]]
                     if od.loinc:
-                        body["loinc"] = od.loinc[0]
-                recs.append(_Rec(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, reason, _citation(cp, cr.rule.citation), vals))
+                        body = {**body, "loinc": od.loinc[0]}
+                recs.append(_Rec(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, reason, citation, vals))
 
     def suppress(r: _Rec, why: str) -> None:
         notes.setdefault(r.rule, []).append(f"{_label(r)}: {why}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import durable_rules_engine as _dre  # type: ignore[import-not-found]
 from durable.engine import Host
 
 from . import compile as comp
@@ -44,6 +46,7 @@ class _SyncHost(Host):  # type: ignore[misc]
 class _Compiled:
     pathway: CheckedPathway
     ruleset: str
+    handle: int  # the ruleset in durable-rules' C engine
     keys: tuple[str, ...]
     applies: comp.Program
     programs: list[comp.Program]
@@ -69,11 +72,13 @@ class Engine:
             subs: list[tuple[str, lang.Expr]] = []
             name, definition = comp.durable_ruleset(conds, self._fired.append, subs)
             self._host.set_rulesets(definition)
+            handle = self._host.get_ruleset(name)._handle
             keys = set().union(*(comp.fact_keys(lang.nnf(c)) for c in conds)) if conds else set()
             self._compiled.append(
                 _Compiled(
                     cp,
                     name,
+                    handle,
                     tuple(sorted(keys)),
                     comp.reference(cp.applies),
                     [comp.reference(c) for c in conds],
@@ -108,6 +113,11 @@ class Engine:
         return case, derive(case, obs, self.features)
 
     def _post(self, c: _Compiled, facts: dict[str, object]) -> list[int]:
+        """Assert the case as one fact in a fresh session, run every fired action, delete the session.
+
+        The loop is durable-rules' own action loop (Ruleset.do_actions) without its Python
+        closure objects and JSON round trips: an action only needs the rule's name.
+        """
         self._sid += 1
         sid = str(self._sid)
         fact: dict[str, object] = {k: facts[k] for k in c.keys if k in facts}
@@ -118,12 +128,21 @@ class Engine:
         fact["sid"] = sid
         fact["id"] = "case"
         fact["cp"] = 1
-        self._fired.clear()
+        fired: set[int] = set()
         try:
-            self._host.assert_fact(c.ruleset, fact)
+            code, state = _dre.assert_fact(c.handle, json.dumps(fact))
+            if code != 0:
+                raise RuntimeError(f"durable-rules did not handle the case (code {code})")
+            started = _dre.start_action_for_state(c.handle, state)
+            message = started[1] if started else None
+            while message:
+                name = message[2 : message.index('"', 2)]  # {"r12": {...}}: the rule that fired
+                if name[0] == "r":
+                    fired.add(int(name[1:]))
+                message = _dre.complete_and_start_action(c.handle, state)
         finally:
-            self._host.delete_state(c.ruleset, sid)
-        return sorted(set(self._fired))  # an OR fires once per true branch
+            _dre.delete_state(c.handle, sid)
+        return sorted(fired)
 
     def fire(
         self, facts: dict[str, object], pathway_ids: Sequence[str] | None = None, backend: Backend = "durable"

@@ -16,6 +16,7 @@ import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 # ---------------------------------------------------------------- vocabulary
 
@@ -66,7 +67,7 @@ class Num:
     kind: str
     arg: str | tuple[str, ...]
 
-    @property
+    @cached_property
     def key(self) -> str:
         if self.kind == "obs":
             return f"o_{self.arg}"
@@ -125,7 +126,7 @@ class Flag:
     value: bool = True
     span: Span = (0, 0)
 
-    @property
+    @cached_property
     def key(self) -> str:
         if self.kind == "pregnant":
             return "pregnant"
@@ -143,7 +144,7 @@ class Present:
     value: bool = True
     span: Span = (0, 0)
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"h_{self.name}"
 
@@ -526,6 +527,23 @@ def literals(e: Expr) -> list[Literal]:
     if isinstance(e, Const):
         return []
     return [e]
+
+
+def reads(e: Expr) -> tuple[tuple[str, str, str], ...]:
+    """What a condition reads: (name in the language, fact key, kind) per distinct literal."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for lit in literals(e):
+        if isinstance(lit, Cmp):
+            out.setdefault(lit.num.text(), (lit.num.text(), lit.num.key, "number"))
+        elif isinstance(lit, Enum):
+            out.setdefault(lit.field, (lit.field, lit.field, "text"))
+        elif isinstance(lit, Flag):
+            args = lit.arg.replace("|", ", ")
+            name = {"finding": "{}", "dx": "diagnosed({})", "on": "taking({})", "allergy": "allergic({})"}.get(lit.kind, "{}").format(args)
+            out.setdefault(name, (name, lit.key, "flag"))
+        else:
+            out.setdefault(f"present({lit.name})", (f"present({lit.name})", lit.key, "present"))
+    return tuple(out.values())
 
 
 # ---------------------------------------------------------------- three-valued evaluation

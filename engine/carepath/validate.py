@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,15 @@ class CheckedRule:
     rule: Rule
     when: Expr
     condition: Expr  # applies_to AND when
+    when_nnf: Expr = field(init=False, compare=False)
+    reads: tuple[tuple[str, str, str], ...] = field(init=False, compare=False)  # (name, fact key, kind)
+    bodies: tuple[dict[str, Any], ...] = field(init=False, compare=False)  # the `then` items as plain dicts
+
+    def __post_init__(self) -> None:
+        # precomputed once: decide() uses them for every decision
+        object.__setattr__(self, "when_nnf", lang.nnf(self.when))
+        object.__setattr__(self, "reads", lang.reads(self.when))
+        object.__setattr__(self, "bodies", tuple(r.model_dump(exclude_none=True) for r in self.rule.then))
 
 
 @dataclass(frozen=True)
