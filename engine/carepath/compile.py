@@ -119,22 +119,18 @@ def _fits(pattern: Json) -> bool:
     return True
 
 
-def durable_ruleset(conditions: list[Expr], record: Callable[[int], None], subs: list[tuple[str, Expr]]) -> tuple[str, Json]:
-    """A ruleset whose rules for condition k fire ``record(k)``; plus a catch-all so no assertion goes unhandled."""
+def durable_ruleset(conditions: list[Expr], subs: list[tuple[str, Expr]]) -> tuple[str, Json]:
+    """A ruleset with rule ``r{k}`` for condition k, plus a catch-all so no assertion goes unhandled.
+
+    The engine reads which rules fired from durable-rules' action queue (Engine._post), so
+    the actions themselves do nothing.
+    """
     name = f"carepath_{next(_ruleset_counter)}"
     rules: Json = {}
     for k, cond in enumerate(conditions):
-        rules[f"r{k}"] = {"all": [{"m": rule_pattern(cond, subs)}], "run": _action(record, k)}
+        rules[f"r{k}"] = {"all": [{"m": rule_pattern(cond, subs)}], "run": _noop}
     rules["catch_all"] = {"all": [{"m": TRUE}], "run": _noop}
     return name, {name: rules}
-
-
-def _action(record: Callable[[int], None], k: int) -> Callable[[Any], None]:
-    def action(c: Any) -> None:
-        record(k)
-
-    action.__name__ = f"rule_{k}"
-    return action
 
 
 def _noop(c: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -61,7 +61,6 @@ class Engine:
         self.pathways: list[CheckedPathway] = sorted(active, key=lambda p: p.id)
         self.vocab = _merged_vocab(self.pathways)
         self.features = Features()
-        self._fired: list[int] = []
         self._host = _SyncHost()
         self._compiled: list[_Compiled] = []
         self._sid = 0
@@ -70,7 +69,7 @@ class Engine:
             for c in conds:
                 self.features.add(c)
             subs: list[tuple[str, lang.Expr]] = []
-            name, definition = comp.durable_ruleset(conds, self._fired.append, subs)
+            name, definition = comp.durable_ruleset(conds, subs)
             self._host.set_rulesets(definition)
             handle = self._host.get_ruleset(name)._handle
             keys = set().union(*(comp.fact_keys(lang.nnf(c)) for c in conds)) if conds else set()
@@ -87,7 +86,6 @@ class Engine:
             )
         for compiled in self._compiled:  # rulesets register lazily on the first post: warm them up now
             self._post(compiled, {})
-        self._fired.clear()
 
     @classmethod
     def from_directory(cls, path: Path | str | None = None) -> Engine:
@@ -243,6 +241,3 @@ def _merged_vocab(pathways: Sequence[CheckedPathway]) -> lang.Vocabulary:
 
         return load_vocabulary(base)
     return lang.Vocabulary(obs, findings)
-
-
-Recorder = Callable[[int], None]
