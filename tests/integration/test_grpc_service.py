@@ -27,6 +27,7 @@ from carepath.cli import dumps
 from carepath.client import CallError, CarepathClient
 from carepath.errors import CaseError
 from carepath.evaluate import Engine
+from carepath.service.convert import case_from_dict
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,6 +73,7 @@ def test_proto_and_json_inputs_agree(client: CarepathClient, engine: Engine) -> 
 
 def test_stream_of_1000_cases(client: CarepathClient, engine: Engine) -> None:
     cases = [varied_case(i) for i in range(1000)]
+    assert all(case_from_dict(c) for c in cases)  # all go over the typed Case message
     t0 = time.perf_counter()
     results = list(client.evaluate_many(cases))
     elapsed = time.perf_counter() - t0

@@ -15,6 +15,7 @@ _SETTING_NAMES = {v: k for k, v in SETTINGS.items()}
 _SEX_NAMES = {v: k for k, v in SEXES.items()}
 _OPTIONAL_TOP = ("age", "sex", "pregnant", "smi_risk_grade")
 _OPTIONAL_MED = ("name", "dose_mg_per_day", "since")
+_LISTS = ("conditions", "observations", "medications", "allergies", "findings")
 _INT32 = 2**31
 
 
@@ -149,7 +150,7 @@ def _same_case(back: dict[str, Any], data: Mapping[str, Any]) -> bool:
     def norm(d: Mapping[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
         out = {}
         for k, v in d.items():
-            if v is None and k in optional:
+            if (v is None and k in optional) or (v == [] and k in _LISTS):
                 continue
             if isinstance(v, date) and type(v) is date:
                 v = v.isoformat()

@@ -277,6 +277,8 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.pool.request_reload, "SIGHUP")
+        watched = self._watched()
+        first = _fingerprint(watched)  # before compiling: a change made while loading is caught too
         try:
             gen = await self.pool.start()
         except LoadFailed as exc:
@@ -293,7 +295,7 @@ class Service:
         self.announce(f"  grpcurl -plaintext {target} grpc.health.v1.Health/Check")
         tasks = [asyncio.create_task(self._reloader())]
         if self.watch:
-            tasks.append(asyncio.create_task(self._watcher()))
+            tasks.append(asyncio.create_task(self._watcher(watched, first)))
         await self.stopping.wait()
         log.warning(json.dumps({"event": "draining", "grace_s": self.grace}))
         await self.health.enter_graceful_shutdown()
@@ -321,15 +323,15 @@ class Service:
             ms = round((time.perf_counter() - t0) * 1000)
             log.warning(json.dumps({"event": "reloaded", "trigger": why, "pathway_set": gen.number, "pathways": pathways, "ms": ms}))
 
-    async def _watcher(self) -> None:
+    def _watched(self) -> Path:
         from carepath.evaluate import bundled_pathways
 
-        directory = Path(self.pathways) if self.pathways else bundled_pathways()
-        last = _fingerprint(directory)
+        return Path(self.pathways) if self.pathways else bundled_pathways()
+
+    async def _watcher(self, directory: Path, last: tuple[tuple[str, int, int], ...]) -> None:
         while True:  # until cancelled at shutdown; polls once a second
             await asyncio.sleep(1.0)
-            now = _fingerprint(directory)
-            if now != last:
+            if _fingerprint(directory) != last:
                 await asyncio.sleep(0.3)  # let an editor finish writing
                 last = _fingerprint(directory)
                 self.pool.request_reload("watch")
