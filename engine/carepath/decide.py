@@ -56,20 +56,33 @@ class _Rec:
     order: tuple[int, int]
     priority: int
     rule: str
-    reason: str
+    reason: _Reason
     citation: str
     values: dict[str, object]
     rules: list[str] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[_Reason] = field(default_factory=list)
     kind: str = ""
 
     def __post_init__(self) -> None:
         self.kind = str(self.body["kind"])
 
 
-def _citation(cp: CheckedPathway, key: str) -> str:
-    c = cp.model.citations[key]
-    return f"{c.guideline} ({c.year}), {c.section}"
+class _Reason:
+    """A rule's reason in words, written only if one of its recommendations is kept."""
+
+    __slots__ = ("_text", "cp", "cr", "facts")
+
+    def __init__(self, cr: CheckedRule, cp: CheckedPathway, facts: lang.Facts) -> None:
+        self.cr, self.cp, self.facts = cr, cp, facts
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            lits = lang.true_literals(self.cr.when_nnf, self.facts)
+            why = "; ".join(lang.describe(lit, self.facts, self.cp.vocab) for lit in lits)
+            self._text = f"{self.cr.rule.title}: {why}" if self.cr.rule.title else why
+        return self._text
 
 
 def decide(
@@ -85,10 +98,9 @@ def decide(
     for p_index, cp, rules in fired:
         for cr in rules:
             vals = values_read(cr, facts)
-            why = "; ".join(lang.describe(lit, facts, cp.vocab) for lit in lang.true_literals(cr.when_nnf, facts))
-            reason = f"{cr.rule.title}: {why}" if cr.rule.title else why
+            reason = _Reason(cr, cp, facts)
             trace.append({"pathway": cp.id, "rule": cr.rule.id, "values": vals})
-            citation = _citation(cp, cr.rule.citation)
+            citation = cp.citation_texts[cr.rule.citation]
             for body in cr.bodies:
                 if body["kind"] == "test":
                     od = cp.vocab.observations[body["code"]]
@@ -173,7 +185,7 @@ def decide(
     out = []
     for r in sorted(merged.values(), key=_sort_key):
         out_rec = dict(r.body)
-        out_rec.update(rule=r.rule, rules=r.rules, reason="; ".join(r.reasons), citation=r.citation, values=r.values)
+        out_rec.update(rule=r.rule, rules=r.rules, reason="; ".join(x.text for x in r.reasons), citation=r.citation, values=r.values)
         out.append(out_rec)
     for t in trace:
         if t["rule"] in notes:

@@ -6,6 +6,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ class CheckedPathway:
     @property
     def id(self) -> str:
         return self.model.id
+
+    @cached_property
+    def citation_texts(self) -> dict[str, str]:
+        """Each citation key as the text a decision shows."""
+        return {k: f"{c.guideline} ({c.year}), {c.section}" for k, c in self.model.citations.items()}
 
     @property
     def version(self) -> str:
