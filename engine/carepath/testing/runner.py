@@ -197,6 +197,7 @@ def check_engine(
     only: Sequence[str] | None = None,
     yaml_searches: bool = True,
     space: CaseSpace | None = None,
+    focus: str | None = None,
 ) -> CheckReport:
     """Search for counterexamples to every invariant in every pathway of ``engine``."""
     cfg = profile_settings(profile, examples, database)
@@ -207,6 +208,8 @@ def check_engine(
     searches: list[SearchResult] = []
 
     for p in engine.pathways:
+        if focus is not None and p.id != focus:
+            continue
 
         def body(case: dict[str, Any], draw: Callable[[st.SearchStrategy[Any]], Any], pid: str = p.id) -> None:
             decision = checker.check(case, draw, pid)
@@ -233,13 +236,15 @@ def check_engine(
     if yaml_searches:
         yn = max(50, n // 5)
         for inv in checker.yaml:
+            if focus is not None and inv.pathway.id != focus:
+                continue
             searches.append(_yaml_search(checker, space, inv, settings(cfg, max_examples=yn), seed))
 
     if out_dir is not None:
         for s in searches:
             if s.violation is not None:
                 s.files, s.replay = _write(s.violation, s.name, out_dir, pathways_arg)
-    coverage = {p.id: {r.rule.id: fired.get(r.rule.id, 0) for r in p.rules} for p in engine.pathways}
+    coverage = {p.id: {r.rule.id: fired.get(r.rule.id, 0) for r in p.rules} for p in engine.pathways if focus in (None, p.id)}
     return CheckReport(profile, seed, searches, coverage)
 
 
