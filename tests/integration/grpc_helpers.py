@@ -59,8 +59,8 @@ def varied_case(i: int) -> dict[str, Any]:
 
 
 def scenario_cases() -> list[tuple[str, Any]]:
-    """The cases compared over gRPC and in-process. The golden scenarios (tests/scenarios, via
-    carepath.scenarios) are not in the tree yet; until they land these fixture cases stand in."""
+    """Varied cases on the fixture pathway, compared over gRPC and in-process (the golden scenarios
+    on the bundled pathways are compared in test_grpc_scenarios.py)."""
     return [("sample", SAMPLE)] + [(f"varied-{i}", varied_case(i)) for i in range(40)]
 
 
