@@ -568,7 +568,16 @@ def run_mutation(
             fails = scen(engine)
             if fails:
                 return "scenario", f"{len(fails)} golden scenario(s) fail, e.g. {fails[0]}"
-        report = check_engine(engine, profile="dev", examples=examples, seed=seed, database=False, focus=focus)
+        report = check_engine(
+            engine,
+            profile="dev",
+            examples=examples,
+            seed=seed,
+            database=False,
+            focus=focus,
+            top_up=False,
+            yaml_examples=max(20, examples // 3),
+        )
         for s in report.searches:
             if s.violation is not None:
                 return s.violation.invariant, s.violation.message

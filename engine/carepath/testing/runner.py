@@ -198,6 +198,8 @@ def check_engine(
     yaml_searches: bool = True,
     space: CaseSpace | None = None,
     focus: str | None = None,
+    top_up: bool = True,
+    yaml_examples: int | None = None,
 ) -> CheckReport:
     """Search for counterexamples to every invariant in every pathway of ``engine``."""
     cfg = profile_settings(profile, examples, database)
@@ -218,7 +220,7 @@ def check_engine(
         res = _search(p.id, space.cases(pathway=p.id), body, cfg, seed, f"carepath-check:{p.id}:{p.sha256}")
         # coverage top-up: a short search steered into each rule that has not fired yet
         for r in p.rules:
-            if res.violation is not None or fired.get(r.rule.id, 0):
+            if not top_up or res.violation is not None or fired.get(r.rule.id, 0):
                 continue
             top = _search(
                 r.rule.id,
@@ -234,7 +236,7 @@ def check_engine(
         searches.append(res)
 
     if yaml_searches:
-        yn = max(50, n // 5)
+        yn = yaml_examples if yaml_examples is not None else max(50, n // 5)
         for inv in checker.yaml:
             if focus is not None and inv.pathway.id != focus:
                 continue

@@ -264,7 +264,8 @@ class CaseSpace:
             for t in ts:
                 cands += [t, t - step, t + step, t - 10 * step, t + 10 * step]
             cands += [od.lo, od.hi]
-            self.values[code] = tuple(dict.fromkeys(_rnd(min(max(v, od.lo), od.hi), step) for v in cands))
+            rounded = [_rnd(min(max(v, od.lo), od.hi), step) for v in cands]
+            self.values[code] = tuple(dict.fromkeys([*(v for v in rounded if od.lo <= v <= od.hi), od.lo, od.hi]))
         self.days: dict[str, tuple[int, ...]] = {}
         for code in self.obs_codes:
             ds = set(_DAY_BASE)
