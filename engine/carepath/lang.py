@@ -30,16 +30,21 @@ class ObsDef:
     loinc: tuple[str, ...] = ()
     label: str = ""
     conversions: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    decimals: int = 6
 
     def to_canonical(self, value: float, unit: str) -> float | None:
-        """Convert ``value`` in ``unit`` to the canonical unit; None when no conversion exists."""
+        """Convert ``value`` in ``unit`` to the canonical unit; None when no conversion exists.
+
+        A converted value is rounded to the canonical unit's reporting precision, as a lab
+        would report it: 53 mmol/mol is HbA1c 7.0 %, 300 mg/dL is glucose 16.7 mmol/L.
+        """
         if unit == self.unit:
             return value
         conv = self.conversions.get(unit)
         if conv is None:
             return None
         factor, offset = conv
-        return round(value * factor + offset, 6)
+        return round(value * factor + offset, self.decimals)
 
 
 @dataclass(frozen=True)

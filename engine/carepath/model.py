@@ -35,6 +35,9 @@ class ObservationDef(_Strict):
     range: tuple[float, float] = Field(description="Plausible range in the canonical unit; values outside are bad input.")
     label: str | None = None
     conversions: dict[str, Conversion] = Field(default_factory=dict)
+    decimals: int = Field(
+        default=6, ge=0, le=6, description="Reporting precision of the canonical unit; converted values are rounded to it."
+    )
 
     @model_validator(mode="after")
     def _range_ordered(self) -> ObservationDef:

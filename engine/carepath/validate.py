@@ -136,6 +136,7 @@ def merge_vocabulary(base: Vocabulary, add: Dictionary) -> Vocabulary:
             loinc=tuple(od.loinc),
             label=od.label or code,
             conversions={u: (c.factor, c.offset) for u, c in od.conversions.items()},
+            decimals=od.decimals,
         )
     return Vocabulary(obs, base.findings | frozenset(add.findings))
 
@@ -415,11 +416,16 @@ def check_set(locs: Sequence[Located], base: Vocabulary) -> tuple[list[CheckedPa
     diags: list[Diagnostic] = []
     ids: dict[str, str] = {}
     rule_ids: dict[str, str] = {}
+    local_obs: dict[str, tuple[object, str]] = {}
     for loc in locs:
         cp, d = check_pathway(loc, base)
         diags.extend(d)
         if cp is None:
             continue
+        for code, od in cp.model.dictionary.observations.items():
+            prior = local_obs.setdefault(code, (od, cp.file))
+            if prior[0] != od:  # one case is checked against every pathway's additions at once
+                diags.append(loc.diag(("dictionary", "observations", code), f"observation {code!r} is defined differently in {prior[1]}"))
         if cp.id in ids:
             diags.append(loc.diag(("id",), f"pathway id {cp.id!r} is also used by {ids[cp.id]}"))
         ids.setdefault(cp.id, cp.file)

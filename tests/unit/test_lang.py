@@ -149,3 +149,12 @@ def test_definitions_are_inlined_and_checked_in_order(tmp_path: Path) -> None:
     assert not diags
     rule = next(r for r in checked[0].rules if r.rule.id == "mini.uncontrolled")
     assert lang.eval3(rule.when, {"o_sbp": 150.0, "o_dbp": 80.0}) is True
+
+
+def test_converted_values_round_to_reporting_precision() -> None:
+    # the brief's anchors: 53 mmol/mol is 7.0 %, 300 mg/dL is 16.7 mmol/L, 70 mg/dL is 3.9 mmol/L
+    assert VOCAB.observations["hba1c"].to_canonical(53, "mmol/mol") == 7.0
+    assert VOCAB.observations["random_glucose"].to_canonical(300, "mg/dL") == 16.7
+    assert VOCAB.observations["fpg"].to_canonical(70, "mg/dL") == 3.9
+    e = parse("hba1c >= 53 mmol/mol")
+    assert isinstance(e, lang.Cmp) and e.value == 7.0
