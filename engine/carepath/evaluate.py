@@ -66,7 +66,7 @@ class Engine:
         self._sid = 0
         for cp in self.pathways:
             conds = [r.condition for r in cp.rules]
-            for c in conds:
+            for c in [cp.applies, *conds, *(g for _, g in cp.invariants)]:  # invariants read facts too
                 self.features.add(c)
             subs: list[tuple[str, lang.Expr]] = []
             name, definition = comp.durable_ruleset(conds, subs)
