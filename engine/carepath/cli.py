@@ -128,6 +128,7 @@ PLUGINS = {
     "serve": "carepath.service.cli",
     "call": "carepath.service.cli",
     "check": "carepath.testing.cli",
+    "mutate": "carepath.testing.cli",
     "synth": "carepath.population.cli",
     "batch": "carepath.population.cli",
     "report": "carepath.population.cli",
