@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from datetime import date
 from typing import Annotated, Any, Literal
@@ -15,7 +14,6 @@ from .lang import Vocabulary, did_you_mean
 
 MAX_CASE_BYTES = 1 << 20
 MAX_ITEMS = 10_000
-_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _ICD = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
 _ATC = re.compile(r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -33,24 +31,12 @@ def _date(v: Any) -> Any:
     raise ValueError("expected a date as YYYY-MM-DD")
 
 
-def _text(v: Any) -> Any:
-    if isinstance(v, str) and _BAD_CHARS.search(v):
-        raise ValueError("contains control or bidirectional formatting characters")
-    return v
-
-
-def _number(v: Any) -> Any:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError("expected a number")
-    if not math.isfinite(v):
-        raise ValueError("expected a finite number")
-    return float(v)
-
-
+# Native (Rust-side) constraints where pydantic has them: validation is on every call's hot path.
+_SAFE_TEXT = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]*$"
 Date = Annotated[date, BeforeValidator(_date)]
-Text = Annotated[str, BeforeValidator(_text)]
-Code = Annotated[str, BeforeValidator(_text), Field(min_length=1, max_length=32)]
-Number = Annotated[float, BeforeValidator(_number)]
+Text = Annotated[str, Field(pattern=_SAFE_TEXT)]
+Code = Annotated[str, Field(min_length=1, max_length=32, pattern=_SAFE_TEXT)]
+Number = Annotated[float, Field(allow_inf_nan=False)]  # strict model: no bools, no strings
 
 
 class _Model(BaseModel):
@@ -60,7 +46,7 @@ class _Model(BaseModel):
 class Observation(_Model):
     code: Code
     value: Number
-    unit: Annotated[str, BeforeValidator(_text), Field(max_length=32)]
+    unit: Annotated[str, Field(max_length=32, pattern=_SAFE_TEXT)]
     date: Date
 
 
@@ -108,6 +94,12 @@ def _message(err: Any) -> str:
         return "unknown field"
     if t == "missing":
         return "required field is missing"
+    if t == "string_pattern_mismatch":
+        return "contains control or bidirectional formatting characters"
+    if t in ("float_type", "float_parsing"):
+        return "expected a number"
+    if t == "finite_number":
+        return "expected a finite number"
     if t == "too_long" and isinstance(err.get("input"), str):
         return f"must be at most {err['ctx']['max_length']} characters"
     msg = str(err["msg"])
