@@ -9,6 +9,16 @@ from . import lang
 from .case import Case
 
 
+@dataclass(frozen=True)
+class _Plan:
+    findings: tuple[tuple[str, str], ...]
+    dx: tuple[tuple[str, tuple[str, ...]], ...]
+    on: tuple[tuple[str, tuple[str, ...]], ...]
+    allergy: tuple[tuple[str, tuple[str, ...]], ...]
+    counts: tuple[tuple[str, tuple[str, ...]], ...]
+    days_on: tuple[tuple[str, str], ...]
+
+
 @dataclass
 class Features:
     """What the compiled rules read; the deriver computes exactly these facts."""
@@ -21,7 +31,27 @@ class Features:
     counts: set[tuple[str, ...]] = field(default_factory=set)
     days_on: set[str] = field(default_factory=set)
 
+    _plan: _Plan | None = None
+
+    def plan(self) -> _Plan:
+        """The fact keys and prefix tuples, worked out once rather than for every case."""
+        if self._plan is None:
+
+            def flags(prefix: str, args: set[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+                return tuple((f"{prefix}{lang.sanitize(a)}", tuple(a.split("|"))) for a in sorted(args))
+
+            self._plan = _Plan(
+                findings=tuple((f"f_{f}", f) for f in sorted(self.findings)),
+                dx=flags("dx_", self.dx),
+                on=flags("on_", self.on),
+                allergy=flags("al_", self.allergy),
+                counts=tuple(("n_" + "_".join(g), g) for g in sorted(self.counts)),
+                days_on=tuple((f"s_{p}", p) for p in sorted(self.days_on)),
+            )
+        return self._plan
+
     def add(self, expr: lang.Expr) -> None:
+        self._plan = None
         for lit in lang.literals(expr):
             if isinstance(lit, lang.Cmp):
                 n = lit.num
@@ -69,23 +99,23 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
             facts[f"d_{code}"] = (as_of - when).days
             if len(series) > 1:
                 facts[f"p_{code}"] = series[-2][2]
+    plan = feat.plan()
     findings = set(case.findings)
-    for f in feat.findings:
-        facts[f"f_{f}"] = int(f in findings)
-    for p in feat.dx:  # a flag's arg is one prefix or several joined by '|'
-        prefixes = tuple(p.split("|"))
-        facts[f"dx_{lang.sanitize(p)}"] = int(any(c.startswith(prefixes) for c in case.conditions))
+    for key, f in plan.findings:
+        facts[key] = int(f in findings)
+    conditions = case.conditions
+    for key, prefixes in plan.dx:  # a flag's arg is one prefix or several joined by '|'
+        facts[key] = int(any(c.startswith(prefixes) for c in conditions))
     atcs = [m.atc for m in case.medications]
-    for p in feat.on:
-        prefixes = tuple(p.split("|"))
-        facts[f"on_{lang.sanitize(p)}"] = int(any(a.startswith(prefixes) for a in atcs))
-    for p in feat.allergy:
-        prefixes = tuple(p.split("|"))
-        facts[f"al_{lang.sanitize(p)}"] = int(any(a.startswith(prefixes) or any(q.startswith(a) for q in prefixes) for a in case.allergies))
-    for group in feat.counts:
-        facts["n_" + "_".join(group)] = sum(1 for p in group if any(a.startswith(p) for a in atcs))
-    for p in feat.days_on:
-        starts = [m.since for m in case.medications if m.atc.startswith(p) and m.since is not None]
-        if starts:
-            facts[f"s_{p}"] = (as_of - min(starts)).days
+    for key, prefixes in plan.on:
+        facts[key] = int(any(a.startswith(prefixes) for a in atcs))
+    for key, prefixes in plan.allergy:
+        facts[key] = int(any(a.startswith(prefixes) or any(q.startswith(a) for q in prefixes) for a in case.allergies))
+    for key, group in plan.counts:
+        facts[key] = sum(1 for p in group if any(a.startswith(p) for a in atcs))
+    if case.medications:
+        for key, p in plan.days_on:
+            starts = [m.since for m in case.medications if m.since is not None and m.atc.startswith(p)]
+            if starts:
+                facts[key] = (as_of - min(starts)).days
     return facts
