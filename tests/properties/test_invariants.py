@@ -13,33 +13,13 @@ import pytest
 from hypothesis import given, settings
 
 from carepath.cli import main
-from carepath.evaluate import Engine
 from carepath.testing import cases
 from carepath.testing.invariants import yaml_invariants
 from carepath.testing.plugin import Pathways
 from carepath.testing.runner import check_engine
 
 HERE = Path(__file__).parent
-PROPOSED = HERE / "proposed_invariants.yaml"
-
-
-def with_proposed(tmp: Path) -> Path:
-    """A copy of the bundled pathways with the proposed invariants merged in."""
-    import yaml
-
-    from carepath.evaluate import bundled_pathways
-
-    src = bundled_pathways()
-    extra = yaml.safe_load(PROPOSED.read_text(encoding="utf-8"))
-    for f in src.glob("*.yaml"):
-        data = yaml.safe_load(f.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and data.get("id") in extra:
-            have = {i["id"] for i in data.get("invariants", [])}
-            data["invariants"] = [*data.get("invariants", []), *(i for i in extra[data["id"]] if i["id"] not in have)]
-            (tmp / f.name).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        else:
-            (tmp / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
-    return tmp
+PATHWAYS = HERE.parents[1] / "pathways"
 
 
 def test_builtin_invariants_hold_incl_differential(pathways: Pathways) -> None:
@@ -55,27 +35,33 @@ def test_ci_profile_fires_every_rule(pathways: Pathways) -> None:
     assert not report.never_fired(), report.format()
 
 
-@pytest.fixture(scope="module")
-def proposed(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    return Engine.from_directory(with_proposed(tmp_path_factory.mktemp("proposed")))
-
-
-def _proposed_ids() -> list[str]:
+def _declared_ids() -> list[str]:
+    """``pathway:invariant-id`` for every invariant declared in the bundled pathway files (read without compiling)."""
     import yaml
 
-    raw: dict[str, list[dict[str, Any]]] = yaml.safe_load(PROPOSED.read_text(encoding="utf-8"))
-    return [f"{pid}:{i['id']}" for pid, invs in raw.items() for i in invs]
+    out: list[str] = []
+    for f in sorted(PATHWAYS.glob("*.yaml")):
+        data: dict[str, Any] = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        out += [f"{data['id']}:{i['id']}" for i in data.get("invariants") or []]
+    return out
 
 
-@pytest.mark.parametrize("name", _proposed_ids())
-def test_yaml_invariant(proposed: Engine, name: str) -> None:
-    """Each YAML invariant (declared + proposed) is one test item, with a steered search of its own."""
+DECLARED = _declared_ids()
+
+
+def test_every_pathway_declares_invariants() -> None:
+    by_pathway = {name.split(":", 1)[0] for name in DECLARED}
+    assert by_pathway >= {"hypertension", "diabetes", "smi"}, by_pathway
+
+
+@pytest.mark.parametrize("name", DECLARED)
+def test_yaml_invariant(pathways: Pathways, name: str) -> None:
+    """Each YAML invariant declared in a pathway file is one test item, with a steered search of its own."""
     from carepath.testing.runner import check_yaml_invariant
 
-    inv = next((i for i in yaml_invariants(proposed) if i.name == name), None)
-    if inv is None:
-        pytest.skip(f"{name}: its pathway is not bundled")
-    res = check_yaml_invariant(proposed, inv, profile="pytest", examples=60)
+    inv = next((i for i in yaml_invariants(pathways.engine) if i.name == name), None)
+    assert inv is not None, f"{name}: declared in a pathway file but not loaded"
+    res = check_yaml_invariant(pathways.engine, inv, profile="pytest", examples=30)
     if res.violation is not None:
         raise res.violation
     assert res.applied > 0, f"the generator never produced a case where `given` holds: {inv.describe()}"

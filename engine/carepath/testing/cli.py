@@ -73,7 +73,10 @@ def _mutate_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--examples", type=int, default=300, metavar="N", help="examples per pathway for each mutant (default 300)")
     p.add_argument("--min-score", type=float, default=0.9, metavar="F", help="exit 1 below this kill rate (default 0.9)")
     p.add_argument(
-        "--invariants", metavar="FILE", help="extra YAML invariants by pathway id (e.g. tests/properties/proposed_invariants.yaml)"
+        "--backend",
+        choices=["durable", "reference"],
+        default="durable",
+        help="evaluate scenarios and invariant searches with durable-rules (default) or the faster reference evaluator",
     )
     p.add_argument("--list", action="store_true", help="only list the mutants")
 
@@ -87,6 +90,6 @@ def _mutate(args: argparse.Namespace) -> int:
         for m in make_mutants(args.pathways):
             print(f"{m.id:<48} {m.description}")
         return 0
-    report = run_mutation(args.pathways, examples=args.examples, scenarios=args.scenarios, extra_invariants=args.invariants)
+    report = run_mutation(args.pathways, examples=args.examples, scenarios=args.scenarios, backend=args.backend)
     print(report.format())
     return 0 if report.score >= args.min_score else 1

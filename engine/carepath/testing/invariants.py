@@ -167,9 +167,12 @@ def yaml_invariants(engine: Engine) -> list[YamlInvariant]:
 class Checker:
     """Checks every invariant on one case. ``draw`` (Hypothesis ``data.draw``) picks metamorphic variants."""
 
-    def __init__(self, engine: Engine, *, only: Sequence[str] | None = None) -> None:
+    def __init__(self, engine: Engine, *, only: Sequence[str] | None = None, backend: str = "durable") -> None:
         self.engine = engine
+        self.backend = "reference" if backend == "reference" else "durable"
         self.enabled = set(only) if only is not None else set(BUILTIN)
+        if self.backend == "reference":  # nothing to compare against: the differential check needs durable-rules
+            self.enabled.discard("differential")
         self.features = Features()
         for p in engine.pathways:
             self.features.add(p.applies)
@@ -190,8 +193,10 @@ class Checker:
     def enrolled(self, facts: Mapping[str, object]) -> list[CheckedPathway]:
         return [p for p in self.engine.pathways if lang.eval3(p.applies, facts) is True]
 
-    def evaluate(self, case: Case, backend: str = "durable") -> Decision:
-        return self.engine.evaluate(case, backend="reference" if backend == "reference" else "durable")
+    def evaluate(self, case: Case, backend: str | None = None) -> Decision:
+        """Evaluate with ``backend`` (default: the checker's own, durable-rules unless set to ``reference``)."""
+        chosen = backend or self.backend
+        return self.engine.evaluate(case, backend="reference" if chosen == "reference" else "durable")
 
     # ------------------------------------------------------------ the check
     def check(self, case: Case, draw: Draw | None = None, pathway: str | None = None) -> Decision:

@@ -3,9 +3,17 @@
 Defined faults ("mutants") are made in the pathway YAML data -- a threshold flipped or moved, a
 contraindication rule dropped, a referral swapped up/down, an emergency rule removed or
 downgraded, a citation dropped, a unit changed, a guard removed -- and each mutant must be
-*killed*: rejected by ``carepath validate``, failing a golden scenario (``tests/scenarios``,
-when a loader exists), or failing an invariant in a short seeded Hypothesis search. Survivors
-are listed with the reason they can survive (what kind of check would catch them).
+*killed*, in this order (the first that fails names the killer):
+
+1. **validation**: ``carepath validate`` rejects the mutated pathway set;
+2. **scenario**: a golden scenario (``tests/scenarios/<pathway>/*.yaml``, loaded with
+   :mod:`carepath.scenarios`) evaluated with the mutated pathway set misses an expectation;
+3. **invariant**: a built-in or YAML invariant fails in a short seeded Hypothesis search.
+
+A survivor is listed with the reason it can survive: the operator's note, and whether its
+behaviour differs at all from the unmutated pathways (on every scenario case and a seeded search
+of generated cases). A survivor whose decisions never differ is *likely equivalent*; one whose
+decisions differ shows a test gap, with the case that shows it.
 
 The unmutated pathways must pass the same checks first, else the score means nothing.
 """
@@ -13,21 +21,26 @@ The unmutated pathways must pass the same checks first, else the score means not
 from __future__ import annotations
 
 import copy
-import importlib
+import json
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ..errors import PathwayError
+from ..errors import CaseError, PathwayError
 from ..evaluate import Engine, bundled_pathways
 from ..load import load_text
+from ..scenarios import Scenario, check, iter_scenarios
 from ..validate import CheckedPathway, check_set, find_dictionary, load_vocabulary, pathway_files
-from .runner import DEFAULT_SEED, check_engine
+from .runner import DEFAULT_SEED, check_engine, profile_settings
+from .strategies import CaseSpace
 
 Data = dict[str, Any]
 Apply = Callable[[Data], None]
@@ -35,6 +48,7 @@ Apply = Callable[[Data], None]
 _CMP = re.compile(r"(?P<lhs>\b[a-z_]+(?:\([a-z_0-9, ]+\))?)\s*(?P<op>>=|<=|>|<)\s*(?P<num>\d+(?:\.\d+)?)")
 _NEG = {">=": "<", ">": "<=", "<=": ">", "<": ">="}
 _STARTS = {"start", "add", "titrate", "switch"}
+KINDS = ("validation", "scenario", "invariant")
 
 
 @dataclass(frozen=True)
@@ -46,13 +60,23 @@ class Mutant:
     if_survives: str
     apply: Apply = field(repr=False, compare=False)
 
+    @property
+    def pathway(self) -> str:
+        return self.id.split(":", 1)[0]
+
 
 @dataclass
 class MutantResult:
     mutant: Mutant
-    killed_by: str | None  # validate | scenario | invariant name | None (survived)
-    detail: str
+    kind: str | None  # validation | scenario | invariant | None (survived)
+    killer: str  # what killed it: "validate", the scenario "<pathway>/<name>", the invariant name; "" for a survivor
+    detail: str  # the first failure message, or for a survivor why it survived
     seconds: float
+    scenarios: list[str] = field(default_factory=list)  # every golden scenario the mutant fails
+
+    @property
+    def killed(self) -> bool:
+        return self.kind is not None
 
 
 @dataclass
@@ -60,38 +84,58 @@ class MutationReport:
     baseline_ok: bool
     baseline_detail: str
     results: list[MutantResult]
-    excluded: list[str] = field(default_factory=list)
+    scenarios: int = 0
+    backend: str = "durable"
+    seconds: float = 0.0
 
     @property
     def killed(self) -> int:
-        return sum(1 for r in self.results if r.killed_by)
+        return sum(1 for r in self.results if r.killed)
 
     @property
     def score(self) -> float:
         return self.killed / len(self.results) if self.results and self.baseline_ok else 0.0
 
     def survivors(self) -> list[MutantResult]:
-        return [r for r in self.results if not r.killed_by]
+        return [r for r in self.results if not r.killed]
+
+    def by_pathway(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for r in self.results:
+            k, n = out.get(r.mutant.pathway, (0, 0))
+            out[r.mutant.pathway] = (k + r.killed, n + 1)
+        return out
+
+    def by_kind(self) -> Counter[str]:
+        return Counter(r.kind or "survived" for r in self.results)
 
     def format(self) -> str:
-        lines = [f"Mutation suite: {len(self.results)} mutants"]
+        lines = [
+            f"Mutation suite: {len(self.results)} mutants from {len({r.mutant.operator for r in self.results})} operators, "
+            f"{self.scenarios} golden scenarios, invariants evaluated with the {self.backend} backend"
+        ]
         if not self.baseline_ok:
             lines.append(f"BASELINE FAILS (the unmutated pathways must pass first): {self.baseline_detail}")
         for r in self.results:
-            status = f"killed by {r.killed_by}" if r.killed_by else "SURVIVED"
-            lines.append(f"  {status:<40} {r.mutant.id}  ({r.seconds:.1f}s)")
+            status = f"killed by {r.kind}" if r.kind else "SURVIVED"
+            lines.append(f"  {status:<20} {r.mutant.id:<44} ({r.seconds:.1f}s)")
             lines.append(f"      {r.mutant.description}")
-            if r.killed_by:
-                lines.append(f"      -> {r.detail}")
+            if r.kind == "scenario":
+                more = f" (+{len(r.scenarios) - 1} more)" if len(r.scenarios) > 1 else ""
+                lines.append(f"      -> scenario {r.killer}{more}: {r.detail}")
+            elif r.kind:
+                lines.append(f"      -> {r.killer}: {r.detail}")
         lines.append("")
-        lines.append(f"Mutation score: {self.killed}/{len(self.results)} killed = {self.score:.0%}")
-        if self.excluded:
-            lines.append("YAML invariants set aside because they FAIL on the unmutated pathways (findings for the committee):")
-            lines += [f"  - {e}" for e in self.excluded]
+        lines.append(f"Mutation score: {self.killed}/{len(self.results)} killed = {self.score:.1%}  ({self.seconds:.0f}s)")
+        for pid, (k, n) in sorted(self.by_pathway().items()):
+            lines.append(f"  {pid:<14} {k}/{n} killed")
+        kinds = self.by_kind()
+        lines.append("  killed by: " + ", ".join(f"{k} {kinds.get(k, 0)}" for k in KINDS) + f"; survived {kinds.get('survived', 0)}")
         if self.survivors():
-            lines.append("Survivors (and why they can survive):")
+            lines.append("Survivors (and why they survive):")
             for r in self.survivors():
-                lines.append(f"  - {r.mutant.id}: {r.mutant.if_survives}")
+                lines.append(f"  - {r.mutant.id}: {r.mutant.description}")
+                lines.append(f"      {r.detail}")
         return "\n".join(lines)
 
 
@@ -342,11 +386,23 @@ def _op_drop_guard(data: Data, ctx: Data) -> list[Site]:
 
 
 def _op_start_blocked_class(data: Data, ctx: Data) -> list[Site]:
-    s, b = _find(data, _start), _find(data, _block)
-    if s is None or b is None:
+    s = _find(data, _start)
+    if s is None:
         return []
-    blocked = next(r["atc"] for r in _rules(data)[b]["then"] if isinstance(r, dict) and _block(r))
     rule = _rules(data)[s]
+    own = [str(r["atc"]) for r in rule.get("then", []) if isinstance(r, dict) and _start(r)]
+    # a class another rule avoids/stops that the start does not already overlap (else the mutant is a no-op)
+    blocked = next(
+        (
+            str(r["atc"])
+            for other in _rules(data)
+            for r in other.get("then", [])
+            if isinstance(r, dict) and _block(r) and not any(str(r["atc"]).startswith(o) or o.startswith(str(r["atc"])) for o in own)
+        ),
+        None,
+    )
+    if blocked is None:
+        return []
 
     def apply(d: Data, s: int = s, blocked: str = blocked) -> None:
         for rec in d["rules"][s]["then"]:
@@ -464,21 +520,6 @@ def _load_sources(pathways: Path | str | None) -> tuple[Path, list[tuple[Path, s
     return root, [(f, f.read_text(encoding="utf-8")) for f in files]
 
 
-def _extra_invariants(path: Path | None) -> dict[str, list[Data]]:
-    if path is None or not path.exists():
-        return {}
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return {str(k): list(v) for k, v in raw.items()}
-
-
-def _with_extras(data: Data, extras: dict[str, list[Data]]) -> Data:
-    more = extras.get(str(data.get("id")), [])
-    if more:
-        have = {i.get("id") for i in data.get("invariants", [])}
-        data["invariants"] = [*data.get("invariants", []), *(i for i in more if i.get("id") not in have)]
-    return data
-
-
 def make_mutants(pathways: Path | str | None = None) -> list[Mutant]:
     """Every operator at its first applicable site in every pathway file."""
     root, sources = _load_sources(pathways)
@@ -518,27 +559,97 @@ def _check_set(sources: list[tuple[Path, str]], root: Path, replace: dict[str, D
     return checked, [str(d) for d in diags]
 
 
-ScenarioRunner = Callable[[Engine], list[str]]
+def default_scenarios(root: Path) -> Path | None:
+    """``tests/scenarios`` beside the pathway directory (the repository layout), if it exists."""
+    cand = root.resolve().parent / "tests" / "scenarios"
+    return cand if cand.is_dir() else None
 
 
-def scenario_runner(directory: Path | str | None) -> ScenarioRunner | None:
-    """Golden scenarios via ``carepath.scenarios`` (when that loader exists): a function engine -> failures."""
-    if directory is None or not Path(directory).exists():
-        return None
+def scenario_failures(engine: Engine, scenarios: Sequence[Scenario], backend: str = "durable") -> list[tuple[str, str]]:
+    """``(pathway/name, first failure)`` for every golden scenario whose expectations the engine's decision misses."""
+    out: list[tuple[str, str]] = []
+    for s in scenarios:
+        try:
+            decision = engine.evaluate(s.case, backend="reference" if backend == "reference" else "durable")
+        except CaseError as exc:  # e.g. a mutated dictionary no longer accepts the scenario's case
+            out.append((f"{s.pathway}/{s.name}", f"case rejected: {exc}"))
+            continue
+        fails = check(s, decision)
+        if fails:
+            out.append((f"{s.pathway}/{s.name}", fails[0]))
+    return out
+
+
+_CLINICAL_DROP = ("rule", "rules", "reason", "values", "citation")
+
+
+def clinical_content(decision: dict[str, Any]) -> str:
+    """What a clinician acts on: the recommendations without provenance (rule ids, reasons, citations)."""
+    recs = [{k: v for k, v in r.items() if k not in _CLINICAL_DROP} for r in decision["recommendations"]]
+    return json.dumps(sorted(json.dumps(r, sort_keys=True) for r in recs))
+
+
+def _differs(original: Engine, mutant: Engine, case: dict[str, Any], backend: str) -> bool:
+    b: Any = "reference" if backend == "reference" else "durable"
     try:
-        mod = importlib.import_module("carepath.scenarios")
-    except ModuleNotFoundError:
-        return None
-    run = getattr(mod, "run_scenarios", None) or getattr(mod, "run_directory", None) or getattr(mod, "check_directory", None)
-    if run is None:
-        return None
+        a = clinical_content(original.evaluate(case, backend=b))
+    except CaseError:
+        return False
+    try:
+        m = clinical_content(mutant.evaluate(case, backend=b))
+    except CaseError:
+        return True
+    return a != m
 
-    def go(engine: Engine) -> list[str]:
-        result = run(engine, Path(directory))
-        fails = [r for r in result if not getattr(r, "ok", getattr(r, "passed", True))] if isinstance(result, list) else []
-        return [str(getattr(r, "name", r)) for r in fails]
 
-    return go
+def _changed_rules(original: Engine, mutant: Engine, focus: str) -> list[Any]:
+    """The conditions of the rules the mutant changed or dropped (mutated version where it exists)."""
+    before = {r.rule.id: r for r in original.pathway(focus).rules}
+    after = {r.rule.id: r for r in mutant.pathway(focus).rules}
+    out = [r.condition for rid, r in after.items() if rid not in before or before[rid].rule != r.rule]
+    out += [r.condition for rid, r in before.items() if rid not in after or after[rid].rule != r.rule]
+    return out
+
+
+def observable_difference(
+    original: Engine,
+    mutant: Engine,
+    focus: str,
+    scenarios: Sequence[Scenario],
+    *,
+    examples: int,
+    seed: int | None,
+    backend: str = "durable",
+) -> str | None:
+    """A description of a case whose decision (clinical content) differs between the two engines, or None.
+
+    Tried: every scenario case, then generated cases enrolled in ``focus``, half of them steered so
+    that a changed (or dropped) rule's condition holds.
+    """
+    for s in scenarios:
+        if _differs(original, mutant, s.case, backend):
+            return f"scenario {s.pathway}/{s.name}'s case"
+    found: list[dict[str, Any]] = []
+
+    space = CaseSpace(mutant.pathways)
+    cfg = settings(profile_settings("dev", examples, False), max_examples=examples)
+    steered = [space.steered(c, pathway=focus) for c in _changed_rules(original, mutant, focus)]
+    strategy = st.one_of(space.cases(pathway=focus), *steered) if steered else space.cases(pathway=focus)
+
+    @given(case=strategy)
+    def search(case: dict[str, Any]) -> None:
+        if not found and _differs(original, mutant, case, backend):
+            found.append(case)
+
+    wrapped = cfg(search)
+    if seed is not None:
+        import hypothesis
+
+        wrapped = hypothesis.seed(seed)(wrapped)
+    wrapped()
+    if found:
+        return "a generated case: " + json.dumps(found[0], sort_keys=True)
+    return None
 
 
 def run_mutation(
@@ -547,27 +658,36 @@ def run_mutation(
     examples: int = 300,
     seed: int = DEFAULT_SEED,
     scenarios: Path | str | None = None,
-    extra_invariants: Path | str | None = None,
     mutants: Sequence[Mutant] | None = None,
+    backend: str = "durable",
+    equivalence_examples: int | None = None,
+    progress: Callable[[MutantResult], None] | None = None,
 ) -> MutationReport:
-    """Run every mutant; a mutant is killed by validation, a golden scenario or an invariant."""
-    root, sources = _load_sources(pathways)
-    extras = _extra_invariants(Path(extra_invariants) if extra_invariants else None)
-    originals = {f.name: _with_extras(yaml.safe_load(t), extras) for f, t in sources}
-    if scenarios is None:
-        cand = root.parent / "tests" / "scenarios"
-        scenarios = cand if cand.exists() else None
-    scen = scenario_runner(scenarios)
+    """Run every mutant; a mutant is killed by validation, a golden scenario or an invariant.
 
-    def killer(replace: dict[str, Data], focus: str | None) -> tuple[str | None, str]:
+    ``scenarios`` defaults to ``tests/scenarios`` beside the pathway directory (none if absent).
+    ``backend`` evaluates scenarios and invariant searches with durable-rules or the reference
+    evaluator (differential-tested against durable-rules by ``carepath check``). Survivors are
+    searched for an observable difference (``equivalence_examples`` generated cases, default
+    ``examples``) to tell a test gap from a likely equivalent mutant.
+    """
+    t_start = time.perf_counter()
+    root, sources = _load_sources(pathways)
+    originals = {f.name: yaml.safe_load(t) for f, t in sources}
+    scen_dir = Path(scenarios) if scenarios is not None else default_scenarios(root)
+    scens = iter_scenarios(scen_dir) if scen_dir is not None and scen_dir.exists() else []
+
+    def killer(replace: dict[str, Data], focus: str | None) -> tuple[MutantResult, Engine | None]:
+        def res(kind: str | None, name: str, detail: str, names: list[str] | None = None) -> MutantResult:
+            return MutantResult(placeholder, kind, name, detail, 0.0, names or [])
+
         checked, diags = _check_set(sources, root, replace)
         if diags:
-            return "validate", diags[0]
+            return res("validation", "validate", diags[0]), None
         engine = Engine(checked)
-        if scen is not None:
-            fails = scen(engine)
-            if fails:
-                return "scenario", f"{len(fails)} golden scenario(s) fail, e.g. {fails[0]}"
+        fails = scenario_failures(engine, scens, backend)
+        if fails:
+            return res("scenario", fails[0][0], fails[0][1], [n for n, _ in fails]), engine
         report = check_engine(
             engine,
             profile="dev",
@@ -577,28 +697,43 @@ def run_mutation(
             focus=focus,
             top_up=False,
             yaml_examples=max(20, examples // 3),
+            backend=backend,
         )
         for s in report.searches:
             if s.violation is not None:
-                return s.violation.invariant, s.violation.message
-        return None, "no check failed"
+                return res("invariant", s.violation.invariant, s.violation.message), engine
+        return res(None, "", "no check failed"), engine
 
-    excluded: list[str] = []
-    base_kill, base_detail = killer(dict(originals), None)
-    while base_kill is not None and ":" in base_kill and len(excluded) < 20:
-        # a YAML invariant that fails on the unmutated pathways is a finding, not a killer: set it aside
-        pid, inv_id = base_kill.split(":", 1)
-        excluded.append(f"{base_kill} ({base_detail})")
-        for data in originals.values():
-            if data.get("id") == pid:
-                data["invariants"] = [i for i in data.get("invariants", []) if i.get("id") != inv_id]
-        base_kill, base_detail = killer(dict(originals), None)
+    placeholder = Mutant("baseline", "", "baseline", "the unmutated pathways", "", lambda d: None)
+    base, base_engine = killer(dict(originals), None)
     results: list[MutantResult] = []
-    if base_kill is None:
+    if base.kind is None and base_engine is not None:
         for m in mutants if mutants is not None else make_mutants(root):
             t0 = time.perf_counter()
             data = copy.deepcopy(originals[m.file])
             m.apply(data)
-            kill, detail = killer({**originals, m.file: data}, str(data.get("id")))
-            results.append(MutantResult(m, kill, detail, time.perf_counter() - t0))
-    return MutationReport(base_kill is None, base_detail if base_kill else "", results, excluded)
+            r, engine = killer({**originals, m.file: data}, str(data.get("id")))
+            r.mutant = m
+            if r.kind is None and engine is not None:
+                diff = observable_difference(
+                    base_engine,
+                    engine,
+                    m.pathway,
+                    scens,
+                    examples=equivalence_examples if equivalence_examples is not None else examples,
+                    seed=seed,
+                    backend=backend,
+                )
+                if diff is None:
+                    r.detail = (
+                        "LIKELY EQUIVALENT: no decision differs from the unmutated pathways "
+                        f"(every scenario case, generated cases steered into the changed rule). {m.if_survives}"
+                    )
+                else:
+                    r.detail = f"TEST GAP: decisions differ on {diff}, yet no scenario or invariant fails. {m.if_survives}"
+            r.seconds = time.perf_counter() - t0
+            results.append(r)
+            if progress is not None:
+                progress(r)
+    detail = "" if base.kind is None else f"{base.kind} {base.killer}: {base.detail}"
+    return MutationReport(base.kind is None, detail, results, len(scens), backend, time.perf_counter() - t_start)

@@ -200,11 +200,16 @@ def check_engine(
     focus: str | None = None,
     top_up: bool = True,
     yaml_examples: int | None = None,
+    backend: str = "durable",
 ) -> CheckReport:
-    """Search for counterexamples to every invariant in every pathway of ``engine``."""
+    """Search for counterexamples to every invariant in every pathway of ``engine``.
+
+    ``backend="reference"`` evaluates with the reference evaluator (faster; the differential
+    invariant is then off, since it compares durable-rules against that evaluator).
+    """
     cfg = profile_settings(profile, examples, database)
     n = cfg.max_examples
-    checker = Checker(engine, only=only)
+    checker = Checker(engine, only=only, backend=backend)
     space = space or CaseSpace(engine.pathways)
     fired: Counter[str] = Counter()
     searches: list[SearchResult] = []
