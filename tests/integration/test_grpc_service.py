@@ -311,23 +311,34 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
     s.wait_serving()
     done: list[str] = []
     errors: list[str] = []
+    established = threading.Barrier(9)  # 8 streams answered once each, then SIGTERM
+    go = threading.Event()
+
+    def cases(i: int) -> Iterator[dict[str, Any]]:
+        yield varied_case(i * 300)
+        go.wait(30)  # the rest of the stream is sent after SIGTERM: it must still be served
+        yield from (varied_case(j) for j in range(i * 300 + 1, i * 300 + 300))
+
     with CarepathClient(s.target, retries=0) as c:
-        started = threading.Barrier(9)
 
         def call(i: int) -> None:
-            started.wait(10)
             try:
-                list(c.evaluate_many([varied_case(j) for j in range(i * 300, i * 300 + 300)]))
+                results = c.evaluate_many(cases(i))
+                got = [next(results)]
+                established.wait(30)
+                got += list(results)
+                assert len(got) == 300 and all(r.error is None for r in got)
                 done.append(str(i))
             except Exception as exc:
-                errors.append(str(exc))
+                errors.append(repr(exc))
+                established.abort()
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
-        started.wait(10)
-        time.sleep(0.15)
+        established.wait(30)
         s.signal(signal.SIGTERM)
+        go.set()
         for t in threads:
             t.join(60)
             assert not t.is_alive()
