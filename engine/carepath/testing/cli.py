@@ -78,6 +78,9 @@ def _mutate_setup(p: argparse.ArgumentParser) -> None:
         default="durable",
         help="evaluate scenarios and invariant searches with durable-rules (default) or the faster reference evaluator",
     )
+    p.add_argument(
+        "--invariants-too", action="store_true", help="also search invariants on mutants a scenario killed (what invariants catch alone)"
+    )
     p.add_argument("--list", action="store_true", help="only list the mutants")
 
 
@@ -90,6 +93,8 @@ def _mutate(args: argparse.Namespace) -> int:
         for m in make_mutants(args.pathways):
             print(f"{m.id:<48} {m.description}")
         return 0
-    report = run_mutation(args.pathways, examples=args.examples, scenarios=args.scenarios, backend=args.backend)
+    report = run_mutation(
+        args.pathways, examples=args.examples, scenarios=args.scenarios, backend=args.backend, invariants_too=args.invariants_too
+    )
     print(report.format())
     return 0 if report.score >= args.min_score else 1

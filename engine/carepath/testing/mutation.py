@@ -73,6 +73,7 @@ class MutantResult:
     detail: str  # the first failure message, or for a survivor why it survived
     seconds: float
     scenarios: list[str] = field(default_factory=list)  # every golden scenario the mutant fails
+    invariant: str = ""  # the invariant that fails too, when searched (killed by it, or ``invariants_too``)
 
     @property
     def killed(self) -> bool:
@@ -87,6 +88,7 @@ class MutationReport:
     scenarios: int = 0
     backend: str = "durable"
     seconds: float = 0.0
+    invariants_too: bool = False
 
     @property
     def killed(self) -> int:
@@ -125,12 +127,18 @@ class MutationReport:
                 lines.append(f"      -> scenario {r.killer}{more}: {r.detail}")
             elif r.kind:
                 lines.append(f"      -> {r.killer}: {r.detail}")
+            if self.invariants_too and r.kind == "scenario":
+                lines.append(f"      invariant search: {r.invariant or 'no violation found'}")
         lines.append("")
         lines.append(f"Mutation score: {self.killed}/{len(self.results)} killed = {self.score:.1%}  ({self.seconds:.0f}s)")
         for pid, (k, n) in sorted(self.by_pathway().items()):
             lines.append(f"  {pid:<14} {k}/{n} killed")
         kinds = self.by_kind()
         lines.append("  killed by: " + ", ".join(f"{k} {kinds.get(k, 0)}" for k in KINDS) + f"; survived {kinds.get('survived', 0)}")
+        if self.invariants_too:
+            searched = [r for r in self.results if r.kind != "validation"]
+            alone = sum(1 for r in searched if r.invariant)
+            lines.append(f"  invariants alone (searched on every mutant validation let through): {alone}/{len(searched)} killed")
         if self.survivors():
             lines.append("Survivors (and why they survive):")
             for r in self.survivors():
@@ -662,6 +670,7 @@ def run_mutation(
     backend: str = "durable",
     equivalence_examples: int | None = None,
     progress: Callable[[MutantResult], None] | None = None,
+    invariants_too: bool = False,
 ) -> MutationReport:
     """Run every mutant; a mutant is killed by validation, a golden scenario or an invariant.
 
@@ -669,7 +678,9 @@ def run_mutation(
     ``backend`` evaluates scenarios and invariant searches with durable-rules or the reference
     evaluator (differential-tested against durable-rules by ``carepath check``). Survivors are
     searched for an observable difference (``equivalence_examples`` generated cases, default
-    ``examples``) to tell a test gap from a likely equivalent mutant.
+    ``examples``) to tell a test gap from a likely equivalent mutant. ``invariants_too`` also runs
+    the invariant search on mutants a scenario already killed, to show what the invariants catch
+    on their own (slower; the killer is still the first check that failed).
     """
     t_start = time.perf_counter()
     root, sources = _load_sources(pathways)
@@ -686,7 +697,7 @@ def run_mutation(
             return res("validation", "validate", diags[0]), None
         engine = Engine(checked)
         fails = scenario_failures(engine, scens, backend)
-        if fails:
+        if fails and not invariants_too:
             return res("scenario", fails[0][0], fails[0][1], [n for n, _ in fails]), engine
         report = check_engine(
             engine,
@@ -699,9 +710,15 @@ def run_mutation(
             yaml_examples=max(20, examples // 3),
             backend=backend,
         )
-        for s in report.searches:
-            if s.violation is not None:
-                return res("invariant", s.violation.invariant, s.violation.message), engine
+        violation = next((s.violation for s in report.searches if s.violation is not None), None)
+        if fails:
+            r = res("scenario", fails[0][0], fails[0][1], [n for n, _ in fails])
+            r.invariant = violation.invariant if violation is not None else ""
+            return r, engine
+        if violation is not None:
+            r = res("invariant", violation.invariant, violation.message)
+            r.invariant = violation.invariant
+            return r, engine
         return res(None, "", "no check failed"), engine
 
     placeholder = Mutant("baseline", "", "baseline", "the unmutated pathways", "", lambda d: None)
@@ -736,4 +753,4 @@ def run_mutation(
             if progress is not None:
                 progress(r)
     detail = "" if base.kind is None else f"{base.kind} {base.killer}: {base.detail}"
-    return MutationReport(base.kind is None, detail, results, len(scens), backend, time.perf_counter() - t_start)
+    return MutationReport(base.kind is None, detail, results, len(scens), backend, time.perf_counter() - t_start, invariants_too)
