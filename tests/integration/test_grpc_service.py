@@ -131,9 +131,18 @@ def test_unknown_pathway_is_not_found(client: CarepathClient) -> None:
 
 
 def test_deadline_exceeded(client: CarepathClient) -> None:
-    with pytest.raises(CallError) as info:
-        client.evaluate(SAMPLE, timeout=0.0001)
-    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # gRPC's deadline timers are coarse: with a 0.1 ms deadline about 1 call in 10 is answered
+    # before the timer fires (measured: 55 of 500). So ask 20 times: the deadline must win at
+    # least once and nothing but DEADLINE_EXCEEDED or a decision may come back.
+    codes: set[str] = set()
+    for _ in range(20):
+        try:
+            client.evaluate(SAMPLE, timeout=0.0001)
+            codes.add("OK")
+        except CallError as exc:
+            codes.add(exc.code.name)
+    assert "DEADLINE_EXCEEDED" in codes
+    assert codes <= {"DEADLINE_EXCEEDED", "OK"}
 
 
 def test_message_size_limit(client: CarepathClient) -> None:
