@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
 import time
 from pathlib import Path
@@ -20,25 +21,7 @@ from carepath.evaluate import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
-EXAMPLE: dict[str, Any] = {
-    "patient_id": "p-0001",
-    "as_of": "2026-11-24",
-    "setting": "community",
-    "age": 58,
-    "sex": "female",
-    "pregnant": False,
-    "conditions": ["I10", "E11.9"],
-    "observations": [
-        {"code": "sbp", "value": 162, "unit": "mmHg", "date": "2026-11-20"},
-        {"code": "dbp", "value": 98, "unit": "mmHg", "date": "2026-11-20"},
-        {"code": "hba1c", "value": 8.4, "unit": "%", "date": "2026-09-02"},
-        {"code": "egfr", "value": 52, "unit": "mL/min/1.73m2", "date": "2026-09-02"},
-    ],
-    "medications": [{"atc": "A10BA02", "name": "metformin", "dose_mg_per_day": 1000, "since": "2025-03-01"}],
-    "allergies": ["C09AA"],
-    "findings": ["severe_headache"],
-    "smi_risk_grade": None,
-}
+EXAMPLE: dict[str, Any] = json.loads((ROOT / "examples" / "case.json").read_text(encoding="utf-8"))
 
 
 def load_cases() -> list[dict[str, Any]]:

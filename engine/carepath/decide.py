@@ -14,6 +14,7 @@ Policy, in order (README "Conflict policy"):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,17 +214,22 @@ def lang_key(body: dict[str, Any]) -> str:
     return "follow_up"
 
 
+def describe_recommendation(r: Mapping[str, Any]) -> str:
+    """A recommendation in a few words (suppression notes, --explain, counterexamples)."""
+    k = r.get("kind")
+    if k == "referral":
+        return f"refer {r.get('direction')} ({r.get('urgency', 'routine')}) to {r.get('specialty')}"
+    if k == "medication":
+        return f"{r.get('action')} {r.get('name')} ({r.get('atc')})"
+    if k == "test":
+        return f"test {r.get('code')}"
+    if k == "follow_up":
+        return f"follow up in {r.get('days')} days"
+    return f"alert [{r.get('severity')}] {r.get('text')}"
+
+
 def _label(r: _Rec) -> str:
-    b = r.body
-    if r.kind == "medication":
-        return f"{b['action']} {b['atc']}"
-    if r.kind == "referral":
-        return f"{b['direction']}-referral ({b.get('urgency', 'routine')})"
-    if r.kind == "test":
-        return f"test {b['code']}"
-    if r.kind == "follow_up":
-        return f"follow-up in {b['days']} days"
-    return f"alert {b['text']!r}"
+    return describe_recommendation(r.body)
 
 
 def _sort_key(r: _Rec) -> tuple[object, ...]:

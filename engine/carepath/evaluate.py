@@ -15,7 +15,7 @@ from durable.engine import Host
 from . import compile as comp
 from . import lang
 from .case import Case, validate_case
-from .decide import decide
+from .decide import decide, describe_recommendation
 from .derive import Features, derive
 from .errors import PathwayError, UnknownPathwayError
 from .validate import CheckedPathway, CheckedRule, validate_paths
@@ -187,7 +187,7 @@ class Engine:
         if not decision["recommendations"]:
             lines.append("No recommendations.")
         for r in decision["recommendations"]:
-            lines.append(f"* {_headline(r)}")
+            lines.append(f"* {describe_recommendation(r)}")
             lines.append(f"    because {r['reason']}")
             lines.append(f"    rule {', '.join(r['rules'])}; {r['citation']}")
         suppressed = [(t["rule"], s) for t in decision["trace"] for s in t.get("suppressed", [])]
@@ -214,19 +214,6 @@ class Engine:
         if not close:
             lines.append("* none")
         return "\n".join(lines) + "\n"
-
-
-def _headline(r: dict[str, Any]) -> str:
-    k = r["kind"]
-    if k == "referral":
-        return f"REFER {r['direction'].upper()} ({r.get('urgency', 'routine')}) to {r['specialty']}"
-    if k == "medication":
-        return f"{r['action'].upper()} {r['name']} ({r['atc']})"
-    if k == "test":
-        return f"TEST {r['code']}"
-    if k == "follow_up":
-        return f"FOLLOW UP in {r['days']} days"
-    return f"ALERT [{r['severity']}] {r['text']}"
 
 
 def _merged_vocab(pathways: Sequence[CheckedPathway]) -> lang.Vocabulary:

@@ -17,25 +17,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "pathways"
 BAD_CASES = ROOT / "tests" / "unit" / "bad_cases"
 CARE = [sys.executable, "-c", "from carepath.cli import main; raise SystemExit(main())"]
 
-SAMPLE: dict[str, Any] = {
-    "patient_id": "p-0001",
-    "as_of": "2026-11-24",
-    "setting": "community",
-    "age": 58,
-    "sex": "female",
-    "pregnant": False,
-    "conditions": ["I10", "E11.9"],
-    "observations": [
-        {"code": "sbp", "value": 162, "unit": "mmHg", "date": "2026-11-20"},
-        {"code": "dbp", "value": 98, "unit": "mmHg", "date": "2026-11-20"},
-        {"code": "hba1c", "value": 8.4, "unit": "%", "date": "2026-09-02"},
-        {"code": "egfr", "value": 52, "unit": "mL/min/1.73m2", "date": "2026-09-02"},
-    ],
-    "medications": [{"atc": "A10BA02", "name": "metformin", "dose_mg_per_day": 1000, "since": "2025-03-01"}],
-    "allergies": ["C09AA"],
-    "findings": ["severe_headache"],
-    "smi_risk_grade": None,
-}
+SAMPLE: dict[str, Any] = json.loads((ROOT / "examples" / "case.json").read_text(encoding="utf-8"))
 
 
 def varied_case(i: int) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def test_allergy_blocks_a_start(engine: Engine) -> None:
     d = engine.evaluate(case(allergies=["C09AA"]))
     assert not any(r["kind"] == "medication" and r["action"] == "start" for r in d["recommendations"])
     notes = [s for t in d["trace"] for s in t.get("suppressed", [])]
-    assert "start C09AA: patient is allergic to C09AA" in notes
+    assert "start ACE inhibitor (C09AA): patient is allergic to C09AA" in notes
 
 
 def test_referral_direction_follows_setting(engine: Engine) -> None:
@@ -157,7 +157,7 @@ def test_unknown_pathway_is_refused(engine: Engine) -> None:
 
 def test_explain_says_why_and_what_came_close(engine: Engine) -> None:
     text = engine.explain(case())
-    assert "START ACE inhibitor (C09AA)" in text
+    assert "* start ACE inhibitor (C09AA)" in text
     assert "because Start an ACE inhibitor: sbp 162 mmHg ≥ 140" in text
     assert "Rules that came close but did not fire:" in text
     assert "mini.crisis: sbp 162 mmHg ≥ 180 is not met" in text

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from .. import lang
 from ..case import validate_case
 from ..cli import dumps
+from ..decide import describe_recommendation
 from ..derive import Features, derive
 from ..evaluate import Engine
 from ..validate import CheckedPathway
@@ -93,16 +94,7 @@ class Violation(AssertionError):
 
 
 def summary(r: Mapping[str, Any]) -> str:
-    k = r.get("kind")
-    if k == "referral":
-        return f"referral {r.get('direction')} ({r.get('urgency', '-')}) to {r.get('specialty')}"
-    if k == "medication":
-        return f"medication {r.get('action')} {r.get('atc')} ({r.get('name')})"
-    if k == "test":
-        return f"test {r.get('code')}"
-    if k == "follow_up":
-        return f"follow-up in {r.get('days')} days"
-    return f"alert [{r.get('severity')}] {r.get('text')}"
+    return describe_recommendation(r)
 
 
 def atc_overlap(a: str, b: str) -> bool:
