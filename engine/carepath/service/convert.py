@@ -198,8 +198,20 @@ def _from_scalar(s: decision_pb2.ScalarValue) -> object:
     return getattr(s, which)
 
 
-def _named(values: Mapping[str, object]) -> list[decision_pb2.NamedValue]:
-    return [decision_pb2.NamedValue(name=k, value=_scalar(v)) for k, v in values.items()]
+_SCALAR_FIELD = {bool: "bool_value", int: "int_value", float: "double_value", str: "string_value"}
+
+
+def _named_fields(values: Mapping[str, object]) -> list[dict[str, Any]]:
+    """NamedValues as plain dicts: the message is then built in one constructor call (~2x faster)."""
+    out: list[dict[str, Any]] = []
+    for k, v in values.items():
+        if v is None:
+            out.append({"name": k, "value": {"null_value": 0}})
+        elif type(v) in _SCALAR_FIELD:
+            out.append({"name": k, "value": {_SCALAR_FIELD[type(v)]: v}})
+        else:
+            _scalar(v)  # raises TypeError naming the type
+    return out
 
 
 def decision_to_proto(d: Mapping[str, Any]) -> decision_pb2.Decision:
@@ -207,29 +219,33 @@ def decision_to_proto(d: Mapping[str, Any]) -> decision_pb2.Decision:
     extra = set(d) - {"patient_id", "as_of", "pathways", "recommendations", "trace"}
     if extra:
         raise ValueError(f"decision fields not in carepath.v1.Decision: {sorted(extra)}")
-    pb = decision_pb2.Decision(patient_id=d["patient_id"], as_of=d["as_of"])
     for p in d["pathways"]:
         if set(p) != {"id", "version", "sha256", "enrolled"}:
             raise ValueError(f"pathway fields not in carepath.v1.PathwayRef: {sorted(p)}")
-        pb.pathways.add(id=p["id"], version=p["version"], sha256=p["sha256"], enrolled=p["enrolled"])
+    recs: list[dict[str, Any]] = []
     for r in d["recommendations"]:
         kind = r["kind"]
         names = _DETAIL_FIELDS[kind]
         if not set(r) - {"kind"} <= {*names, *_REC_TAIL}:
             raise ValueError(f"recommendation fields not in carepath.v1.Recommendation: {sorted(set(r) - {'kind', *names, *_REC_TAIL})}")
-        rec = pb.recommendations.add(
-            rule=r["rule"], rules=r["rules"], reason=r["reason"], citation=r["citation"], values=_named(r["values"])
+        recs.append(
+            {
+                "rule": r["rule"],
+                "rules": r["rules"],
+                "reason": r["reason"],
+                "citation": r["citation"],
+                "values": _named_fields(r["values"]),
+                kind: {name: r[name] for name in names if name in r},
+            }
         )
-        detail = getattr(rec, kind)
-        detail.SetInParent()
-        for name in names:
-            if name in r:
-                setattr(detail, name, r[name])
+    trace: list[dict[str, Any]] = []
     for t in d["trace"]:
         if not set(t) <= {"pathway", "rule", "values", "suppressed"}:
             raise ValueError(f"trace fields not in carepath.v1.TraceEntry: {sorted(t)}")
-        pb.trace.add(pathway=t["pathway"], rule=t["rule"], values=_named(t["values"]), suppressed=t.get("suppressed", []))
-    return pb
+        trace.append(
+            {"pathway": t["pathway"], "rule": t["rule"], "values": _named_fields(t["values"]), "suppressed": t.get("suppressed", [])}
+        )
+    return decision_pb2.Decision(patient_id=d["patient_id"], as_of=d["as_of"], pathways=d["pathways"], recommendations=recs, trace=trace)
 
 
 def decision_to_dict(pb: decision_pb2.Decision) -> dict[str, Any]:
