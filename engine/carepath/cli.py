@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -180,6 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a bug: one line for the user; CAREPATH_DEBUG=1 shows the traceback
+        if os.environ.get("CAREPATH_DEBUG"):
+            raise
+        print(f"carepath: internal error ({type(exc).__name__}: {exc}); rerun with CAREPATH_DEBUG=1 for details", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pathways"
 BROKEN = Path(__file__).parent / "broken_pathways"
 CASE = Path(__file__).parent / "bad_cases" / "01-missing-patient-id.json"
@@ -63,3 +65,25 @@ def test_schema_is_json_schema_of_the_pathway_format() -> None:
     assert schema["title"] == "carepath pathway"
     assert {"id", "version", "rules", "citations"} <= set(schema["properties"])
     assert schema["additionalProperties"] is False
+
+
+def test_an_internal_error_is_one_line_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from carepath import cli
+
+    def setup(p: argparse.ArgumentParser) -> None:
+        return None
+
+    @cli.command("explode-for-test", setup)
+    def explode(args: argparse.Namespace) -> int:
+        """A command with a bug."""
+        raise RuntimeError("boom")
+
+    try:
+        assert cli.main(["explode-for-test"]) == 70
+    finally:
+        del cli._COMMANDS["explode-for-test"]
+    err = capsys.readouterr().err
+    assert err.startswith("carepath: internal error (RuntimeError: boom)")
+    assert "Traceback" not in err
