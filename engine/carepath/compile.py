@@ -183,28 +183,14 @@ def reference(e: Expr) -> Program:
         parts = [reference(i) for i in e.items]
 
         def conj(f: lang.Facts) -> Truth:
-            out: Truth = True
-            for p in parts:
-                t = p(f)
-                if t is False:
-                    return False
-                if t is None:
-                    out = None
-            return out
+            return lang.all3(p(f) for p in parts)
 
         return conj
     if isinstance(e, Or):
         parts = [reference(i) for i in e.items]
 
         def disj(f: lang.Facts) -> Truth:
-            out: Truth = False
-            for p in parts:
-                t = p(f)
-                if t is True:
-                    return True
-                if t is None:
-                    out = None
-            return out
+            return lang.any3(p(f) for p in parts)
 
         return disj
     assert isinstance(e, Const)

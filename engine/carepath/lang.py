@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -566,6 +566,28 @@ _CMP: dict[str, Callable[[float, float], bool]] = {
 }
 
 
+def all3(truths: Iterable[Truth]) -> Truth:
+    """Kleene AND: False if any is False, else unknown if any is unknown, else True (short-circuits)."""
+    out: Truth = True
+    for t in truths:
+        if t is False:
+            return False
+        if t is None:
+            out = None
+    return out
+
+
+def any3(truths: Iterable[Truth]) -> Truth:
+    """Kleene OR: True if any is True, else unknown if any is unknown, else False (short-circuits)."""
+    out: Truth = False
+    for t in truths:
+        if t is True:
+            return True
+        if t is None:
+            out = None
+    return out
+
+
 def eval3(e: Expr, facts: Facts) -> Truth:
     """Kleene evaluation of the AST on derived facts: True, False or None (unknown)."""
     if isinstance(e, Cmp):
@@ -588,23 +610,9 @@ def eval3(e: Expr, facts: Facts) -> Truth:
         t = eval3(e.item, facts)
         return None if t is None else not t
     if isinstance(e, And):
-        result: Truth = True
-        for i in e.items:
-            t = eval3(i, facts)
-            if t is False:
-                return False
-            if t is None:
-                result = None
-        return result
+        return all3(eval3(i, facts) for i in e.items)
     if isinstance(e, Or):
-        result = False
-        for i in e.items:
-            t = eval3(i, facts)
-            if t is True:
-                return True
-            if t is None:
-                result = None
-        return result
+        return any3(eval3(i, facts) for i in e.items)
     assert isinstance(e, Const)
     return e.value
 

@@ -465,23 +465,9 @@ class CaseSpace:
     def truth(self, d: _Draft, e: Expr) -> lang.Truth:
         """Kleene truth of an NNF expression on a draft (mirrors derive + eval3, without validating)."""
         if isinstance(e, And):
-            out: lang.Truth = True
-            for i in e.items:
-                t = self.truth(d, i)
-                if t is False:
-                    return False
-                if t is None:
-                    out = None
-            return out
+            return lang.all3(self.truth(d, i) for i in e.items)
         if isinstance(e, Or):
-            out = False
-            for i in e.items:
-                t = self.truth(d, i)
-                if t is True:
-                    return True
-                if t is None:
-                    out = None
-            return out
+            return lang.any3(self.truth(d, i) for i in e.items)
         if isinstance(e, Not):
             t = self.truth(d, e.item)
             return None if t is None else not t
