@@ -105,17 +105,21 @@ def rule_pattern(cond: Expr, subs: list[tuple[str, Expr]]) -> Json:
 
 
 def _fits(pattern: Json) -> bool:
-    """Whether durable-rules accepts the pattern as one rule (it caps nested expressions)."""
-    from durable.engine import Host
+    """Whether durable-rules accepts the pattern as one rule (it caps nested expressions).
 
-    class _Probe(Host):  # type: ignore[misc]
-        def _run(self) -> None:
-            return None
+    The probe ruleset is deleted at once: durable-rules has a fixed table of 131,071 ruleset
+    handles per process, and every compiled rule is probed.
+    """
+    import json
 
+    import durable_rules_engine as dre  # type: ignore[import-not-found]
+
+    name = f"carepath_probe_{next(_ruleset_counter)}"
     try:
-        _Probe().set_rulesets({f"carepath_probe_{next(_ruleset_counter)}": {"r": {"all": [{"m": pattern}], "run": _noop}}})
-    except Exception:
+        handle = dre.create_ruleset(name, json.dumps({"r": {"all": [{"m": pattern}]}}))
+    except dre.error:
         return False
+    dre.delete_ruleset(handle)
     return True
 
 

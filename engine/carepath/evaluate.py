@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from .case import Case, validate_case
 from .decide import decide, describe_recommendation
 from .derive import Features, derive
 from .errors import PathwayError, UnknownPathwayError
-from .validate import CheckedPathway, CheckedRule, validate_paths
+from .validate import CheckedPathway, CheckedRule, load_vocabulary, validate_paths
 
 Backend = Literal["durable", "reference"]
 
@@ -40,6 +41,10 @@ class _SyncHost(Host):  # type: ignore[misc]
 
     def _run(self) -> None:
         return None
+
+
+Selection = list[tuple[int, "_Compiled"]]  # (pathway index, compiled pathway)
+Fired = list[tuple[int, "_Compiled", list[int]]]  # ... and the indices of the rules that fired
 
 
 @dataclass
@@ -86,6 +91,8 @@ class Engine:
             )
         for compiled in self._compiled:  # rulesets register lazily on the first post: warm them up now
             self._post(compiled, {})
+        # durable-rules' ruleset handles are a fixed per-process table: give them back with the engine
+        weakref.finalize(self, _delete_rulesets, [c.handle for c in self._compiled])
 
     @classmethod
     def from_directory(cls, path: Path | str | None = None) -> Engine:
@@ -142,11 +149,11 @@ class Engine:
             _dre.delete_state(c.handle, sid)
         return sorted(fired)
 
-    def fire(
-        self, facts: dict[str, object], pathway_ids: Sequence[str] | None = None, backend: Backend = "durable"
-    ) -> list[tuple[int, _Compiled, list[int]]]:
+    def fire(self, facts: dict[str, object], pathway_ids: Sequence[str] | None = None, backend: Backend = "durable") -> Fired:
         """The indices of the rules that fire in each selected pathway."""
-        selected = self._select(pathway_ids)
+        return self._fire(facts, self._select(pathway_ids), backend)
+
+    def _fire(self, facts: dict[str, object], selected: Selection, backend: Backend) -> Fired:
         out = []
         for i, c in selected:
             if backend == "durable":
@@ -156,7 +163,7 @@ class Engine:
             out.append((i, c, fired))
         return out
 
-    def _select(self, pathway_ids: Sequence[str] | None) -> list[tuple[int, _Compiled]]:
+    def _select(self, pathway_ids: Sequence[str] | None) -> Selection:
         if not pathway_ids:
             return list(enumerate(self._compiled))
         known = {c.pathway.id: (i, c) for i, c in enumerate(self._compiled)}
@@ -170,9 +177,11 @@ class Engine:
     def evaluate(self, data: Any, pathway_ids: Sequence[str] | None = None, backend: Backend = "durable") -> dict[str, Any]:
         """Case (contract JSON as a dict) in, decision out. Raises CaseError or UnknownPathwayError."""
         selected = self._select(pathway_ids)  # fail fast on an unknown pathway
-        del selected
         case, facts = self.prepare(data)
-        fired = self.fire(facts, pathway_ids, backend)
+        return self._decide(case, facts, selected, backend)
+
+    def _decide(self, case: Case, facts: dict[str, object], selected: Selection, backend: Backend) -> dict[str, Any]:
+        fired = self._fire(facts, selected, backend)
         groups: list[tuple[int, CheckedPathway, list[CheckedRule]]] = [
             (i, c.pathway, [c.pathway.rules[k] for k in ks]) for i, c, ks in fired
         ]
@@ -181,8 +190,9 @@ class Engine:
 
     def explain(self, data: Any, pathway_ids: Sequence[str] | None = None) -> str:
         """For a person: why each recommendation was made, and which rules came close and why not."""
-        decision = self.evaluate(data, pathway_ids)
+        selected = self._select(pathway_ids)
         case, facts = self.prepare(data)
+        decision = self._decide(case, facts, selected, "durable")
         lines = [f"Decision for {case.patient_id} as of {case.as_of.isoformat()} ({case.setting})", ""]
         if not decision["recommendations"]:
             lines.append("No recommendations.")
@@ -197,7 +207,7 @@ class Engine:
         lines += ["", "Rules that came close but did not fire:"]
         close = 0
         fired = {t["rule"] for t in decision["trace"]}
-        for _, c in self._select(pathway_ids):
+        for _, c in selected:
             if c.applies(facts) is not True:
                 lines.append(f"* pathway {c.pathway.id}: patient not enrolled ({c.pathway.model.applies_to})")
                 continue
@@ -223,8 +233,10 @@ def _merged_vocab(pathways: Sequence[CheckedPathway]) -> lang.Vocabulary:
         obs.update(p.vocab.observations)
         findings |= p.vocab.findings
     if not pathways:
-        base = Path(bundled_pathways()) / "dictionary.yaml"
-        from .validate import load_vocabulary
-
-        return load_vocabulary(base)
+        return load_vocabulary(bundled_pathways() / "dictionary.yaml")
     return lang.Vocabulary(obs, findings)
+
+
+def _delete_rulesets(handles: list[int]) -> None:
+    for handle in handles:
+        _dre.delete_ruleset(handle)

@@ -188,19 +188,16 @@ def _consistent(term: list[lang.Literal], vocab: Vocabulary) -> bool:
     present: dict[str, bool] = {}
     flags: dict[str, tuple[str, str, bool]] = {}
     enums: dict[str, frozenset[str]] = {}
+
+    def known(pkey: str, value: bool = True) -> bool:
+        """Record that a value is (not) on record; False when the term already said otherwise."""
+        return present.setdefault(pkey, value) == value
+
     for lit in term:
         if isinstance(lit, Cmp):
             key = lit.num.key
-            if lit.num.kind in ("obs", "prev", "days"):
-                pkey = f"h_{lit.num.arg}"
-                if present.get(pkey) is False:
-                    return False
-                present[pkey] = True
-            if lit.num.kind == "field":
-                pkey = f"h_{lit.num.arg}"
-                if present.get(pkey) is False:
-                    return False
-                present[pkey] = True
+            if lit.num.kind in ("obs", "prev", "days", "field") and not known(f"h_{lit.num.arg}"):
+                return False  # a comparison needs the value on record
             lo, hi = _domain(lit.num, vocab)
             b = bounds.setdefault(key, [lo, False, hi, False])
             v = lit.value
@@ -231,23 +228,16 @@ def _consistent(term: list[lang.Literal], vocab: Vocabulary) -> bool:
             if b[0] > b[2] or (b[0] == b[2] and (b[1] or b[3])):
                 return False
         elif isinstance(lit, Present):
-            if present.get(lit.key, lit.value) != lit.value:
+            if not known(lit.key, lit.value):
                 return False
-            present[lit.key] = lit.value
         elif isinstance(lit, Enum):
             cur = enums.get(lit.field, lit.values) & lit.values
-            if not cur:
+            if not cur or not known(f"h_{lit.field}"):
                 return False
             enums[lit.field] = cur
-            pkey = f"h_{lit.field}"
-            if present.get(pkey) is False:
-                return False
-            present[pkey] = True
         elif isinstance(lit, Flag):
-            if lit.kind == "pregnant":
-                if present.get("h_pregnant") is False:
-                    return False
-                present["h_pregnant"] = True
+            if lit.kind == "pregnant" and not known("h_pregnant"):
+                return False
             prev = flags.get(lit.key)
             if prev is not None and prev[2] != lit.value:
                 return False

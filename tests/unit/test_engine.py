@@ -161,3 +161,16 @@ def test_explain_says_why_and_what_came_close(engine: Engine) -> None:
     assert "because Start an ACE inhibitor: sbp 162 mmHg ≥ 140" in text
     assert "Rules that came close but did not fire:" in text
     assert "mini.crisis: sbp 162 mmHg ≥ 180 is not met" in text
+
+
+def test_engines_give_back_durable_rules_handles() -> None:
+    # durable-rules has 131,071 ruleset handles per process; each engine used to keep ~128 for good
+    # (failed at the 1,023rd engine on the bundled pathways), which a long-lived process reloading
+    # pathways, or a mutation run, would exhaust
+    from carepath.validate import validate_paths
+
+    root = Path(__file__).resolve().parents[2] / "pathways"
+    checked, diags = validate_paths([root], root)
+    assert not diags
+    for _ in range(1100):
+        Engine(checked)
