@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import weakref
 from collections.abc import Iterable, Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import durable_rules_engine as _dre  # type: ignore[import-not-found]
+import orjson
 from durable.engine import Host
 
 from . import compile as comp
@@ -135,7 +135,7 @@ class Engine:
         fact["cp"] = 1
         fired: set[int] = set()
         try:
-            code, state = _dre.assert_fact(c.handle, json.dumps(fact))
+            code, state = _dre.assert_fact(c.handle, orjson.dumps(fact).decode())
             if code != 0:
                 raise RuntimeError(f"durable-rules did not handle the case (code {code})")
             started = _dre.start_action_for_state(c.handle, state)

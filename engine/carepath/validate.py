@@ -30,12 +30,16 @@ class CheckedRule:
     when_nnf: Expr = field(init=False, compare=False)
     reads: tuple[tuple[str, str, str], ...] = field(init=False, compare=False)  # (name, fact key, kind)
     bodies: tuple[dict[str, Any], ...] = field(init=False, compare=False)  # the `then` items as plain dicts
+    read_keys: tuple[str, ...] = field(init=False, compare=False)  # the fact keys its condition reads
+    memo: dict[tuple[object, ...], Any] = field(init=False, compare=False, repr=False)  # decide(): values read -> reason
 
     def __post_init__(self) -> None:
         # precomputed once: decide() uses them for every decision
         object.__setattr__(self, "when_nnf", lang.nnf(self.when))
         object.__setattr__(self, "reads", lang.reads(self.when))
         object.__setattr__(self, "bodies", tuple(r.model_dump(exclude_none=True) for r in self.rule.then))
+        object.__setattr__(self, "read_keys", tuple(dict.fromkeys(key for _, key, _ in self.reads)))
+        object.__setattr__(self, "memo", {})
 
 
 @dataclass(frozen=True)

@@ -174,3 +174,30 @@ def test_engines_give_back_durable_rules_handles() -> None:
     assert not diags
     for _ in range(1100):
         Engine(checked)
+
+
+def test_memoised_reasons_equal_freshly_written_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """decide() memoises each rule's values and reason on the facts it reads: a warm memo (even one
+    cleared when full) must give exactly the decision a cold one gives."""
+    from carepath import decide
+    from carepath.population.synth import synth_lines
+
+    bundled = Engine.from_directory(None)
+    rules = [cr for p in bundled.pathways for cr in p.rules]
+    cases = [json.loads(line) for line in synth_lines(400, 7)]
+    cold = []
+    for c in cases:
+        for cr in rules:
+            cr.memo.clear()
+        cold.append(dumps(bundled.evaluate(c)))
+    monkeypatch.setattr(decide, "MEMO_LIMIT", 8)
+    warm = [dumps(bundled.evaluate(c)) for c in cases] + [dumps(bundled.evaluate(c)) for c in cases]
+    assert warm == cold + cold
+    assert max(len(cr.memo) for cr in rules) <= 8
+    assert sum(len(cr.memo) for cr in rules) > 0
+    first = bundled.evaluate(cases[0])  # the caller owns what it gets: mutating it must not reach the memo
+    for rec in first["recommendations"]:
+        rec["values"].clear()
+    for t in first["trace"]:
+        t["values"].clear()
+    assert dumps(bundled.evaluate(cases[0])) == cold[0]

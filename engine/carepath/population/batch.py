@@ -13,7 +13,6 @@ One output line per non-blank input line: the decision, or an error record
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import sys
@@ -25,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+import orjson
 
 from ..case import MAX_CASE_BYTES, parse_json
 from ..errors import CarepathError, CaseError, PathwayError
@@ -38,13 +39,16 @@ CHUNK_LINES = 256
 INFLIGHT_PER_WORKER = 4
 
 
-def dumps_line(obj: Any) -> str:
-    """The JSONL rendering of a decision or error record: compact, deterministic."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+def dumps_line(obj: Any) -> bytes:
+    """The JSONL rendering of a decision or error record: compact UTF-8, deterministic.
+
+    orjson, not the json module: a decision is 5-7 KB and the stdlib encoder took ~65 µs of it.
+    """
+    return orjson.dumps(obj)
 
 
 # ---------------------------------------------------------------- evaluation (runs in the workers)
-def _error_record(lineno: int, data: Any, kind: str, violations: list[dict[str, str]]) -> str:
+def _error_record(lineno: int, data: Any, kind: str, violations: list[dict[str, str]]) -> bytes:
     rec: dict[str, Any] = {"line": lineno}
     pid = data.get("patient_id") if isinstance(data, dict) else None
     if isinstance(pid, str) and len(pid) <= 128:
@@ -56,7 +60,7 @@ def _error_record(lineno: int, data: Any, kind: str, violations: list[dict[str, 
 
 def evaluate_lines(engine: Engine, lines: Iterable[Line]) -> ChunkResult:
     """Evaluate raw JSONL lines; every line gives one output line (decision or error record)."""
-    out: list[str] = []
+    out: list[bytes] = []
     ok = bad = 0
     for lineno, raw in lines:
         data: Any = None
@@ -76,8 +80,7 @@ def evaluate_lines(engine: Engine, lines: Iterable[Line]) -> ChunkResult:
         except Exception as exc:  # a bug must not sink a city-wide run: record it, go on
             out.append(_error_record(lineno, data, "internal", [{"field": "", "message": f"{type(exc).__name__}: {exc}"}]))
         bad += 1
-    text = "\n".join(out)
-    return ((text + "\n") if out else "").encode(), ok, bad
+    return (b"\n".join(out) + b"\n") if out else b"", ok, bad
 
 
 _ENGINE: Engine | None = None
