@@ -7,6 +7,7 @@ import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from .errors import CaseError, FieldViolation
@@ -19,15 +20,26 @@ _ATC = re.compile(r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
+_DATES: dict[str, date] = {}  # the dates seen lately: a cohort repeats the same few hundred
+
+
 def _date(v: Any) -> Any:
     """Dates are ISO strings (YYYY-MM-DD) or date objects; never numbers or datetimes."""
+    if type(v) is str:
+        hit = _DATES.get(v)
+        if hit is not None:
+            return hit
     if isinstance(v, date) and type(v) is date:
         return v
     if isinstance(v, str) and _DATE.match(v):
         try:
-            return date.fromisoformat(v)
+            d = date.fromisoformat(v)
         except ValueError:
             raise ValueError(f"{v!r} is not a real calendar date") from None
+        if len(_DATES) >= 65_536:
+            _DATES.clear()
+        _DATES[v] = d
+        return d
     raise ValueError("expected a date as YYYY-MM-DD")
 
 
@@ -111,6 +123,10 @@ def parse_json(raw: bytes | str) -> Any:
     size = len(raw.encode() if isinstance(raw, str) else raw)
     if size > MAX_CASE_BYTES:
         raise CaseError([FieldViolation("", f"case is {size} bytes; the limit is {MAX_CASE_BYTES} (1 MiB)")])
+    try:  # orjson for speed; anything it refuses goes to the json module for the exact error message
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         return json.loads(text, parse_constant=_reject_constant)
@@ -136,7 +152,7 @@ def validate_case(data: Any, vocab: Vocabulary) -> tuple[Case, list[tuple[str, f
     except ValidationError as exc:
         raise CaseError([FieldViolation(field_path(tuple(e["loc"])), _message(e)) for e in exc.errors()]) from None
     bad: list[FieldViolation] = []
-    loinc = {lc: od.code for od in vocab.observations.values() for lc in od.loinc}
+    loinc = vocab.loinc
     obs: list[tuple[str, float, date]] = []
     for i, o in enumerate(case.observations):
         where = f"observations[{i}]"

@@ -17,6 +17,9 @@ class _Plan:
     allergy: tuple[tuple[str, tuple[str, ...]], ...]
     counts: tuple[tuple[str, tuple[str, ...]], ...]
     days_on: tuple[tuple[str, str], ...]
+    observations: dict[str, tuple[str, str, str, str]]  # code -> its h_, o_, d_ and p_ keys
+    finding_keys: dict[str, str]  # finding -> its f_ key
+    zeros: dict[str, object]  # every flag and count at 0 and every observation absent: set what holds
 
 
 @dataclass
@@ -40,13 +43,21 @@ class Features:
             def flags(prefix: str, args: set[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
                 return tuple((f"{prefix}{lang.sanitize(a)}", tuple(a.split("|"))) for a in sorted(args))
 
+            findings = tuple((f"f_{f}", f) for f in sorted(self.findings))
+            dx, on, allergy = flags("dx_", self.dx), flags("on_", self.on), flags("al_", self.allergy)
+            counts = tuple(("n_" + "_".join(g), g) for g in sorted(self.counts))
+            observations = {c: (f"h_{c}", f"o_{c}", f"d_{c}", f"p_{c}") for c in sorted(self.observations)}
+            zero_keys = [k[0] for k in observations.values()] + [k for k, _ in (*findings, *dx, *on, *allergy, *counts)]
             self._plan = _Plan(
-                findings=tuple((f"f_{f}", f) for f in sorted(self.findings)),
-                dx=flags("dx_", self.dx),
-                on=flags("on_", self.on),
-                allergy=flags("al_", self.allergy),
-                counts=tuple(("n_" + "_".join(g), g) for g in sorted(self.counts)),
+                findings=findings,
+                dx=dx,
+                on=on,
+                allergy=allergy,
+                counts=counts,
                 days_on=tuple((f"s_{p}", p) for p in sorted(self.days_on)),
+                observations=observations,
+                finding_keys={f: k for k, f in findings},
+                zeros=dict.fromkeys(zero_keys, 0),
             )
         return self._plan
 
@@ -69,9 +80,15 @@ class Features:
 
 
 def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> dict[str, object]:
-    """Flat facts; a key is absent when its value is unknown (never defaulted to normal)."""
+    """Flat facts; a key is absent when its value is unknown (never defaulted to normal).
+
+    Every flag starts at 0 from the plan's template and is set where the case says so: one
+    pass over what the case holds rather than a scan of the case per flag.
+    """
+    plan = feat.plan()
     as_of = case.as_of
-    facts: dict[str, object] = {"setting": case.setting}
+    facts: dict[str, object] = plan.zeros.copy()
+    facts["setting"] = case.setting
     facts["h_age"] = int(case.age is not None)
     if case.age is not None:
         facts["age"] = case.age
@@ -85,35 +102,45 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
     facts["h_smi_risk_grade"] = int(case.smi_risk_grade is not None)
     if case.smi_risk_grade is not None:
         facts["smi_risk_grade"] = case.smi_risk_grade
-    by_code: dict[str, list[tuple[date, int, float]]] = {}
-    for i, (code, value, when) in enumerate(obs):
-        if code in feat.observations:
-            by_code.setdefault(code, []).append((when, i, value))
-    for code in feat.observations:
-        series = by_code.get(code)
-        facts[f"h_{code}"] = int(bool(series))
-        if series:
-            series.sort()
-            when, _, value = series[-1]
-            facts[f"o_{code}"] = value
-            facts[f"d_{code}"] = (as_of - when).days
+    if obs:
+        keyed = plan.observations
+        by_code: dict[str, list[tuple[date, int, float]]] = {}
+        for i, (code, value, when) in enumerate(obs):
+            if code in keyed:
+                by_code.setdefault(code, []).append((when, i, value))
+        for code, series in by_code.items():
+            h, o, d, p = keyed[code]
+            facts[h] = 1
             if len(series) > 1:
-                facts[f"p_{code}"] = series[-2][2]
-    plan = feat.plan()
-    findings = set(case.findings)
-    for key, f in plan.findings:
-        facts[key] = int(f in findings)
-    conditions = case.conditions
-    for key, prefixes in plan.dx:  # a flag's arg is one prefix or several joined by '|'
-        facts[key] = int(any(c.startswith(prefixes) for c in conditions))
-    atcs = [m.atc for m in case.medications]
-    for key, prefixes in plan.on:
-        facts[key] = int(any(a.startswith(prefixes) for a in atcs))
-    for key, prefixes in plan.allergy:
-        facts[key] = int(any(a.startswith(prefixes) or any(q.startswith(a) for q in prefixes) for a in case.allergies))
-    for key, group in plan.counts:
-        facts[key] = sum(1 for p in group if any(a.startswith(p) for a in atcs))
+                series.sort()
+                facts[p] = series[-2][2]
+            when, _, value = series[-1]
+            facts[o] = value
+            facts[d] = (as_of - when).days
+    if case.findings:
+        fkeys = plan.finding_keys
+        for f in case.findings:
+            key = fkeys.get(f)
+            if key is not None:
+                facts[key] = 1
+    for c in case.conditions:  # a flag's arg is one prefix or several joined by '|'
+        for key, prefixes in plan.dx:
+            if c.startswith(prefixes):
+                facts[key] = 1
+    if case.allergies:
+        for key, prefixes in plan.allergy:
+            for a in case.allergies:
+                if a.startswith(prefixes) or any(q.startswith(a) for q in prefixes):
+                    facts[key] = 1
+                    break
     if case.medications:
+        atcs = [m.atc for m in case.medications]
+        for a in atcs:
+            for key, prefixes in plan.on:
+                if a.startswith(prefixes):
+                    facts[key] = 1
+        for key, group in plan.counts:
+            facts[key] = sum(1 for p in group if any(a.startswith(p) for a in atcs))
         for key, p in plan.days_on:
             starts = [m.since for m in case.medications if m.since is not None and m.atc.startswith(p)]
             if starts:

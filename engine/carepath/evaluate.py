@@ -154,10 +154,14 @@ class Engine:
         return self._fire(facts, self._select(pathway_ids), backend)
 
     def _fire(self, facts: dict[str, object], selected: Selection, backend: Backend) -> Fired:
+        """Every rule's condition is ``applies_to AND when``, so a pathway the patient is not
+        enrolled in (applies_to false or unknown) can fire nothing: durable-rules is not asked.
+        The reference backend evaluates every rule regardless, so the differential tests check this.
+        """
         out = []
         for i, c in selected:
             if backend == "durable":
-                fired = self._post(c, facts)
+                fired = self._post(c, facts) if c.applies(facts) is True else []
             else:
                 fired = [k for k, prog in enumerate(c.programs) if prog(facts) is True]
             out.append((i, c, fired))

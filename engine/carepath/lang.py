@@ -53,6 +53,11 @@ class Vocabulary:
     findings: frozenset[str]
     definitions: Mapping[str, Expr] = field(default_factory=dict)
 
+    @cached_property
+    def loinc(self) -> dict[str, str]:
+        """LOINC code -> observation code (worked out once, not per case)."""
+        return {lc: od.code for od in self.observations.values() for lc in od.loinc}
+
 
 # ---------------------------------------------------------------- AST
 

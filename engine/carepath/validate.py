@@ -60,6 +60,11 @@ class CheckedPathway:
         return self.model.id
 
     @cached_property
+    def rec_bodies(self) -> dict[int, Any]:
+        """decide()'s per-rule recommendation bodies, made on first use (rule index -> bodies)."""
+        return {}
+
+    @cached_property
     def citation_texts(self) -> dict[str, str]:
         """Each citation key as the text a decision shows."""
         return {k: f"{c.guideline} ({c.year}), {c.section}" for k, c in self.model.citations.items()}
