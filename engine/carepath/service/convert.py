@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from datetime import date
 from typing import Any
@@ -284,3 +285,234 @@ def decision_to_dict(pb: decision_pb2.Decision) -> dict[str, Any]:
         "recommendations": recs,
         "trace": trace,
     }
+
+
+# ------------------------------------------------- decision -> wire bytes
+# The worker's hot path: an EvaluateResponse's bytes written directly, byte for byte what
+# EvaluateResponse(request_id=..., decision=decision_to_proto(d)).SerializeToString() gives
+# (protobuf writes fields in number order; proto3 leaves out unset and default scalars but keeps
+# set optional and oneof fields). Anything unexpected (a type, a field, a range) goes to that
+# reference path instead, which raises the same errors as before.
+class _Unexpected(Exception):
+    pass
+
+
+_VARINT = [bytes([n]) if n < 0x80 else bytes([(n & 0x7F) | 0x80, n >> 7]) for n in range(0x4000)]
+_DOUBLE = struct.Struct("<d").pack
+_NULL = b"\x12\x02\x08\x00"  # NamedValue.value = ScalarValue{null_value: NULL_VALUE}
+_TRUE = b"\x12\x02\x10\x01"
+_FALSE = b"\x12\x02\x10\x00"
+
+
+def _uvarint(n: int) -> bytes:
+    if n < 0x4000:
+        return _VARINT[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ivarint(n: int, bits: int) -> bytes:
+    """An int32/int64 field's varint (negatives as 10-byte two's complement), range-checked."""
+    if type(n) is not int or not -(1 << (bits - 1)) <= n < 1 << (bits - 1):
+        raise _Unexpected
+    return _uvarint(n if n >= 0 else n + (1 << 64))
+
+
+def _text(tag: bytes, s: object) -> bytes:
+    """A string field (tag, length, UTF-8); the caller leaves out empty non-optional strings."""
+    if type(s) is not str:
+        raise _Unexpected
+    b = s.encode()
+    return tag + _uvarint(len(b)) + b
+
+
+_TEXTS: dict[tuple[bytes, str], bytes] = {}
+
+
+def _const(tag: bytes, s: object) -> bytes:
+    """_opt for strings the pathways define (rule ids, citations, detail fields): memoized, bounded."""
+    key = (tag, s)
+    try:
+        return _TEXTS[key]  # type: ignore[index]
+    except (KeyError, TypeError):
+        pass
+    out = _opt(tag, s)
+    if len(_TEXTS) < _MEMO_MAX:
+        _TEXTS[key] = out  # type: ignore[index]
+    return out
+
+
+def _sub(tag: bytes, body: bytes) -> bytes:
+    return tag + _uvarint(len(body)) + body
+
+
+class _Name:
+    """A NamedValue's name as encoded, and the constant encodings it can take, for one field tag."""
+
+    __slots__ = ("double", "false", "name", "null", "tag", "true")
+
+    def __init__(self, tag: bytes, k: str) -> None:
+        self.tag = tag
+        self.name = name = b"" if k == "" else _text(b"\x0a", k)
+        n = len(name)
+        self.double = tag + _uvarint(n + 11) + name + b"\x12\x09\x21"  # + the 8 bytes of the double
+        self.true = tag + _uvarint(n + 4) + name + _TRUE
+        self.false = tag + _uvarint(n + 4) + name + _FALSE
+        self.null = tag + _uvarint(n + 4) + name + _NULL
+
+
+# names come from the pathways' conditions (not from cases): a bounded memo of their encodings
+_NAMES: dict[bytes, dict[str, _Name]] = {b"\x1a": {}, b"\x52": {}}
+_MEMO_MAX = 65536
+
+
+def _values(tag: bytes, values: object) -> bytes:
+    if type(values) is not dict:
+        raise _Unexpected
+    parts: list[bytes] = []
+    append = parts.append
+    names = _NAMES[tag]
+    for k, v in values.items():
+        nm = names.get(k)
+        if nm is None:
+            nm = _Name(tag, k)
+            if len(names) < _MEMO_MAX:
+                names[k] = nm
+        t = type(v)
+        if t is float:
+            append(nm.double + _DOUBLE(v))
+        elif t is bool:
+            append(nm.true if v else nm.false)
+        elif t is int:
+            nv = nm.name + b"\x12" + _SMALL_INT[v] if 0 <= v < 0x80 else nm.name + _sub(b"\x12", b"\x18" + _ivarint(v, 64))
+            append(tag + _uvarint(len(nv)) + nv)
+        elif t is str:
+            nv = nm.name + _sub(b"\x12", _text(b"\x2a", v))
+            append(tag + _uvarint(len(nv)) + nv)
+        elif v is None:
+            append(nm.null)
+        else:
+            raise _Unexpected
+    return b"".join(parts)
+
+
+_SMALL_INT = [b"\x02\x18" + bytes([n]) for n in range(0x80)]  # ScalarValue{int_value: n}, n < 128, with its length
+
+
+def _strings(tag: bytes, items: object, const: bool = False) -> bytes:
+    if type(items) is not list:
+        raise _Unexpected
+    if const:
+        return b"".join([_const_any(tag, s) for s in items])
+    return b"".join([_text(tag, s) for s in items])
+
+
+def _const_any(tag: bytes, s: object) -> bytes:
+    """A repeated string element: written even when empty."""
+    return _const(tag, s) if s != "" else _text(tag, s)
+
+
+def _opt(tag: bytes, s: object) -> bytes:
+    return _text(tag, s) if s != "" else b""
+
+
+_DETAIL_TAGS = {"test": b"\x0a", "medication": b"\x12", "referral": b"\x1a", "follow_up": b"\x22", "alert": b"\x2a"}
+_OPTIONAL_DETAIL = {"loinc", "urgency"}  # proto3 `optional`: written when set, even if empty
+_REC_NEEDED = frozenset({"kind", "rule", "rules", "reason", "citation", "values"})
+_REC_ALLOWED = {kind: _REC_NEEDED.union(names) for kind, names in _DETAIL_FIELDS.items()}
+_TRACE_NEEDED = frozenset({"pathway", "rule", "values"})
+_TRACE_ALLOWED = frozenset({"pathway", "rule", "values", "suppressed"})
+_DECISION_KEYS = frozenset({"patient_id", "as_of", "pathways", "recommendations", "trace"})
+_PATHWAY_KEYS = frozenset({"id", "version", "sha256", "enrolled"})
+
+
+def _detail(kind: str, r: dict[str, Any]) -> bytes:
+    names = _DETAIL_FIELDS[kind]
+    if kind == "follow_up":
+        days = r.get("days", 0)
+        return b"\x08" + _ivarint(days, 32) if days != 0 or type(days) is not int else b""
+    parts = []
+    for i, name in enumerate(names):
+        if name in r:
+            v = r[name]
+            if name in _OPTIONAL_DETAIL:
+                parts.append(_const_any(_STRING_TAGS[i], v))
+            else:
+                parts.append(_const(_STRING_TAGS[i], v))
+    return b"".join(parts)
+
+
+_STRING_TAGS = (b"\x0a", b"\x12", b"\x1a")
+
+
+def _decision_bytes(d: Mapping[str, Any]) -> bytes:
+    if type(d) is not dict or d.keys() != _DECISION_KEYS:
+        raise _Unexpected
+    parts = [_opt(b"\x0a", d["patient_id"]), _opt(b"\x12", d["as_of"])]
+    pathways = d["pathways"]
+    if type(pathways) is not list:
+        raise _Unexpected
+    for p in pathways:
+        if type(p) is not dict or p.keys() != _PATHWAY_KEYS or type(p["enrolled"]) is not bool:
+            raise _Unexpected
+        enrolled = b"\x20\x01" if p["enrolled"] else b""
+        body = _const(b"\x0a", p["id"]) + _const(b"\x12", p["version"]) + _const(b"\x1a", p["sha256"]) + enrolled
+        parts.append(_sub(b"\x1a", body))
+    recs = d["recommendations"]
+    if type(recs) is not list:
+        raise _Unexpected
+    for r in recs:
+        if type(r) is not dict:
+            raise _Unexpected
+        kind = r.get("kind")
+        if type(kind) is not str or kind not in _DETAIL_TAGS:
+            raise _Unexpected
+        tag = _DETAIL_TAGS[kind]
+        if not _REC_NEEDED <= r.keys() <= _REC_ALLOWED[kind]:
+            raise _Unexpected
+        body = b"".join(
+            (
+                _sub(tag, _detail(kind, r)),
+                _const(b"\x32", r["rule"]),
+                _strings(b"\x3a", r["rules"], const=True),
+                _opt(b"\x42", r["reason"]),
+                _const(b"\x4a", r["citation"]),
+                _values(b"\x52", r["values"]),
+            )
+        )
+        parts.append(_sub(b"\x22", body))
+    trace = d["trace"]
+    if type(trace) is not list:
+        raise _Unexpected
+    for t in trace:
+        if type(t) is not dict or not _TRACE_NEEDED <= t.keys() <= _TRACE_ALLOWED:
+            raise _Unexpected
+        head = _TRACE_HEADS.get((t["pathway"], t["rule"]))
+        if head is None:
+            head = _opt(b"\x0a", t["pathway"]) + _opt(b"\x12", t["rule"])
+            if len(_TRACE_HEADS) < _MEMO_MAX:
+                _TRACE_HEADS[(t["pathway"], t["rule"])] = head
+        body = head + _values(b"\x1a", t["values"])
+        if "suppressed" in t:
+            body += _strings(b"\x22", t["suppressed"])
+        parts.append(_sub(b"\x2a", body))
+    return b"".join(parts)
+
+
+_TRACE_HEADS: dict[tuple[str, str], bytes] = {}  # a trace entry's pathway and rule, encoded (from the pathways)
+
+
+def evaluate_response_bytes(request_id: str, d: Mapping[str, Any]) -> bytes:
+    """A serialized carepath.v1.EvaluateResponse for an engine decision (see the note above)."""
+    try:
+        return _opt(b"\x0a", request_id) + _sub(b"\x12", _decision_bytes(d))
+    except (_Unexpected, KeyError, TypeError, ValueError, UnicodeError):
+        pass
+    from carepath._proto.v1 import decision_service_pb2
+
+    out: bytes = decision_service_pb2.EvaluateResponse(request_id=request_id, decision=decision_to_proto(d)).SerializeToString()
+    return out

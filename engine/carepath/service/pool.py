@@ -5,6 +5,11 @@ generation beside the serving one and swaps it in only when every worker came up
 valid set; the old generation finishes what it holds, then exits. A worker that dies is replaced;
 the jobs it held are retried once on another worker, else fail with Unavailable. Nothing waits
 without a bound.
+
+The hot path is lean: each worker's socket is an asyncio.Protocol that unpickles the replies as
+they arrive and resolves the job's future directly (no reader task, no StreamReader); a job's
+deadline is one loop timer (no wait_for/shield); jobs submitted in the same loop iteration go to
+the worker in one write. A stream's cases travel as batches (one job, one reply, per-case results).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from carepath.service import worker as worker_mod
 log = logging.getLogger("carepath.service")
 START_TIMEOUT = 120.0
 _HEADER = struct.Struct("!i")
+_BIG = struct.Struct("!Q")
+_PICKLE = pickle.HIGHEST_PROTOCOL
 
 
 class PoolError(Exception):
@@ -50,7 +57,7 @@ class LoadFailed(Exception):
         super().__init__("\n".join(errors))
 
 
-@dataclass
+@dataclass(slots=True)
 class Reply:
     status: str
     payload: Any
@@ -59,14 +66,15 @@ class Reply:
     pathway_set: int
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     job_id: int
     kind: str
     payload: Any
     deadline: float | None
-    future: asyncio.Future[Reply]
+    future: asyncio.Future[Any]
     attempts: int = 0
+    size: int = 1  # cases: a batch counts for each of its cases when picking a worker
 
 
 class _WorkerDied(Exception):
@@ -79,18 +87,77 @@ def _context() -> BaseContext:
     return ctx
 
 
-@dataclass
+def _frame(data: bytes) -> bytes:
+    n = len(data)
+    if n > 0x7FFFFFFF:
+        return _HEADER.pack(-1) + _BIG.pack(n) + data
+    return _HEADER.pack(n) + data
+
+
+class _Wire(asyncio.Protocol):
+    """The front end's side of one worker's socket: length-prefixed pickles (multiprocessing's framing)."""
+
+    def __init__(self, proc: _Proc) -> None:
+        self.proc = proc
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.out: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.buf:
+            data = self.buf + data
+        end = len(data)
+        pos = 0
+        view = memoryview(data)
+        try:
+            while end - pos >= 4:
+                (n,) = _HEADER.unpack_from(data, pos)
+                start = pos + 4
+                if n == -1:
+                    if end - start < 8:
+                        break
+                    (n,) = _BIG.unpack_from(data, start)
+                    start += 8
+                if end - start < n:
+                    break
+                pos = start + n
+                self.proc.on_message(pickle.loads(view[start:pos]))
+        finally:
+            view.release()
+        self.buf = data[pos:] if pos < end else b""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proc.on_lost()
+
+    def send(self, data: bytes) -> None:
+        """Queue a frame; everything queued in one loop iteration goes out in one write."""
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.out.append(_frame(data))
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and not self.transport.is_closing() and out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+
+@dataclass(eq=False)
 class _Proc:
     gen: Generation
     index: int
     proc: Any = None
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
+    wire: _Wire | None = None
     pending: dict[int, _Job] = field(default_factory=dict)
+    load: int = 0  # cases held (a batch counts each case)
     alive: bool = False
-    reader_task: asyncio.Task[None] | None = None
+    started: asyncio.Future[tuple[str, Any]] | None = None
 
     async def start(self, ctx: BaseContext) -> list[dict[str, str]]:
+        loop = asyncio.get_running_loop()
         parent, child = multiprocessing.Pipe(duplex=True)
         self.proc = ctx.Process(  # type: ignore[attr-defined]
             target=worker_mod.main, args=(child, self.gen.pathways), name=f"carepath-worker-{self.gen.number}.{self.index}", daemon=True
@@ -100,61 +167,74 @@ class _Proc:
         sock = socket.socket(fileno=os.dup(parent.fileno()))
         parent.close()
         sock.setblocking(False)
-        self.reader, self.writer = await asyncio.open_connection(sock=sock)
-        _, status, payload, _ = await asyncio.wait_for(self._read(), START_TIMEOUT)
+        self.started = loop.create_future()
+        wire = self.wire = _Wire(self)
+        await loop.create_connection(lambda: wire, sock=sock)
+        try:
+            status, payload = await asyncio.wait_for(asyncio.shield(self.started), START_TIMEOUT)
+        except BaseException:
+            await self.stop()
+            raise
         if status != worker_mod.READY:
             await self.stop()
             raise LoadFailed(list(payload))
         self.alive = True
-        self.reader_task = asyncio.create_task(self._read_loop())
         log.info(json.dumps({"event": "worker_started", "pathway_set": self.gen.number, "worker": self.index, "pid": self.proc.pid}))
         return list(payload)
 
-    async def _read(self) -> tuple[int, str, Any, Any]:
-        assert self.reader is not None
-        (n,) = _HEADER.unpack(await self.reader.readexactly(4))
-        if n == -1:
-            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        msg: tuple[int, str, Any, Any] = pickle.loads(await self.reader.readexactly(n))
-        return msg
-
-    async def _read_loop(self) -> None:
-        try:
-            while True:  # ends at EOF: the worker exited or died
-                job_id, status, payload, meta = await self._read()
-                job = self.pending.pop(job_id, None)
-                if job is not None and not job.future.done():
-                    rid, patient = meta
-                    job.future.set_result(Reply(status, payload, rid, patient, self.gen.number))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        except asyncio.CancelledError:
+    def on_message(self, msg: tuple[int, str, Any, Any]) -> None:
+        job_id, status, payload, meta = msg
+        if job_id == 0:  # the start-up report
+            if self.started is not None and not self.started.done():
+                self.started.set_result((status, payload))
             return
+        job = self.pending.pop(job_id, None)
+        if job is None:
+            return
+        self.load -= job.size
+        if job.future.done():
+            return
+        number = self.gen.number
+        if job.kind == "batch":
+            job.future.set_result([Reply(s, p, m[0], m[1], number) for s, p, m in payload])
+        else:
+            job.future.set_result(Reply(status, payload, meta[0], meta[1], number))
+
+    def on_lost(self) -> None:
+        if self.started is not None and not self.started.done():
+            self.started.set_result((worker_mod.FAILED, ["the worker exited while starting"]))
         self._died()
 
     def _died(self) -> None:
         if not self.alive:
             return
         self.alive = False
-        jobs, self.pending = list(self.pending.values()), {}
+        jobs, self.pending, self.load = list(self.pending.values()), {}, 0
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(_WorkerDied())
         self.gen.on_death(self)
 
     def submit(self, job: _Job) -> None:
-        assert self.writer is not None
-        data = pickle.dumps((job.job_id, job.kind, job.payload, job.deadline), protocol=pickle.HIGHEST_PROTOCOL)
+        assert self.wire is not None
         self.pending[job.job_id] = job
-        self.writer.write(_HEADER.pack(len(data)) + data)
+        self.load += job.size
+        self.wire.send(pickle.dumps((job.job_id, job.kind, job.payload, job.deadline), protocol=_PICKLE))
+
+    def forget(self, job: _Job) -> None:
+        if self.pending.pop(job.job_id, None) is not None:
+            self.load -= job.size
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Close the pipe (the worker exits at EOF); kill it if it does not."""
         self.alive = False
-        if self.writer is not None:
-            self.writer.close()
-        if self.reader_task is not None:
-            self.reader_task.cancel()
+        if self.wire is not None and self.wire.transport is not None:
+            self.wire.flush()
+            self.wire.transport.close()
+        jobs, self.pending, self.load = list(self.pending.values()), {}, 0
+        for job in jobs:  # jobs still held (a retired set past its grace): retried on the serving set
+            if not job.future.done():
+                job.future.set_exception(_WorkerDied())
         if self.proc is not None:
             proc = self.proc
             await asyncio.to_thread(proc.join, timeout)
@@ -208,10 +288,11 @@ class Generation:
         self.ready.set()
 
     def pick(self) -> _Proc | None:
-        live = [w for w in self.workers if w.alive]
-        if not live:
-            return None
-        return min(live, key=lambda w: len(w.pending))
+        best: _Proc | None = None
+        for w in self.workers:
+            if w.alive and (best is None or w.load < best.load):
+                best = w
+        return best
 
     def pending(self) -> int:
         return sum(len(w.pending) for w in self.workers)
@@ -305,32 +386,69 @@ class Pool:
 
     async def call(self, kind: str, payload: Any, deadline: float | None) -> Reply:
         """Run a job on a worker: retried once if its worker dies; bounded by the deadline."""
+        job = _Job(next(self._jobs), kind, payload, deadline, asyncio.get_running_loop().create_future())
+        reply: Reply = await self._run(job)
+        return reply
+
+    async def call_batch(self, raws: list[bytes], deadline: float | None) -> list[Reply | PoolError]:
+        """Evaluate several EvaluateRequests in one round trip to one worker: a result per case, in order.
+
+        If the worker dies, each case is retried once on its own (so a case that kills its worker
+        fails alone, with Unavailable); a deadline or an unavailable pool fails every case."""
         loop = asyncio.get_running_loop()
-        job = _Job(next(self._jobs), kind, payload, deadline, loop.create_future())
-        while True:  # at most two attempts
-            gen = self.current
-            if gen is None or self.closing:
-                raise Unavailable("the service is not serving")
-            proc = gen.pick()
-            if proc is None:
-                try:
-                    await asyncio.wait_for(gen.ready.wait(), self._remaining(deadline, cap=5.0))
-                except TimeoutError:
-                    raise Unavailable("no worker is available") from None
+        job = _Job(next(self._jobs), "batch", raws, deadline, loop.create_future(), size=len(raws))
+        try:
+            replies: list[Reply] = await self._run(job, retry=False)
+            return list(replies)
+        except _WorkerDied:
+            pass
+        except PoolError as exc:
+            return [exc] * len(raws)
+        singles = [_Job(next(self._jobs), "eval", raw, deadline, loop.create_future(), attempts=1) for raw in raws]
+        results = await asyncio.gather(*(self._run(j) for j in singles), return_exceptions=True)
+        out: list[Reply | PoolError] = []
+        for r in results:
+            if isinstance(r, (Reply, PoolError)):
+                out.append(r)
+            else:
+                raise r
+        return out
+
+    async def _run(self, job: _Job, retry: bool = True) -> Any:
+        loop = asyncio.get_running_loop()
+        timer = None if job.deadline is None else loop.call_at(job.deadline, _expire, job)
+        try:
+            while True:  # at most two attempts
+                gen = self.current
+                if gen is None or self.closing:
+                    raise Unavailable("the service is not serving")
                 proc = gen.pick()
                 if proc is None:
-                    raise Unavailable("no worker is available")
-            job.attempts += 1
-            proc.submit(job)
-            try:
-                return await asyncio.wait_for(asyncio.shield(job.future), self._remaining(deadline))
-            except TimeoutError:
-                proc.pending.pop(job.job_id, None)
-                raise DeadlineExceeded("deadline exceeded") from None
-            except _WorkerDied:
-                if job.attempts >= 2:
-                    raise Unavailable("the worker evaluating the case died, twice") from None
-                job.future = loop.create_future()
+                    try:
+                        await asyncio.wait_for(gen.ready.wait(), self._remaining(job.deadline, cap=5.0))
+                    except TimeoutError:
+                        raise Unavailable("no worker is available") from None
+                    proc = gen.pick()
+                    if proc is None:
+                        raise Unavailable("no worker is available")
+                if job.future.done():  # the deadline passed while waiting for a worker
+                    return await job.future
+                job.attempts += 1
+                proc.submit(job)
+                try:
+                    return await job.future
+                except DeadlineExceeded:
+                    proc.forget(job)
+                    raise
+                except _WorkerDied:
+                    if not retry:
+                        raise
+                    if job.attempts >= 2:
+                        raise Unavailable("the worker evaluating the case died, twice") from None
+                    job.future = loop.create_future()
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     @staticmethod
     def _remaining(deadline: float | None, cap: float | None = None) -> float | None:
@@ -343,3 +461,9 @@ class Pool:
         self.closing = True
         gens = [self.current] if self.current else []
         await asyncio.gather(*(g.retire(timeout=10.0) for g in gens), *list(self._retiring))
+
+
+def _expire(job: _Job) -> None:
+    """The job's deadline timer (asyncio's loop clock is time.monotonic, the deadlines' clock)."""
+    if not job.future.done():
+        job.future.set_exception(DeadlineExceeded("deadline exceeded"))

@@ -1,15 +1,20 @@
 """A worker process: one compiled Engine, jobs in over a pipe, replies out, strictly one at a time.
 
 durable-rules is not thread-safe, so each worker owns its engine and runs a single thread.
-Messages are pickled tuples framed by multiprocessing.connection:
-  in:  (job_id, kind, payload, deadline)   kind "eval": EvaluateRequest bytes; "validate": (source, file)
-  out: (job_id, status, payload, meta)      job_id 0 is the start-up report: "ready" or "failed"
+Messages are pickled tuples framed as multiprocessing.connection frames them (a 4-byte length):
+  in:  (job_id, kind, payload, deadline)   kind "eval": EvaluateRequest bytes; "batch": a list of them;
+                                           "validate": (source, file)
+  out: (job_id, status, payload, meta)      job_id 0 is the start-up report: "ready" or "failed";
+                                           a batch's payload is [(status, payload, meta), ...] in order
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
+import socket
+import struct
 import sys
 import time
 import traceback
@@ -24,11 +29,12 @@ from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath.case import parse_json
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
 from carepath.evaluate import Engine, bundled_pathways
-from carepath.service.convert import case_to_dict, decision_to_proto
+from carepath.service.convert import case_to_dict, evaluate_response_bytes
 from carepath.validate import find_dictionary, load_vocabulary, pathway_files, validate_source
 
 # statuses a worker replies with (mapped to gRPC codes in carepath.service.status)
 OK, CASE_ERROR, NOT_FOUND, DEADLINE, INTERNAL, READY, FAILED = "ok", "case_error", "not_found", "deadline", "internal", "ready", "failed"
+BATCH = "batch"  # the reply to a batch job: its payload holds one (status, payload, meta) per case
 
 
 def pathway_info(engine: Engine) -> list[dict[str, str]]:
@@ -45,6 +51,8 @@ class Worker:
         self._vocab: Any = None
 
     def handle(self, kind: str, payload: Any, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
+        if kind == "batch":
+            return BATCH, [self.one(raw, deadline) for raw in payload], ("", None)
         if deadline is not None and time.monotonic() > deadline:
             return DEADLINE, "deadline exceeded before the case was evaluated", ("", None)
         if kind == "eval":
@@ -52,6 +60,16 @@ class Worker:
         if kind == "validate":
             return OK, self.validate(*payload), ("", None)
         raise ValueError(f"unknown job kind {kind!r}")
+
+    def one(self, raw: bytes, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
+        """One case of a batch: its own deadline check and its own error result."""
+        if deadline is not None and time.monotonic() > deadline:
+            return DEADLINE, "deadline exceeded before the case was evaluated", ("", None)
+        try:
+            return self.evaluate(raw)
+        except Exception:
+            print(f"carepath worker: internal error in a batch case:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            return INTERNAL, "internal error", ("", None)
 
     def evaluate(self, payload: bytes) -> tuple[str, Any, tuple[str, str | None]]:
         try:
@@ -75,8 +93,7 @@ class Worker:
             return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, patient)
         except UnknownPathwayError as exc:
             return NOT_FOUND, str(exc), (rid, patient)
-        resp = ds.EvaluateResponse(request_id=rid, decision=decision_to_proto(decision))
-        return OK, resp.SerializeToString(), (rid, patient)
+        return OK, evaluate_response_bytes(rid, decision), (rid, patient)
 
     def validate(self, source: str, file: str) -> dict[str, Any]:
         if self._vocab is None:
@@ -103,9 +120,12 @@ def main(conn: Connection, pathways: str | None) -> None:
         return
     conn.send_bytes(pickle.dumps((0, READY, pathway_info(engine), None)))
     worker = Worker(engine, pathways)
+    # Buffered reads: jobs that arrived together come in with one read; one write per reply.
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    rfile = sock.makefile("rb", buffering=1 << 16)
     while True:  # ends when the front end closes the pipe
         try:
-            raw = conn.recv_bytes()
+            raw = _recv(rfile)
         except (EOFError, OSError):
             return
         job_id, kind, payload, deadline = pickle.loads(raw)
@@ -115,7 +135,30 @@ def main(conn: Connection, pathways: str | None) -> None:
             rid = ""
             print(f"carepath worker: internal error in job {job_id}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
             status, out, meta = INTERNAL, "internal error", (rid, None)
+        data = pickle.dumps((job_id, status, out, meta), protocol=pickle.HIGHEST_PROTOCOL)
+        n = len(data)
         try:
-            conn.send_bytes(pickle.dumps((job_id, status, out, meta), protocol=pickle.HIGHEST_PROTOCOL))
-        except (BrokenPipeError, OSError):
+            sock.sendall((_HEADER.pack(n) if n <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG.pack(n)) + data)
+        except OSError:
             return
+
+
+_HEADER = struct.Struct("!i")
+_BIG = struct.Struct("!Q")
+
+
+def _recv(rfile: Any) -> bytes:
+    """One frame (multiprocessing.connection's framing); EOFError at the end of the pipe."""
+    head = rfile.read(4)
+    if len(head) < 4:
+        raise EOFError
+    (n,) = _HEADER.unpack(head)
+    if n == -1:
+        big = rfile.read(8)
+        if len(big) < 8:
+            raise EOFError
+        (n,) = _BIG.unpack(big)
+    data: bytes = rfile.read(n)
+    if len(data) < n:
+        raise EOFError
+    return data

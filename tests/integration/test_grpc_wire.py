@@ -1,0 +1,104 @@
+"""The worker writes EvaluateResponse bytes directly: they must be exactly what protobuf writes."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from grpc_helpers import FIXTURES, ROOT, SAMPLE, varied_case
+
+from carepath._proto.v1 import decision_service_pb2 as ds
+from carepath.evaluate import Engine
+from carepath.scenarios import iter_scenarios
+from carepath.service.convert import decision_to_proto, evaluate_response_bytes
+
+
+def reference(rid: str, d: Any) -> bytes:
+    out: bytes = ds.EvaluateResponse(request_id=rid, decision=decision_to_proto(d)).SerializeToString()
+    return out
+
+
+def decisions() -> list[Any]:
+    bundled = Engine.from_directory(ROOT / "pathways")
+    fixture = Engine.from_directory(FIXTURES)
+    out = [fixture.evaluate(SAMPLE), bundled.evaluate(SAMPLE)]
+    out += [e.evaluate(varied_case(i)) for i in range(60) for e in (bundled, fixture)]
+    for sc in iter_scenarios(ROOT / "tests" / "scenarios"):
+        try:
+            out.append(bundled.evaluate(sc.case))
+        except Exception:  # scenarios that expect an error have no decision
+            continue
+    return out
+
+
+def test_same_bytes_as_protobuf_for_real_decisions() -> None:
+    ds_ = decisions()
+    assert len(ds_) > 100
+    for i, d in enumerate(ds_):
+        assert evaluate_response_bytes(f"r{i}", d) == reference(f"r{i}", d)
+        assert evaluate_response_bytes("", d) == reference("", d)
+
+
+def _edges() -> list[Any]:
+    base = Engine.from_directory(ROOT / "pathways").evaluate(SAMPLE)
+    rec = {"kind": "test", "code": "egfr", "rule": "r", "rules": ["r", ""], "reason": "", "citation": "c", "values": {}}
+    values: dict[str, object] = {
+        "neg": -1,
+        "zero": 0,
+        "big": 2**62,
+        "small": 127,
+        "mid": 128,
+        "f0": 0.0,
+        "fneg": -0.0,
+        "nan": float("nan"),
+        "t": True,
+        "f": False,
+        "none": None,
+        "s": "",
+        "u": "élan ✓ 中",
+        "": 1,
+        "long" * 50: "x" * 20000,
+    }
+    out = []
+    for extra in (
+        {"kind": "test", "code": "egfr", "loinc": "", "values": values},
+        {"kind": "test", "code": "", "loinc": "33914-3"},
+        {"kind": "follow_up", "days": 0},
+        {"kind": "follow_up", "days": -3},
+        {"kind": "follow_up", "days": 2**31},  # out of int32: protobuf refuses it
+        {"kind": "referral", "direction": "up", "urgency": "", "specialty": "x"},
+        {"kind": "referral", "direction": "down", "specialty": "x"},
+        {"kind": "medication", "action": "start", "atc": "A10BA02", "name": "metformin"},
+        {"kind": "alert", "severity": "info", "text": "t"},
+        {"kind": "alert", "severity": 3, "text": "t"},  # wrong type
+        {"kind": "test", "code": "egfr", "values": {"x": 2**63}},  # out of int64
+        {"kind": "test", "code": "egfr", "values": {"x": [1]}},  # not a scalar
+        {"kind": "test", "code": "egfr", "extra": 1},  # not in the protos
+    ):
+        d = copy.deepcopy(base)
+        d["recommendations"].append({**rec, **extra})
+        out.append(d)
+    d = copy.deepcopy(base)
+    d["trace"].append({"pathway": "", "rule": "", "values": values, "suppressed": ["", "why"]})
+    d["pathways"][0]["enrolled"] = False
+    d["patient_id"] = ""
+    out.append(d)
+    d = copy.deepcopy(base)
+    d["unknown"] = 1
+    out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("i", range(len(_edges())))
+def test_edges_same_bytes_or_same_error(i: int) -> None:
+    d = _edges()[i]
+    try:
+        want: bytes | str = reference("edge", d)
+    except Exception as exc:
+        want = type(exc).__name__
+    try:
+        got: bytes | str = evaluate_response_bytes("edge", d)
+    except Exception as exc:
+        got = type(exc).__name__
+    assert got == want
