@@ -16,10 +16,11 @@ from carepath.errors import CaseError
 from carepath.evaluate import Engine
 from carepath.population.batch import run_batch
 from carepath.population.report import aggregate, render_markdown
-from carepath.population.synth import synth_lines
+from carepath.population.synth import exams_known, synth_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "pathways"
+NO_EXAMS: frozenset[str] = frozenset()  # cohorts for the fixture pathways, which define no diabetes exam codes
 CLI = [sys.executable, "-c", "import sys; from carepath.cli import main; sys.exit(main())"]
 
 
@@ -27,17 +28,24 @@ def test_synth_is_deterministic_and_valid() -> None:
     a = list(synth_lines(400, seed=11))
     assert a == list(synth_lines(400, seed=11))
     assert a != list(synth_lines(400, seed=12))
-    engines = [Engine.from_directory(FIXTURES), Engine.from_directory(None)]  # the fixture and the bundled pathways
+    fixture, bundled = Engine.from_directory(FIXTURES), Engine.from_directory(None)
+    fixture_exams = exams_known(set(fixture.vocab.observations))
+    assert fixture_exams == frozenset() and exams_known(set(bundled.vocab.observations)) == {"fundus_exam", "foot_exam"}
+    b = list(synth_lines(400, seed=11, exams=fixture_exams))  # for the fixture pathways: no diabetes-local codes
     conditions: set[str] = set()
-    for line in a:
-        case = json.loads(line)
-        conditions.update(c[:3] for c in case["conditions"])
-        for engine in engines:
+    for engine, lines in ((bundled, a), (fixture, b)):
+        for line in lines:
+            case = json.loads(line)
+            conditions.update(c[:3] for c in case["conditions"])
             try:
                 engine.evaluate(case)
             except CaseError as exc:
                 pytest.fail(f"synthetic case {case['patient_id']} is invalid: {exc}")
     assert {"I10", "E11", "F20"} <= conditions
+    assert '"fundus_exam"' in "".join(a) and '"foot_exam"' in "".join(a)
+    assert "_exam" not in "".join(b)
+    strip = [{**json.loads(x), "observations": [o for o in json.loads(x)["observations"] if not o["code"].endswith("_exam")]} for x in a]
+    assert strip == [json.loads(x) for x in b]  # the exams are left out, nothing else changes
 
 
 def test_synth_cli_is_byte_identical() -> None:
@@ -46,11 +54,14 @@ def test_synth_cli_is_byte_identical() -> None:
     two = subprocess.run(args, check=True, capture_output=True).stdout
     assert one == two and one.count(b"\n") == 300
     assert json.loads(one.splitlines()[0])["as_of"] == "2026-06-30"
+    assert b'"fundus_exam"' in one
+    lean = subprocess.run([*args, "--pathways", str(FIXTURES)], check=True, capture_output=True).stdout
+    assert lean.count(b"\n") == 300 and b"_exam" not in lean
 
 
 @pytest.fixture(scope="module")
 def cohort_with_bad_lines(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lines = list(synth_lines(600, seed=2))
+    lines = list(synth_lines(600, seed=2, exams=NO_EXAMS))
     lines.insert(10, '{"patient_id": "bad-1", "as_of": "2026-11-24", "setting": "community", "age": true}\n')  # line 11
     lines.insert(20, "this is not json\n")  # line 21
     lines.insert(30, "\n")  # line 31: blank, skipped
@@ -99,7 +110,7 @@ def test_ctrl_c_writes_a_prefix(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
     )
     assert p.stdin is not None
-    p.stdin.write("".join(synth_lines(3000, seed=4)).encode())
+    p.stdin.write("".join(synth_lines(3000, seed=4, exams=NO_EXAMS)).encode())
     p.stdin.flush()  # stdin stays open: batch has more work coming, so only Ctrl-C can end it
     deadline = time.monotonic() + 60
     while (not out.exists() or out.stat().st_size == 0) and time.monotonic() < deadline:
@@ -117,7 +128,7 @@ def test_ctrl_c_writes_a_prefix(tmp_path: Path) -> None:
 
 def test_local_and_dask_agree_on_10000_cases() -> None:
     """The dask extra is installed by scripts/setup; without it this test fails rather than hides."""
-    data = "".join(synth_lines(10_000, seed=10)).encode()
+    data = "".join(synth_lines(10_000, seed=10, exams=NO_EXAMS)).encode()
     local, dask = io.BytesIO(), io.BytesIO()
     s1 = run_batch(io.BytesIO(data), local, workers=2, pathways=str(FIXTURES), backend="local")
     s2 = run_batch(io.BytesIO(data), dask, workers=2, pathways=str(FIXTURES), backend="dask")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from ..cli import command
-from ..errors import CarepathError
+from ..errors import CarepathError, PathwayError
 
 
 def _synth_setup(p: argparse.ArgumentParser) -> None:
@@ -18,19 +18,31 @@ def _synth_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     p.add_argument("--as-of", type=date.fromisoformat, default=None, metavar="DATE", help="decision date (default 2026-11-24)")
     p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    p.add_argument(
+        "--pathways",
+        metavar="DIR",
+        default=None,
+        help="the pathway set the cohort is for: pathway-local codes it does not define are left out (default: bundled)",
+    )
 
 
 @command("synth", _synth_setup)
 def _synth(args: argparse.Namespace) -> int:
     """Write a synthetic Luohu-like cohort as JSONL (deterministic by seed)."""
-    from .synth import DEFAULT_AS_OF, synth_lines
+    from ..evaluate import bundled_pathways
+    from ..validate import validate_paths
+    from .synth import DEFAULT_AS_OF, exams_known, synth_lines
 
     if args.n < 0:
         raise CarepathError("--n must be >= 0")
+    checked, diags = validate_paths([args.pathways or bundled_pathways()], bundled_pathways())
+    if diags:
+        raise PathwayError(diags)
+    exams = exams_known({code for p in checked for code in p.vocab.observations})
     out: IO[str] = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
         buf: list[str] = []
-        for line in synth_lines(args.n, args.seed, args.as_of or DEFAULT_AS_OF):
+        for line in synth_lines(args.n, args.seed, args.as_of or DEFAULT_AS_OF, exams):
             buf.append(line)
             if len(buf) >= 512:
                 out.write("".join(buf))

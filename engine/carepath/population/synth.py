@@ -24,6 +24,13 @@ three carepath pathways; its condition mix comes from national adult prevalences
   have hypertension (20%) or diabetes (10%): **assumed**.
 * Emergencies: ≈ 1% of cases carry a danger sign or a crisis-range value: **assumed**.
 * Setting: 90% community (GP team), 10% hospital (candidates for down-referral): **assumed**.
+* Diabetic eye and foot examinations (the diabetes pathway's own observations ``fundus_exam`` and
+  ``foot_exam``, 0 normal / 1 abnormal): on record for 60% (fundus) and 65% (foot) of diabetics,
+  a third of those older than a year: **assumed** (annual screening is patchy in primary care).
+  Abnormal fundus 18% (diabetic retinopathy in 18.45% of people with diabetes in China: Song P et
+  al., J Glob Health 2018;8:010803); abnormal foot examination 15%: **assumed**. They are written
+  only when the target pathway set defines these codes (``synth --pathways``), so a cohort stays
+  valid for any pathway set; the draws are made either way, so the rest of a case does not change.
 
 Ages are adult (18-95) with condition-specific means; value distributions (BP, HbA1c, eGFR, K+, ...)
 are plausible shapes chosen here (**assumed**), clipped to the dictionary's plausible ranges; a
@@ -141,7 +148,11 @@ def _regimen(
     return out
 
 
-def synth_case(rng: random.Random, i: int, seed: int, as_of: date) -> dict[str, Any]:
+LOCAL_EXAMS = ("fundus_exam", "foot_exam")  # pathway-local observations (diabetes.yaml)
+
+
+def synth_case(rng: random.Random, i: int, seed: int, as_of: date, exams: frozenset[str] = frozenset(LOCAL_EXAMS)) -> dict[str, Any]:
+    """One case; `exams` are the pathway-local examination codes the target pathways define."""
     r = rng
     group = _pick(r, MIX)
     smi = group == "smi"
@@ -273,6 +284,10 @@ def synth_case(rng: random.Random, i: int, seed: int, as_of: date) -> dict[str, 
         if emergency and r.random() < 0.3:
             b.add("random_glucose", _clip(r.uniform(16.7, 33), 1, 60), "mmol/L", 0)
             b.add("ketones", _clip(r.uniform(1.5, 5), 0, 15), "mmol/L", 0)
+        for code, on_record, abnormal in (("fundus_exam", 0.60, 0.18), ("foot_exam", 0.65, 0.15)):
+            drawn = r.random() < on_record, b.age_days(365, 0.33), int(r.random() < abnormal)
+            if drawn[0] and code in exams:
+                b.add(code, drawn[2], "result", drawn[1])
     elif r.random() < 0.3:
         b.add("hba1c", _clip(r.gauss(5.5, 0.35), 4.2, 6.4), "%", b.age_days(365, 0.5))
 
@@ -330,14 +345,19 @@ def synth_case(rng: random.Random, i: int, seed: int, as_of: date) -> dict[str, 
     return case
 
 
-def synth(n: int, seed: int, as_of: date = DEFAULT_AS_OF) -> Iterator[dict[str, Any]]:
-    """N synthetic cases, deterministic by seed."""
+def synth(n: int, seed: int, as_of: date = DEFAULT_AS_OF, exams: frozenset[str] = frozenset(LOCAL_EXAMS)) -> Iterator[dict[str, Any]]:
+    """N synthetic cases, deterministic by seed (and by which local exam codes are written)."""
     rng = random.Random(seed)
     for i in range(n):
-        yield synth_case(rng, i + 1, seed, as_of)
+        yield synth_case(rng, i + 1, seed, as_of, exams)
 
 
-def synth_lines(n: int, seed: int, as_of: date = DEFAULT_AS_OF) -> Iterator[str]:
+def exams_known(known_codes: set[str] | frozenset[str]) -> frozenset[str]:
+    """The local examination codes a pathway set defines (its observation codes given)."""
+    return frozenset(c for c in LOCAL_EXAMS if c in known_codes)
+
+
+def synth_lines(n: int, seed: int, as_of: date = DEFAULT_AS_OF, exams: frozenset[str] = frozenset(LOCAL_EXAMS)) -> Iterator[str]:
     """The cohort as JSONL lines (with their newline)."""
-    for case in synth(n, seed, as_of):
+    for case in synth(n, seed, as_of, exams):
         yield json.dumps(case, ensure_ascii=False, separators=(",", ":")) + "\n"
