@@ -196,7 +196,10 @@ class _Proc:
             return
         number = self.gen.number
         if job.kind == "batch":
-            job.future.set_result([Reply(s, p, m[0], m[1], number) for s, p, m in payload])
+            if status == worker_mod.BATCH:
+                job.future.set_result([Reply(s, p, m[0], m[1], number) for s, p, m in payload])
+            else:  # the batch failed as a whole (an internal error): every case gets that reply
+                job.future.set_result([Reply(status, payload, "", None, number) for _ in job.payload])
         else:
             job.future.set_result(Reply(status, payload, meta[0], meta[1], number))
 
