@@ -20,6 +20,16 @@ class _Plan:
     observations: dict[str, tuple[str, str, str, str]]  # code -> its h_, o_, d_ and p_ keys
     finding_keys: dict[str, str]  # finding -> its f_ key
     zeros: dict[str, object]  # every flag and count at 0 and every observation absent: set what holds
+    dx_index: dict[str, tuple[str, ...]]  # ICD prefix -> the dx_ flags it sets
+    med_index: dict[str, tuple[tuple[str, ...], bool, str | None]]  # ATC prefix -> (on_ flags, in a count, s_ key)
+
+
+def _index(pairs: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for key, prefixes in pairs:
+        for p in prefixes:
+            out[p] = (*out.get(p, ()), key)
+    return out
 
 
 @dataclass
@@ -48,16 +58,23 @@ class Features:
             counts = tuple(("n_" + "_".join(g), g) for g in sorted(self.counts))
             observations = {c: (f"h_{c}", f"o_{c}", f"d_{c}", f"p_{c}") for c in sorted(self.observations)}
             zero_keys = [k[0] for k in observations.values()] + [k for k, _ in (*findings, *dx, *on, *allergy, *counts)]
+            days_on = tuple((f"s_{p}", p) for p in sorted(self.days_on))
+            on_index = _index(on)
+            in_count = {p for _, g in counts for p in g}
+            started = {p: key for key, p in days_on}
+            med_index = {p: (on_index.get(p, ()), p in in_count, started.get(p)) for p in {*on_index, *in_count, *started}}
             self._plan = _Plan(
                 findings=findings,
                 dx=dx,
                 on=on,
                 allergy=allergy,
                 counts=counts,
-                days_on=tuple((f"s_{p}", p) for p in sorted(self.days_on)),
+                days_on=days_on,
                 observations=observations,
                 finding_keys={f: k for k, f in findings},
                 zeros=dict.fromkeys(zero_keys, 0),
+                dx_index=_index(dx),
+                med_index=med_index,
             )
         return self._plan
 
@@ -123,10 +140,15 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
             key = fkeys.get(f)
             if key is not None:
                 facts[key] = 1
-    for c in case.conditions:  # a flag's arg is one prefix or several joined by '|'
-        for key, prefixes in plan.dx:
-            if c.startswith(prefixes):
-                facts[key] = 1
+    # Codes are matched by prefix: look each prefix of a case's code up in the plan's index
+    # (a handful of dict lookups) instead of testing every flag's prefixes against every code.
+    dx_index = plan.dx_index
+    for c in case.conditions:
+        for k in range(len(c) + 1):
+            keys = dx_index.get(c[:k])
+            if keys:
+                for key in keys:
+                    facts[key] = 1
     if case.allergies:
         for key, prefixes in plan.allergy:
             for a in case.allergies:
@@ -134,15 +156,26 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
                     facts[key] = 1
                     break
     if case.medications:
-        atcs = [m.atc for m in case.medications]
-        for a in atcs:
-            for key, prefixes in plan.on:
-                if a.startswith(prefixes):
+        med_index = plan.med_index
+        counted: set[str] = set()
+        first: dict[str, date] = {}
+        for m in case.medications:
+            a, since = m.atc, m.since
+            for k in range(len(a) + 1):
+                hit = med_index.get(a[:k])
+                if hit is None:
+                    continue
+                on_keys, in_count, start_key = hit
+                for key in on_keys:
                     facts[key] = 1
+                if in_count:
+                    counted.add(a[:k])
+                if start_key is not None and since is not None:
+                    was = first.get(start_key)
+                    if was is None or since < was:
+                        first[start_key] = since
         for key, group in plan.counts:
-            facts[key] = sum(1 for p in group if any(a.startswith(p) for a in atcs))
-        for key, p in plan.days_on:
-            starts = [m.since for m in case.medications if m.since is not None and m.atc.startswith(p)]
-            if starts:
-                facts[key] = (as_of - min(starts)).days
+            facts[key] = sum(1 for p in group if p in counted)
+        for key, since in first.items():
+            facts[key] = (as_of - since).days
     return facts
