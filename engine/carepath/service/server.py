@@ -34,7 +34,7 @@ DECISION = ds.DESCRIPTOR.services_by_name["DecisionService"].full_name
 PATHWAY = ps.DESCRIPTOR.services_by_name["PathwayService"].full_name
 MAX_MESSAGE = 4 * 1024 * 1024  # a case is at most 1 MiB of JSON; anything larger is refused by gRPC
 MAX_DEADLINE = 60.0  # a call without a deadline gets this one
-STREAM_WINDOW = 64  # cases of one stream read and not yet answered
+STREAM_WINDOW = 128  # cases of one stream read and not yet answered
 LOG_EVERY = 0.02  # seconds the per-request log lines may wait to be written together
 STREAM_BATCH = 16  # at most this many cases of a stream in one worker round trip
 
@@ -145,16 +145,18 @@ class DecisionServicer:
         return ds.EvaluateStreamResponse(request_id=rid, error=failure.stream_error()).SerializeToString()
 
     async def evaluate_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
-        """Cases go to the workers in batches: a case is sent at once while fewer than two batches
-        per worker are out; the cases that arrive meanwhile wait and go together (at most
-        STREAM_BATCH) when one comes back. Results are yielded in request order, each on its own."""
+        """Cases go to the workers in batches (one job, one reply): while fewer batches than workers
+        are out, the waiting cases go at once; a second batch per worker goes when STREAM_BATCH
+        cases are waiting (or the stream ended); otherwise they wait for a batch to come back.
+        Results are yielded in request order, each on its own."""
         deadline = _deadline(context)
         loop = asyncio.get_running_loop()
         Batch = tuple[list[bytes], list[float], asyncio.Task[list[Reply | PoolError]]]
         batches: asyncio.Queue[Batch | None] = asyncio.Queue()
         waiting: list[bytes] = []
         started: list[float] = []
-        most = 2 * self.pool.size
+        size = self.pool.size
+        most = 2 * size
         out = 0  # batches at the workers
         held = 0  # cases read and not yet answered (bounded by STREAM_WINDOW)
         ended = closed = False
@@ -162,7 +164,7 @@ class DecisionServicer:
 
         def dispatch() -> None:
             nonlocal out, closed
-            while waiting and out < most:
+            while waiting and out < most and (out < size or len(waiting) >= STREAM_BATCH or ended):
                 raws, t0s = waiting[:STREAM_BATCH], started[:STREAM_BATCH]
                 del waiting[:STREAM_BATCH], started[:STREAM_BATCH]
                 out += 1
