@@ -153,15 +153,21 @@ def validate_case(data: Any, vocab: Vocabulary) -> tuple[Case, list[tuple[str, f
         raise CaseError([FieldViolation(field_path(tuple(e["loc"])), _message(e)) for e in exc.errors()]) from None
     bad: list[FieldViolation] = []
     loinc = vocab.loinc
+    known = vocab.observations
+    as_of = case.as_of
     obs: list[tuple[str, float, date]] = []
     for i, o in enumerate(case.observations):
-        where = f"observations[{i}]"
-        code = o.code if o.code in vocab.observations else loinc.get(o.code)
+        code = o.code if o.code in known else loinc.get(o.code)
+        od = known.get(code) if code is not None else None
+        value = od.to_canonical(o.value, o.unit) if od is not None else None
+        if code is not None and od is not None and value is not None and od.lo <= value <= od.hi and o.date <= as_of:
+            obs.append((code, value, o.date))
+            continue
+        where = f"observations[{i}]"  # something is wrong with this one: say what, naming the field
         if code is None:
             bad.append(FieldViolation(f"{where}.code", f"unknown observation code {o.code!r}" + did_you_mean(o.code, vocab.observations)))
             continue
         od = vocab.observations[code]
-        value = od.to_canonical(o.value, o.unit)
         if value is None:
             accepted = ", ".join([od.unit, *od.conversions])
             bad.append(FieldViolation(f"{where}.unit", f"unit {o.unit!r} is not accepted for {code} (accepted: {accepted})"))
