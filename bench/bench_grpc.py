@@ -3,8 +3,10 @@
 
 Both servers run in their own processes on 127.0.0.1 (carepath with its worker pool). The client
 is one grpc.aio channel with 1, 4 and 16 concurrent callers sending the same serialized
-EvaluateRequest; the echo server returns the bytes it got. Prints calls/s, p50, p99 and the
-ratio carepath/echo, then stream throughput (cases/s) over DecisionService.EvaluateStream.
+EvaluateRequest; the echo server returns the bytes it got. Prints calls/s, p50, p99, the
+server's CPU time per call (its process and children, workers included; Linux only: a steadier
+number than calls/s on a shared machine) and the ratio carepath/echo, then stream throughput
+(cases/s, and the server's CPU per case) over DecisionService.EvaluateStream.
 
     python bench/bench_grpc.py [--quick] [--workers N] [--pathways DIR]
 """
@@ -36,7 +38,34 @@ from carepath.service.convert import case_from_dict  # noqa: E402
 EVALUATE = "/carepath.v1.DecisionService/Evaluate"
 ECHO = "/bench.v1.EchoService/Echo"
 CARE = [sys.executable, "-c", "from carepath.cli import main; raise SystemExit(main())"]
-HEAD = f"{'echo calls/s':>12} {'p50 ms':>7} {'p99 ms':>7} | {'carepath calls/s':>16} {'p50 ms':>7} {'p99 ms':>7}"
+HEAD = (
+    f"{'echo calls/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'cpu ms':>7} | {'carepath calls/s':>16} {'p50 ms':>7} {'p99 ms':>7} {'cpu ms':>7}"
+)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by pid and its live descendants (from /proc; NaN without it)."""
+    stats: dict[int, tuple[int, int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return float("nan")
+    for d in names:
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
+    tree, grew = {pid}, True
+    while grew:  # bounded by the number of processes
+        grew = False
+        for p, (parent, _) in stats.items():
+            if parent in tree and p not in tree:
+                tree.add(p)
+                grew = True
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
 
 
 def _echo_server(q: Any) -> None:
@@ -56,7 +85,7 @@ def _echo_server(q: Any) -> None:
     asyncio.run(run())
 
 
-async def drive(target: str, method: str, payload: bytes, callers: int, seconds: float) -> tuple[float, float, float]:
+async def drive(target: str, method: str, payload: bytes, callers: int, seconds: float, pid: int) -> tuple[float, float, float, float]:
     lat: list[float] = []
     async with grpc.aio.insecure_channel(target) as ch:
         call = ch.unary_unary(method)
@@ -70,24 +99,28 @@ async def drive(target: str, method: str, payload: bytes, callers: int, seconds:
                 await call(payload, timeout=10)
                 lat.append(time.perf_counter() - t0)
 
+        cpu0 = tree_cpu(pid)
         t0 = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(callers)))
         elapsed = time.perf_counter() - t0
+        cpu = (tree_cpu(pid) - cpu0) / len(lat) * 1000
     lat.sort()
-    return len(lat) / elapsed, statistics.median(lat) * 1000, lat[int(len(lat) * 0.99)] * 1000
+    return len(lat) / elapsed, statistics.median(lat) * 1000, lat[int(len(lat) * 0.99)] * 1000, cpu
 
 
-async def stream(target: str, n: int) -> float:
+async def stream(target: str, n: int, pid: int) -> tuple[float, float]:
     reqs = [ds.EvaluateStreamRequest(request_id=str(i), case=case_from_dict(varied_case(i))).SerializeToString() for i in range(n)]
     async with grpc.aio.insecure_channel(target) as ch:
         call = ch.stream_stream("/carepath.v1.DecisionService/EvaluateStream")
+        cpu0 = tree_cpu(pid)
         t0 = time.perf_counter()
         got = 0
         async for _ in call(iter(reqs), timeout=300):
             got += 1
         elapsed = time.perf_counter() - t0
+        cpu = (tree_cpu(pid) - cpu0) / n * 1000
     assert got == n
-    return n / elapsed
+    return n / elapsed, cpu
 
 
 def main() -> int:
@@ -123,10 +156,15 @@ def main() -> int:
         print(f"workers={args.workers}  pathways={args.pathways}  {seconds:g}s per cell  cpus={os.cpu_count()}")
         print(f"{'callers':>7} | {HEAD} | ratio")
         for callers in (1, 4, 16):
-            e = asyncio.run(drive(echo_target, ECHO, payload, callers, seconds))
-            c = asyncio.run(drive(care_target, EVALUATE, payload, callers, seconds))
-            print(f"{callers:>7} | {e[0]:>12.0f} {e[1]:>7.2f} {e[2]:>7.2f} | {c[0]:>16.0f} {c[1]:>7.2f} {c[2]:>7.2f} | {c[0] / e[0]:.2f}")
-        print(f"stream: {asyncio.run(stream(care_target, n_stream)):.0f} cases/s ({n_stream} varied cases, one EvaluateStream)")
+            assert echo.pid is not None
+            e = asyncio.run(drive(echo_target, ECHO, payload, callers, seconds, echo.pid))
+            c = asyncio.run(drive(care_target, EVALUATE, payload, callers, seconds, care.pid))
+            print(
+                f"{callers:>7} | {e[0]:>12.0f} {e[1]:>7.2f} {e[2]:>7.2f} {e[3]:>7.3f} | "
+                f"{c[0]:>16.0f} {c[1]:>7.2f} {c[2]:>7.2f} {c[3]:>7.3f} | {c[0] / e[0]:.2f}"
+            )
+        rate, cpu = asyncio.run(stream(care_target, n_stream, care.pid))
+        print(f"stream: {rate:.0f} cases/s, server cpu {cpu:.3f} ms/case ({n_stream} varied cases, one EvaluateStream)")
     finally:
         care.terminate()
         care.wait(30)
