@@ -53,7 +53,7 @@ def values_read(cr: CheckedRule, facts: lang.Facts) -> dict[str, object]:
 class _Rec:
     """One recommendation on its way through the policy (plain slots: ~20 are made per case)."""
 
-    __slots__ = ("body", "citation", "kind", "order", "priority", "reason", "reasons", "rule", "rules", "values")
+    __slots__ = ("body", "citation", "kind", "label", "order", "priority", "reason", "reasons", "rule", "rules", "values")
 
     def __init__(
         self,
@@ -70,6 +70,7 @@ class _Rec:
         self.rule, self.reason, self.citation, self.values = rule, reason, citation, values
         self.rules: list[str] = []
         self.reasons: list[str] = []
+        self.label = ""  # the body in a few words, for suppression notes
 
 
 MEMO_LIMIT = 1024  # per rule: bounded memory whatever the cohort (about 0.4 KB an entry)
@@ -95,15 +96,15 @@ def read_rule(cr: CheckedRule, cp: CheckedPathway, facts: lang.Facts) -> tuple[d
     return hit
 
 
-def _bodies(cp: CheckedPathway, cr: CheckedRule) -> tuple[tuple[dict[str, Any], str], ...]:
-    """A rule's recommendations as (body, kind), tests with their LOINC code: made once per rule."""
+def _bodies(cp: CheckedPathway, cr: CheckedRule) -> tuple[tuple[dict[str, Any], str, str], ...]:
+    """A rule's recommendations as (body, kind, label), tests with their LOINC code: made once per rule."""
     out = []
     for body in cr.bodies:
         if body["kind"] == "test":
             od = cp.vocab.observations[body["code"]]
             if od.loinc:
                 body = {**body, "loinc": od.loinc[0]}
-        out.append((body, str(body["kind"])))
+        out.append((body, str(body["kind"]), describe_recommendation(body)))
     return tuple(out)
 
 
@@ -134,12 +135,14 @@ def decide(
             if bodies is None:
                 bodies = made[cr.index] = _bodies(cp, cr)
             order = (p_index, cr.index)
-            for body, kind in bodies:
+            for body, kind, label in bodies:
                 kinds.add(kind)
-                recs.append(_Rec(body, kind, order, cr.rule.priority, rid, reason, citation, vals))
+                rec = _Rec(body, kind, order, cr.rule.priority, rid, reason, citation, vals)
+                rec.label = label
+                recs.append(rec)
 
     def suppress(r: _Rec, why: str) -> None:
-        notes.setdefault(r.rule, []).append(f"{_label(r)}: {why}")
+        notes.setdefault(r.rule, []).append(f"{r.label}: {why}")
 
     if "referral" in kinds:
         # 1. referral direction by setting
@@ -174,7 +177,7 @@ def decide(
             best = refs[0]
             for r in refs[1:]:
                 if r.body != best.body:
-                    suppress(r, f"one referral per decision: {_label(best)} ({best.rule}) is more urgent")
+                    suppress(r, f"one referral per decision: {best.label} ({best.rule}) is more urgent")
             recs = [r for r in recs if r.kind != "referral" or r.body == best.body]
     # 4. avoid/stop and allergies beat starts
     if "medication" in kinds:
@@ -262,10 +265,6 @@ def describe_recommendation(r: Mapping[str, Any]) -> str:
     if k == "follow_up":
         return f"follow up in {r.get('days')} days"
     return f"alert [{r.get('severity')}] {r.get('text')}"
-
-
-def _label(r: _Rec) -> str:
-    return describe_recommendation(r.body)
 
 
 def _sort_key(r: _Rec) -> tuple[object, ...]:
