@@ -19,6 +19,7 @@ from typing import Any
 
 from . import lang
 from .case import Case
+from .compile import reasoner
 from .validate import CheckedPathway, CheckedRule
 
 _KIND_ORDER = {"referral": 0, "alert": 1, "medication": 2, "test": 3, "follow_up": 4}
@@ -87,8 +88,10 @@ def read_rule(cr: CheckedRule, cp: CheckedPathway, facts: lang.Facts) -> tuple[d
     key = tuple(map(facts.get, cr.read_keys))
     hit: tuple[dict[str, object], str] | None = cr.memo.get(key)
     if hit is None:
-        lits = lang.true_literals(cr.when_nnf, facts)
-        why = "; ".join(lang.describe(lit, facts, cp.vocab) for lit in lits)
+        words = cp.reasoners.get(cr.index)
+        if words is None:
+            words = cp.reasoners[cr.index] = reasoner(cr.when_nnf, cp.vocab)
+        why = "; ".join(words(facts))
         hit = (values_read(cr, facts), f"{cr.rule.title}: {why}" if cr.rule.title else why)
         if len(cr.memo) >= MEMO_LIMIT:
             cr.memo.clear()

@@ -628,25 +628,39 @@ def num_text(v: float) -> str:
 
 def describe(lit: Literal, facts: Facts, vocab: Vocabulary) -> str:
     """A literal in words with the value it read, e.g. ``sbp 186 mmHg ≥ 180``."""
+    return describer(lit, vocab)(facts)
+
+
+def describer(lit: Literal, vocab: Vocabulary) -> Callable[[Facts], str]:
+    """``describe`` for one literal with everything but the value worked out once (decide() writes
+    reasons for every case)."""
     if isinstance(lit, Cmp):
-        v = facts.get(lit.num.key)
+        key = lit.num.key
         unit = ""
         if lit.num.kind in ("obs", "prev") and isinstance(lit.num.arg, str) and lit.num.arg in vocab.observations:
             unit = " " + vocab.observations[lit.num.arg].unit
         elif lit.num.kind in ("days", "days_on"):
             unit = " days"
-        shown = "unknown" if v is None else f"{num_text(float(v))}{unit}"  # type: ignore[arg-type]
-        return f"{lit.num.text()} {shown} {SYMBOL[lit.op]} {num_text(lit.value)}"
+        head, tail = lit.num.text(), f"{SYMBOL[lit.op]} {num_text(lit.value)}"
+
+        def cmp(facts: Facts) -> str:
+            v = facts.get(key)
+            shown = "unknown" if v is None else f"{num_text(float(v))}{unit}"  # type: ignore[arg-type]
+            return f"{head} {shown} {tail}"
+
+        return cmp
     if isinstance(lit, Enum):
-        return f"{lit.field} {facts.get(lit.field) or 'unknown'}"
+        fld = lit.field
+        return lambda facts: f"{fld} {facts.get(fld) or 'unknown'}"
     if isinstance(lit, Flag):
         if lit.kind == "pregnant":
-            return "pregnant" if lit.value else "not pregnant"
-        verb = {"finding": "", "dx": "diagnosed ", "on": "taking ", "allergy": "allergic to "}[lit.kind]
-        return f"{'' if lit.value else 'not '}{verb}{lit.arg.replace('|', '/')}"
-    if lit.value:
-        return f"{lit.name} on record"
-    return f"no {lit.name} on record"
+            text = "pregnant" if lit.value else "not pregnant"
+        else:
+            verb = {"finding": "", "dx": "diagnosed ", "on": "taking ", "allergy": "allergic to "}[lit.kind]
+            text = f"{'' if lit.value else 'not '}{verb}{lit.arg.replace('|', '/')}"
+    else:
+        text = f"{lit.name} on record" if lit.value else f"no {lit.name} on record"
+    return lambda facts: text
 
 
 def true_literals(e: Expr, facts: Facts) -> list[Literal]:

@@ -60,6 +60,11 @@ class CheckedPathway:
         return self.model.id
 
     @cached_property
+    def reasoners(self) -> dict[int, Any]:
+        """decide()'s compiled reason writers, made on first use (rule index -> reasoner)."""
+        return {}
+
+    @cached_property
     def rec_bodies(self) -> dict[int, Any]:
         """decide()'s per-rule recommendation bodies, made on first use (rule index -> bodies)."""
         return {}

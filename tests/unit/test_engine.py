@@ -201,3 +201,27 @@ def test_memoised_reasons_equal_freshly_written_ones(monkeypatch: pytest.MonkeyP
     for t in first["trace"]:
         t["values"].clear()
     assert dumps(bundled.evaluate(cases[0])) == cold[0]
+
+
+def test_compiled_reasons_equal_the_interpreted_walk() -> None:
+    """decide() writes reasons with compiled closures (compile.reasoner); they must say exactly what
+    lang.true_literals + lang.describe say, on every golden scenario and 300 synthetic cases."""
+    from carepath import lang
+    from carepath.compile import reasoner
+    from carepath.population.synth import synth_lines
+    from carepath.scenarios import iter_scenarios
+
+    bundled = Engine.from_directory(None)
+    root = Path(__file__).parent.parent / "scenarios"
+    cases = [s.case for s in iter_scenarios(root)] + [json.loads(line) for line in synth_lines(300, 3)]
+    compiled = {(cp.id, cr.index): reasoner(cr.when_nnf, cp.vocab) for cp in bundled.pathways for cr in cp.rules}
+    checked = 0
+    for case in cases:
+        _, facts = bundled.prepare(case)
+        for cp in bundled.pathways:
+            for cr in cp.rules:
+                if lang.eval3(cr.when_nnf, facts) is True:
+                    walked = [lang.describe(lit, facts, cp.vocab) for lit in lang.true_literals(cr.when_nnf, facts)]
+                    assert compiled[(cp.id, cr.index)](facts) == walked, cr.rule.id
+                    checked += 1
+    assert checked > 1000
