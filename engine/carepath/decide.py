@@ -54,7 +54,7 @@ def values_read(cr: CheckedRule, facts: lang.Facts) -> dict[str, object]:
 class _Rec:
     """One recommendation on its way through the policy (plain slots: ~20 are made per case)."""
 
-    __slots__ = ("body", "citation", "kind", "label", "order", "priority", "reason", "reasons", "rule", "rules", "values")
+    __slots__ = ("body", "citation", "key", "kind", "label", "order", "priority", "reason", "reasons", "rule", "rules", "values")
 
     def __init__(
         self,
@@ -72,6 +72,7 @@ class _Rec:
         self.rules: list[str] = []
         self.reasons: list[str] = []
         self.label = ""  # the body in a few words, for suppression notes
+        self.key = ""  # what makes two recommendations duplicates (lang_key)
 
 
 MEMO_LIMIT = 1024  # per rule: bounded memory whatever the cohort (about 0.4 KB an entry)
@@ -99,15 +100,15 @@ def read_rule(cr: CheckedRule, cp: CheckedPathway, facts: lang.Facts) -> tuple[d
     return hit
 
 
-def _bodies(cp: CheckedPathway, cr: CheckedRule) -> tuple[tuple[dict[str, Any], str, str], ...]:
-    """A rule's recommendations as (body, kind, label), tests with their LOINC code: made once per rule."""
+def _bodies(cp: CheckedPathway, cr: CheckedRule) -> tuple[tuple[dict[str, Any], str, str, str], ...]:
+    """A rule's recommendations as (body, kind, label, key), tests with their LOINC code: made once per rule."""
     out = []
     for body in cr.bodies:
         if body["kind"] == "test":
             od = cp.vocab.observations[body["code"]]
             if od.loinc:
                 body = {**body, "loinc": od.loinc[0]}
-        out.append((body, str(body["kind"]), describe_recommendation(body)))
+        out.append((body, str(body["kind"]), describe_recommendation(body), lang_key(body)))
     return tuple(out)
 
 
@@ -138,10 +139,10 @@ def decide(
             if bodies is None:
                 bodies = made[cr.index] = _bodies(cp, cr)
             order = (p_index, cr.index)
-            for body, kind, label in bodies:
+            for body, kind, label, key in bodies:
                 kinds.add(kind)
                 rec = _Rec(body, kind, order, cr.rule.priority, rid, reason, citation, vals)
-                rec.label = label
+                rec.label, rec.key = label, key
                 recs.append(rec)
 
     def suppress(r: _Rec, why: str) -> None:
@@ -211,8 +212,7 @@ def decide(
     # 6. merge duplicates
     merged: dict[str, _Rec] = {}
     for r in sorted(recs, key=lambda r: r.order):
-        key = lang_key(r.body)
-        m = merged.get(key)
+        m = merged.get(r.key)
         if m is not None:
             if r.rule not in m.rules:
                 m.rules.append(r.rule)
@@ -220,10 +220,11 @@ def decide(
                 m.reasons.append(r.reason)
             for k, v in r.values.items():
                 m.values.setdefault(k, v)
-        else:
-            m = merged[key] = _Rec(r.body, r.kind, r.order, r.priority, r.rule, r.reason, r.citation, dict(r.values))
-            m.rules.append(r.rule)
-            m.reasons.append(r.reason)
+        else:  # the first of its kind stands for the merged recommendation, with values of its own
+            merged[r.key] = r
+            r.values = dict(r.values)
+            r.rules.append(r.rule)
+            r.reasons.append(r.reason)
     out = []
     for r in sorted(merged.values(), key=_sort_key):
         out_rec = dict(r.body)
@@ -233,7 +234,7 @@ def decide(
         for t in trace:
             if t["rule"] in notes:
                 t["suppressed"] = notes[t["rule"]]
-    pathways = [{"id": cp.id, "version": cp.version, "sha256": cp.sha256, "enrolled": enrolled[cp.id]} for _, cp, _ in fired]
+    pathways = [{**cp.identity, "enrolled": enrolled[cp.id]} for _, cp, _ in fired]
     return {
         "patient_id": case.patient_id,
         "as_of": case.as_of.isoformat(),

@@ -60,6 +60,11 @@ class CheckedPathway:
         return self.model.id
 
     @cached_property
+    def identity(self) -> dict[str, str]:
+        """How a decision names this pathway: id, version and content hash."""
+        return {"id": self.id, "version": self.version, "sha256": self.sha256}
+
+    @cached_property
     def reasoners(self) -> dict[int, Any]:
         """decide()'s compiled reason writers, made on first use (rule index -> reasoner)."""
         return {}
