@@ -204,28 +204,48 @@ def reference(e: Expr) -> Program:
 
 def reasoner(e: Expr, vocab: lang.Vocabulary) -> Callable[[lang.Facts], list[str]]:
     """``lang.true_literals`` then ``lang.describe``, compiled: the words for what made a TRUE
-    expression (in NNF) true. The same walk, without dispatching on node types for every case."""
-    if isinstance(e, And):
-        parts = [reasoner(i, vocab) for i in e.items]
+    expression (in NNF) true. One walk that evaluates and explains together, without dispatching
+    on node types for every case."""
+    explain = _explainer(e, vocab)
 
-        def every(f: lang.Facts) -> list[str]:
+    def words(f: lang.Facts) -> list[str]:
+        return explain(f) or []
+
+    return words
+
+
+def _explainer(e: Expr, vocab: lang.Vocabulary) -> Callable[[lang.Facts], list[str] | None]:
+    """The words for what makes `e` TRUE, or None when it is not TRUE (false or unknown).
+
+    An AND is TRUE when every item is (its words are theirs, in order); an OR when some item is
+    (the first such item's words): exactly true_literals' choices on a TRUE expression.
+    """
+    if isinstance(e, And):
+        parts = [_explainer(i, vocab) for i in e.items]
+
+        def every(f: lang.Facts) -> list[str] | None:
             out: list[str] = []
             for p in parts:
-                out.extend(p(f))
+                w = p(f)
+                if w is None:
+                    return None
+                out.extend(w)
             return out
 
         return every
     if isinstance(e, Or):
-        alts = [(reference(i), reasoner(i, vocab)) for i in e.items]
+        alts = [_explainer(i, vocab) for i in e.items]
 
-        def first(f: lang.Facts) -> list[str]:
-            for holds, words in alts:
-                if holds(f) is True:
-                    return words(f)
-            return []
+        def first(f: lang.Facts) -> list[str] | None:
+            for p in alts:
+                w = p(f)
+                if w is not None:
+                    return w
+            return None
 
         return first
-    if isinstance(e, (Const, Not)):
-        return lambda f: []
-    holds, say = reference(e), lang.describer(e, vocab)
-    return lambda f: [say(f)] if holds(f) is True else []
+    holds = reference(e)
+    if isinstance(e, (Const, Not)):  # true or not, they name no literal
+        return lambda f: [] if holds(f) is True else None
+    say = lang.describer(e, vocab)
+    return lambda f: [say(f)] if holds(f) is True else None
