@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import pickle
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
@@ -32,8 +31,7 @@ from carepath.service import worker as worker_mod
 
 log = logging.getLogger("carepath.service")
 START_TIMEOUT = 120.0
-_HEADER = struct.Struct("!i")
-_BIG = struct.Struct("!Q")
+_HEADER, _BIG = worker_mod.HEADER, worker_mod.BIG  # the worker's framing, read here
 _PICKLE = pickle.HIGHEST_PROTOCOL
 
 
@@ -87,13 +85,6 @@ def _context() -> BaseContext:
     return ctx
 
 
-def _frame(data: bytes) -> bytes:
-    n = len(data)
-    if n > 0x7FFFFFFF:
-        return _HEADER.pack(-1) + _BIG.pack(n) + data
-    return _HEADER.pack(n) + data
-
-
 class _Wire(asyncio.Protocol):
     """The front end's side of one worker's socket: length-prefixed pickles (multiprocessing's framing)."""
 
@@ -137,7 +128,7 @@ class _Wire(asyncio.Protocol):
         """Queue a frame; everything queued in one loop iteration goes out in one write."""
         if not self.out:
             asyncio.get_running_loop().call_soon(self.flush)
-        self.out.append(_frame(data))
+        self.out.append(worker_mod.frame(data))
 
     def flush(self) -> None:
         out, self.out = self.out, []

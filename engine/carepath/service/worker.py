@@ -35,6 +35,11 @@ from carepath.validate import find_dictionary, load_vocabulary, pathway_files, v
 # statuses a worker replies with (mapped to gRPC codes in carepath.service.status)
 OK, CASE_ERROR, NOT_FOUND, DEADLINE, INTERNAL, READY, FAILED = "ok", "case_error", "not_found", "deadline", "internal", "ready", "failed"
 BATCH = "batch"  # the reply to a batch job: its payload holds one (status, payload, meta) per case
+LATE: tuple[str, Any, tuple[str, str | None]] = (DEADLINE, "deadline exceeded before the case was evaluated", ("", None))
+
+
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline
 
 
 def pathway_info(engine: Engine) -> list[dict[str, str]]:
@@ -53,8 +58,8 @@ class Worker:
     def handle(self, kind: str, payload: Any, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
         if kind == "batch":
             return BATCH, [self.one(raw, deadline) for raw in payload], ("", None)
-        if deadline is not None and time.monotonic() > deadline:
-            return DEADLINE, "deadline exceeded before the case was evaluated", ("", None)
+        if _late(deadline):
+            return LATE
         if kind == "eval":
             return self.evaluate(payload)
         if kind == "validate":
@@ -63,8 +68,8 @@ class Worker:
 
     def one(self, raw: bytes, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
         """One case of a batch: its own deadline check and its own error result."""
-        if deadline is not None and time.monotonic() > deadline:
-            return DEADLINE, "deadline exceeded before the case was evaluated", ("", None)
+        if _late(deadline):
+            return LATE
         try:
             return self.evaluate(raw)
         except Exception:
@@ -135,16 +140,23 @@ def main(conn: Connection, pathways: str | None) -> None:
             rid = ""
             print(f"carepath worker: internal error in job {job_id}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
             status, out, meta = INTERNAL, "internal error", (rid, None)
-        data = pickle.dumps((job_id, status, out, meta), protocol=pickle.HIGHEST_PROTOCOL)
-        n = len(data)
         try:
-            sock.sendall((_HEADER.pack(n) if n <= 0x7FFFFFFF else _HEADER.pack(-1) + _BIG.pack(n)) + data)
+            sock.sendall(frame(pickle.dumps((job_id, status, out, meta), protocol=pickle.HIGHEST_PROTOCOL)))
         except OSError:
             return
 
 
-_HEADER = struct.Struct("!i")
-_BIG = struct.Struct("!Q")
+# The framing of multiprocessing.connection, shared with the front end (carepath.service.pool):
+# a 4-byte big-endian length, or -1 and an 8-byte length for a frame over 2 GiB.
+HEADER = struct.Struct("!i")
+BIG = struct.Struct("!Q")
+
+
+def frame(data: bytes) -> bytes:
+    n = len(data)
+    if n > 0x7FFFFFFF:
+        return HEADER.pack(-1) + BIG.pack(n) + data
+    return HEADER.pack(n) + data
 
 
 def _recv(rfile: Any) -> bytes:
@@ -152,12 +164,12 @@ def _recv(rfile: Any) -> bytes:
     head = rfile.read(4)
     if len(head) < 4:
         raise EOFError
-    (n,) = _HEADER.unpack(head)
+    (n,) = HEADER.unpack(head)
     if n == -1:
         big = rfile.read(8)
         if len(big) < 8:
             raise EOFError
-        (n,) = _BIG.unpack(big)
+        (n,) = BIG.unpack(big)
     data: bytes = rfile.read(n)
     if len(data) < n:
         raise EOFError
