@@ -149,19 +149,32 @@ class Engine:
             _dre.delete_state(c.handle, sid)
         return sorted(fired)
 
-    def fire(self, facts: dict[str, object], pathway_ids: Sequence[str] | None = None, backend: Backend = "durable") -> Fired:
-        """The indices of the rules that fire in each selected pathway."""
-        return self._fire(facts, self._select(pathway_ids), backend)
+    def fire(
+        self, facts: dict[str, object], pathway_ids: Sequence[str] | None = None, backend: Backend = "durable", every_ruleset: bool = False
+    ) -> Fired:
+        """The indices of the rules that fire in each selected pathway.
 
-    def _fire(self, facts: dict[str, object], selected: Selection, backend: Backend) -> Fired:
+        ``every_ruleset`` posts into every selected ruleset, enrolled or not (the plain durable-rules
+        baseline the benchmarks compare against); the rules that fire are the same.
+        """
+        selected = self._select(pathway_ids)
+        return self._fire(facts, selected, backend, None if every_ruleset else self._enrolled(facts, selected))
+
+    @staticmethod
+    def _enrolled(facts: dict[str, object], selected: Selection) -> dict[str, bool]:
+        """Each selected pathway: is its applies_to TRUE for these facts?"""
+        return {c.pathway.id: c.applies(facts) is True for _, c in selected}
+
+    def _fire(self, facts: dict[str, object], selected: Selection, backend: Backend, enrolled: dict[str, bool] | None) -> Fired:
         """Every rule's condition is ``applies_to AND when``, so a pathway the patient is not
-        enrolled in (applies_to false or unknown) can fire nothing: durable-rules is not asked.
-        The reference backend evaluates every rule regardless, so the differential tests check this.
+        enrolled in (applies_to false or unknown) can fire nothing: durable-rules is not asked
+        (``enrolled`` None: it is asked anyway). The reference backend evaluates every rule
+        regardless, so the differential tests check this.
         """
         out = []
         for i, c in selected:
             if backend == "durable":
-                fired = self._post(c, facts) if c.applies(facts) is True else []
+                fired = self._post(c, facts) if enrolled is None or enrolled[c.pathway.id] else []
             else:
                 fired = [k for k, prog in enumerate(c.programs) if prog(facts) is True]
             out.append((i, c, fired))
@@ -185,11 +198,11 @@ class Engine:
         return self._decide(case, facts, selected, backend)
 
     def _decide(self, case: Case, facts: dict[str, object], selected: Selection, backend: Backend) -> dict[str, Any]:
-        fired = self._fire(facts, selected, backend)
+        enrolled = self._enrolled(facts, selected)
+        fired = self._fire(facts, selected, backend, enrolled)
         groups: list[tuple[int, CheckedPathway, list[CheckedRule]]] = [
             (i, c.pathway, [c.pathway.rules[k] for k in ks]) for i, c, ks in fired
         ]
-        enrolled = {c.pathway.id: c.applies(facts) is True for _, c, _ in fired}
         return decide(case, facts, groups, enrolled)
 
     def explain(self, data: Any, pathway_ids: Sequence[str] | None = None) -> str:

@@ -225,3 +225,15 @@ def test_compiled_reasons_equal_the_interpreted_walk() -> None:
                     assert compiled[(cp.id, cr.index)](facts) == walked, cr.rule.id
                     checked += 1
     assert checked > 1000
+
+
+def test_posting_into_every_ruleset_fires_the_same_rules() -> None:
+    """fire() skips the rulesets of pathways the patient is not enrolled in; posting everywhere
+    (the benchmarks' baseline) must find the same rules."""
+    from carepath.population.synth import synth_lines
+
+    bundled = Engine.from_directory(None)
+    for line in synth_lines(300, 5):
+        _, facts = bundled.prepare(json.loads(line))
+        lean, full = bundled.fire(facts), bundled.fire(facts, every_ruleset=True)
+        assert [(i, ks) for i, _, ks in lean] == [(i, ks) for i, _, ks in full]
