@@ -167,7 +167,7 @@ def validate_case(data: Any, vocab: Vocabulary) -> tuple[Case, list[tuple[str, f
         if code is None:
             bad.append(FieldViolation(f"{where}.code", f"unknown observation code {o.code!r}" + did_you_mean(o.code, vocab.observations)))
             continue
-        od = vocab.observations[code]
+        assert od is not None  # a known code (or its LOINC) names a dictionary entry
         if value is None:
             accepted = ", ".join([od.unit, *od.conversions])
             bad.append(FieldViolation(f"{where}.unit", f"unit {o.unit!r} is not accepted for {code} (accepted: {accepted})"))

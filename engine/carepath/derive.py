@@ -11,12 +11,8 @@ from .case import Case
 
 @dataclass(frozen=True)
 class _Plan:
-    findings: tuple[tuple[str, str], ...]
-    dx: tuple[tuple[str, tuple[str, ...]], ...]
-    on: tuple[tuple[str, tuple[str, ...]], ...]
-    allergy: tuple[tuple[str, tuple[str, ...]], ...]
-    counts: tuple[tuple[str, tuple[str, ...]], ...]
-    days_on: tuple[tuple[str, str], ...]
+    allergy: tuple[tuple[str, tuple[str, ...]], ...]  # al_ key -> ATC prefixes (matched both ways)
+    counts: tuple[tuple[str, tuple[str, ...]], ...]  # n_ key -> the ATC prefixes it counts
     observations: dict[str, tuple[str, str, str, str]]  # code -> its h_, o_, d_ and p_ keys
     finding_keys: dict[str, str]  # finding -> its f_ key
     zeros: dict[str, object]  # every flag and count at 0 and every observation absent: set what holds
@@ -53,25 +49,20 @@ class Features:
             def flags(prefix: str, args: set[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
                 return tuple((f"{prefix}{lang.sanitize(a)}", tuple(a.split("|"))) for a in sorted(args))
 
-            findings = tuple((f"f_{f}", f) for f in sorted(self.findings))
+            finding_keys = {f: f"f_{f}" for f in sorted(self.findings)}
             dx, on, allergy = flags("dx_", self.dx), flags("on_", self.on), flags("al_", self.allergy)
             counts = tuple(("n_" + "_".join(g), g) for g in sorted(self.counts))
             observations = {c: (f"h_{c}", f"o_{c}", f"d_{c}", f"p_{c}") for c in sorted(self.observations)}
-            zero_keys = [k[0] for k in observations.values()] + [k for k, _ in (*findings, *dx, *on, *allergy, *counts)]
-            days_on = tuple((f"s_{p}", p) for p in sorted(self.days_on))
+            zero_keys = [k[0] for k in observations.values()] + [*finding_keys.values()] + [k for k, _ in (*dx, *on, *allergy, *counts)]
             on_index = _index(on)
             in_count = {p for _, g in counts for p in g}
-            started = {p: key for key, p in days_on}
+            started = {p: f"s_{p}" for p in sorted(self.days_on)}
             med_index = {p: (on_index.get(p, ()), p in in_count, started.get(p)) for p in {*on_index, *in_count, *started}}
             self._plan = _Plan(
-                findings=findings,
-                dx=dx,
-                on=on,
                 allergy=allergy,
                 counts=counts,
-                days_on=days_on,
                 observations=observations,
-                finding_keys={f: k for k, f in findings},
+                finding_keys=finding_keys,
                 zeros=dict.fromkeys(zero_keys, 0),
                 dx_index=_index(dx),
                 med_index=med_index,
