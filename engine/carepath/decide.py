@@ -78,7 +78,34 @@ class _Rec:
 MEMO_LIMIT = 1024  # per rule: bounded memory whatever the cohort (about 0.4 KB an entry)
 
 
-def read_rule(cr: CheckedRule, cp: CheckedPathway, facts: lang.Facts) -> tuple[dict[str, object], str]:
+class _Prepared:
+    """What decide() needs of one rule beyond its CheckedRule, made on its first firing: the
+    recommendation bodies as (body, kind, label, duplicate key), tests with their LOINC code,
+    and the compiled writer of its reason."""
+
+    __slots__ = ("bodies", "words")
+
+    def __init__(self, cp: CheckedPathway, cr: CheckedRule) -> None:
+        out = []
+        for body in cr.bodies:
+            if body["kind"] == "test":
+                od = cp.vocab.observations[body["code"]]
+                if od.loinc:
+                    body = {**body, "loinc": od.loinc[0]}
+            out.append((body, str(body["kind"]), describe_recommendation(body), lang_key(body)))
+        self.bodies: tuple[tuple[dict[str, Any], str, str, str], ...] = tuple(out)
+        self.words = reasoner(cr.when_nnf, cp.vocab)
+
+
+def _prepared(cp: CheckedPathway, cr: CheckedRule) -> _Prepared:
+    made: dict[int, _Prepared] = cp.decide_cache
+    got = made.get(cr.index)
+    if got is None:
+        got = made[cr.index] = _Prepared(cp, cr)
+    return got
+
+
+def read_rule(cr: CheckedRule, prep: _Prepared, facts: lang.Facts) -> tuple[dict[str, object], str]:
     """The values a fired rule read and its reason in words, memoised on the values read.
 
     Both are pure functions of the facts under ``cr.read_keys`` (values that compare equal, such
@@ -89,27 +116,12 @@ def read_rule(cr: CheckedRule, cp: CheckedPathway, facts: lang.Facts) -> tuple[d
     key = tuple(map(facts.get, cr.read_keys))
     hit: tuple[dict[str, object], str] | None = cr.memo.get(key)
     if hit is None:
-        words = cp.reasoners.get(cr.index)
-        if words is None:
-            words = cp.reasoners[cr.index] = reasoner(cr.when_nnf, cp.vocab)
-        why = "; ".join(words(facts))
+        why = "; ".join(prep.words(facts))
         hit = (values_read(cr, facts), f"{cr.rule.title}: {why}" if cr.rule.title else why)
         if len(cr.memo) >= MEMO_LIMIT:
             cr.memo.clear()
         cr.memo[key] = hit
     return hit
-
-
-def _bodies(cp: CheckedPathway, cr: CheckedRule) -> tuple[tuple[dict[str, Any], str, str, str], ...]:
-    """A rule's recommendations as (body, kind, label, key), tests with their LOINC code: made once per rule."""
-    out = []
-    for body in cr.bodies:
-        if body["kind"] == "test":
-            od = cp.vocab.observations[body["code"]]
-            if od.loinc:
-                body = {**body, "loinc": od.loinc[0]}
-        out.append((body, str(body["kind"]), describe_recommendation(body), lang_key(body)))
-    return tuple(out)
 
 
 def decide(
@@ -129,17 +141,14 @@ def decide(
     kinds: set[str] = set()
     for p_index, cp, rules in fired:
         citations = cp.citation_texts
-        made = cp.rec_bodies
         for cr in rules:
-            vals, reason = read_rule(cr, cp, facts)
+            prep = _prepared(cp, cr)
+            vals, reason = read_rule(cr, prep, facts)
             rid = cr.rule.id
             trace.append({"pathway": cp.id, "rule": rid, "values": dict(vals)})
             citation = citations[cr.rule.citation]
-            bodies = made.get(cr.index)
-            if bodies is None:
-                bodies = made[cr.index] = _bodies(cp, cr)
             order = (p_index, cr.index)
-            for body, kind, label, key in bodies:
+            for body, kind, label, key in prep.bodies:
                 kinds.add(kind)
                 rec = _Rec(body, kind, order, cr.rule.priority, rid, reason, citation, vals)
                 rec.label, rec.key = label, key

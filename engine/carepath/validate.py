@@ -65,13 +65,8 @@ class CheckedPathway:
         return {"id": self.id, "version": self.version, "sha256": self.sha256}
 
     @cached_property
-    def reasoners(self) -> dict[int, Any]:
-        """decide()'s compiled reason writers, made on first use (rule index -> reasoner)."""
-        return {}
-
-    @cached_property
-    def rec_bodies(self) -> dict[int, Any]:
-        """decide()'s per-rule recommendation bodies, made on first use (rule index -> bodies)."""
+    def decide_cache(self) -> dict[int, Any]:
+        """decide()'s per-rule preparations, made on a rule's first firing (rule index -> them)."""
         return {}
 
     @cached_property
