@@ -285,9 +285,10 @@ def synth_case(rng: random.Random, i: int, seed: int, as_of: date, exams: frozen
             b.add("random_glucose", _clip(r.uniform(16.7, 33), 1, 60), "mmol/L", 0)
             b.add("ketones", _clip(r.uniform(1.5, 5), 0, 15), "mmol/L", 0)
         for code, on_record, abnormal in (("fundus_exam", 0.60, 0.18), ("foot_exam", 0.65, 0.15)):
-            drawn = r.random() < on_record, b.age_days(365, 0.33), int(r.random() < abnormal)
-            if drawn[0] and code in exams:
-                b.add(code, drawn[2], "result", drawn[1])
+            # all three draws every time, written or not: leaving a code out changes nothing else
+            on_file, days, result = r.random() < on_record, b.age_days(365, 0.33), int(r.random() < abnormal)
+            if on_file and code in exams:
+                b.add(code, result, "result", days)
     elif r.random() < 0.3:
         b.add("hba1c", _clip(r.gauss(5.5, 0.35), 4.2, 6.4), "%", b.age_days(365, 0.5))
 
