@@ -2,13 +2,17 @@
 """Side by side: a no-op gRPC echo server and carepath, driven by the same client.
 
 Both servers run in their own processes on 127.0.0.1 (carepath with its worker pool). The client
-is one grpc.aio channel with 1, 4 and 16 concurrent callers sending the same serialized
-EvaluateRequest; the echo server returns the bytes it got. Prints calls/s, p50, p99, the
-server's CPU time per call (its process and children, workers included; Linux only: a steadier
-number than calls/s on a shared machine) and the ratio carepath/echo, then stream throughput
-(cases/s, and the server's CPU per case) over DecisionService.EvaluateStream.
+is one grpc.aio channel with 1, 4 and 16 concurrent callers sending serialized EvaluateRequests
+(examples/case.json, or with --cases synthetic a cycle of distinct synthetic patients); the echo
+server returns the bytes it got. Each cell runs several short rounds, echo and carepath taking
+turns, so a slow spell of the machine hits both; calls/s is the median over rounds. Printed: calls/s,
+p50, p99, the server's CPU time per call (its process and children, workers included; Linux only:
+a steadier number than calls/s on a shared machine) and the ratio carepath/echo; then "floor":
+carepath on the sample case without its diagnoses (enrolled in no pathway: validated and derived,
+nothing posted, a small decision), which is what the service costs around the engine; then stream
+throughput (cases/s, and the server's CPU per case) over DecisionService.EvaluateStream.
 
-    python bench/bench_grpc.py [--quick] [--workers N] [--pathways DIR]
+    python bench/bench_grpc.py [--quick] [--rounds R] [--cases sample|synthetic] [--workers N] [--pathways DIR]
 """
 
 from __future__ import annotations
@@ -38,9 +42,7 @@ from carepath.service.convert import case_from_dict  # noqa: E402
 EVALUATE = "/carepath.v1.DecisionService/Evaluate"
 ECHO = "/bench.v1.EchoService/Echo"
 CARE = [sys.executable, "-c", "from carepath.cli import main; raise SystemExit(main())"]
-HEAD = (
-    f"{'echo calls/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'cpu ms':>7} | {'carepath calls/s':>16} {'p50 ms':>7} {'p99 ms':>7} {'cpu ms':>7}"
-)
+HEAD = f"{'calls/s':>8} {'p50 ms':>6} {'p99 ms':>6} {'cpu ms':>6}"
 
 
 def tree_cpu(pid: int) -> float:
@@ -85,27 +87,56 @@ def _echo_server(q: Any) -> None:
     asyncio.run(run())
 
 
-async def drive(target: str, method: str, payload: bytes, callers: int, seconds: float, pid: int) -> tuple[float, float, float, float]:
+async def drive(
+    target: str, method: str, payloads: list[bytes], callers: int, seconds: float, pid: int
+) -> tuple[float, list[float], float]:
+    """calls/s, the latencies (s) and the server's CPU seconds, with ``callers`` concurrent callers
+    cycling through ``payloads`` for ``seconds``."""
     lat: list[float] = []
     async with grpc.aio.insecure_channel(target) as ch:
         call = ch.unary_unary(method)
-        for _ in range(50):  # warm up
-            await call(payload, timeout=10)
+        for p in payloads[:50]:  # warm up
+            await call(p, timeout=10)
         end = time.perf_counter() + seconds
+        n = len(payloads)
 
-        async def caller() -> None:
+        async def caller(k: int) -> None:
+            i = k
             while time.perf_counter() < end:  # bounded by the time budget
                 t0 = time.perf_counter()
-                await call(payload, timeout=10)
+                await call(payloads[i % n], timeout=10)
                 lat.append(time.perf_counter() - t0)
+                i += callers
 
         cpu0 = tree_cpu(pid)
         t0 = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(callers)))
+        await asyncio.gather(*(caller(k) for k in range(callers)))
         elapsed = time.perf_counter() - t0
-        cpu = (tree_cpu(pid) - cpu0) / len(lat) * 1000
-    lat.sort()
-    return len(lat) / elapsed, statistics.median(lat) * 1000, lat[int(len(lat) * 0.99)] * 1000, cpu
+        cpu = tree_cpu(pid) - cpu0
+    return len(lat) / elapsed, lat, cpu
+
+
+class Cell:
+    """One server at one concurrency, over several interleaved rounds."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.lat: list[float] = []
+        self.cpu = 0.0
+
+    def add(self, got: tuple[float, list[float], float]) -> None:
+        self.rates.append(got[0])
+        self.lat += got[1]
+        self.cpu += got[2]
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    def row(self) -> str:
+        lat = sorted(self.lat)
+        p50, p99 = statistics.median(lat) * 1000, lat[int(len(lat) * 0.99)] * 1000
+        return f"{self.rate:>8.0f} {p50:>6.2f} {p99:>6.2f} {self.cpu / len(lat) * 1000:>6.3f}"
 
 
 async def stream(target: str, n: int, pid: int) -> tuple[float, float]:
@@ -123,14 +154,39 @@ async def stream(target: str, n: int, pid: int) -> tuple[float, float]:
     return n / elapsed, cpu
 
 
+def requests(cases: str, pathways: str) -> list[bytes]:
+    if cases == "sample":
+        data = [SAMPLE]
+    else:  # the synthetic patients this pathway set accepts (a smaller dictionary rejects some codes)
+        from carepath.errors import CaseError
+        from carepath.evaluate import Engine
+        from carepath.population.synth import synth
+
+        engine, data = Engine.from_directory(pathways), []
+        for case in synth(2000, seed=11):
+            try:
+                engine.evaluate(case)
+            except CaseError:
+                continue
+            data.append(case)
+    return [ds.EvaluateRequest(request_id=f"bench-{i}", case=case_from_dict(d)).SerializeToString() for i, d in enumerate(data)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1 s per measurement instead of 4")
+    ap.add_argument("--quick", action="store_true", help="0.5 s per round and 500 stream cases")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds per cell (default 4)")
+    ap.add_argument(
+        "--cases",
+        choices=("sample", "synthetic"),
+        default="sample",
+        help="unary payload: examples/case.json every time, or a cycle of 2,000 distinct synthetic patients",
+    )
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--pathways", default=str(ROOT / "tests" / "fixtures" / "pathways"))
     args = ap.parse_args()
-    seconds = 1.0 if args.quick else 4.0
-    n_stream = 1000 if args.quick else 5000
+    seconds = 0.5 if args.quick else 1.0
+    n_stream = 500 if args.quick else 5000
 
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
@@ -151,18 +207,23 @@ def main() -> int:
     for _ in range(600):  # bounded wait for SERVING
         if "SERVING" in care.stdout.readline():
             break
-    payload = ds.EvaluateRequest(request_id="bench", case=case_from_dict(SAMPLE)).SerializeToString()
+    payloads = requests(args.cases, args.pathways)
+    floor = [ds.EvaluateRequest(request_id="bench", case=case_from_dict({**SAMPLE, "conditions": []})).SerializeToString()]
     try:
-        print(f"workers={args.workers}  pathways={args.pathways}  {seconds:g}s per cell  cpus={os.cpu_count()}")
-        print(f"{'callers':>7} | {HEAD} | ratio")
+        print(
+            f"workers={args.workers}  pathways={args.pathways}  cases={args.cases} ({len(payloads)} distinct)  "
+            f"{args.rounds} interleaved rounds of {seconds:g}s per server and cell  cpus={os.cpu_count()}"
+        )
+        print(f"{'':>7} | {'echo':^29} | {'carepath':^29} | {'':>5} | {'floor':^29} |")
+        print(f"{'callers':>7} | {HEAD} | {HEAD} | ratio | {HEAD} | ratio")
         for callers in (1, 4, 16):
             assert echo.pid is not None
-            e = asyncio.run(drive(echo_target, ECHO, payload, callers, seconds, echo.pid))
-            c = asyncio.run(drive(care_target, EVALUATE, payload, callers, seconds, care.pid))
-            print(
-                f"{callers:>7} | {e[0]:>12.0f} {e[1]:>7.2f} {e[2]:>7.2f} {e[3]:>7.3f} | "
-                f"{c[0]:>16.0f} {c[1]:>7.2f} {c[2]:>7.2f} {c[3]:>7.3f} | {c[0] / e[0]:.2f}"
-            )
+            e, c, f = Cell(), Cell(), Cell()
+            for _ in range(args.rounds):  # interleaved: a slow spell of the machine hits all three
+                e.add(asyncio.run(drive(echo_target, ECHO, payloads, callers, seconds, echo.pid)))
+                c.add(asyncio.run(drive(care_target, EVALUATE, payloads, callers, seconds, care.pid)))
+                f.add(asyncio.run(drive(care_target, EVALUATE, floor, callers, seconds, care.pid)))
+            print(f"{callers:>7} | {e.row()} | {c.row()} | {c.rate / e.rate:>5.2f} | {f.row()} | {f.rate / e.rate:>5.2f}")
         rate, cpu = asyncio.run(stream(care_target, n_stream, care.pid))
         print(f"stream: {rate:.0f} cases/s, server cpu {cpu:.3f} ms/case ({n_stream} varied cases, one EvaluateStream)")
     finally:
