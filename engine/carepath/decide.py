@@ -14,8 +14,9 @@ Policy, in order (README "Conflict policy"):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from . import lang
 from .case import Case
@@ -35,7 +36,35 @@ def _plain(v: object) -> object:
     return v
 
 
-def values_read(cr: CheckedRule, facts: lang.Facts) -> dict[str, object]:
+class Values(dict[str, object]):
+    """The values a fired rule read, as a decision carries them: one object per combination of
+    values (the memo's own, see read_rule), shared by every decision and recommendation that read
+    the same, so it is read-only (copy it with dict() to change it). Copies and pickles are plain
+    dicts. ``wire`` caches its protobuf encodings for the service (carepath.service.convert), by
+    field tag."""
+
+    __slots__ = ("wire",)
+
+    def __init__(self, items: dict[str, object]) -> None:
+        super().__init__(items)
+        self.wire: dict[bytes, bytes] = {}
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("a decision's values are shared and read-only: copy them with dict(values) to change them")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
+
+    def __reduce__(self) -> tuple[type[dict[str, object]], tuple[dict[str, object]]]:
+        return dict, (dict(self),)
+
+    def __copy__(self) -> dict[str, object]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> dict[str, object]:
+        return copy.deepcopy(dict(self), memo)
+
+
+def values_read(cr: CheckedRule, facts: lang.Facts) -> Values:
     """Every value a rule's condition reads, by its name in the condition language; null = unknown."""
     out: dict[str, object] = {}
     for name, key, kind in cr.reads:
@@ -48,7 +77,7 @@ def values_read(cr: CheckedRule, facts: lang.Facts) -> dict[str, object]:
             out[name] = bool(v)
         else:
             out[name] = v
-    return out
+    return Values(out)
 
 
 class _Rec:
@@ -65,7 +94,7 @@ class _Rec:
         rule: str,
         reason: str,
         citation: str,
-        values: dict[str, object],
+        values: Values | dict[str, object],
     ) -> None:
         self.body, self.kind, self.order, self.priority = body, kind, order, priority
         self.rule, self.reason, self.citation, self.values = rule, reason, citation, values
@@ -105,16 +134,16 @@ def _prepared(cp: CheckedPathway, cr: CheckedRule) -> _Prepared:
     return got
 
 
-def read_rule(cr: CheckedRule, prep: _Prepared, facts: lang.Facts) -> tuple[dict[str, object], str]:
+def read_rule(cr: CheckedRule, prep: _Prepared, facts: lang.Facts) -> tuple[Values, str]:
     """The values a fired rule read and its reason in words, memoised on the values read.
 
     Both are pure functions of the facts under ``cr.read_keys`` (values that compare equal, such
     as 1 and 1.0, are written the same way); on a city-sized cohort 80-85% of fired rules repeat
-    a combination already seen, so the dict and the words are made once per combination. The
-    dict is the memo's own: copy it before handing it out.
+    a combination already seen, so the values and the words are made once per combination. The
+    values are the memo's own (read-only, see Values), shared by the decisions that read them.
     """
     key = tuple(map(facts.get, cr.read_keys))
-    hit: tuple[dict[str, object], str] | None = cr.memo.get(key)
+    hit: tuple[Values, str] | None = cr.memo.get(key)
     if hit is None:
         why = "; ".join(prep.words(facts))
         hit = (values_read(cr, facts), f"{cr.rule.title}: {why}" if cr.rule.title else why)
@@ -145,7 +174,7 @@ def decide(
             prep = _prepared(cp, cr)
             vals, reason = read_rule(cr, prep, facts)
             rid = cr.rule.id
-            trace.append({"pathway": cp.id, "rule": rid, "values": dict(vals)})
+            trace.append({"pathway": cp.id, "rule": rid, "values": vals})
             citation = citations[cr.rule.citation]
             order = (p_index, cr.index)
             for body, kind, label, key in prep.bodies:
@@ -228,10 +257,12 @@ def decide(
             if r.reason not in m.reasons:
                 m.reasons.append(r.reason)
             for k, v in r.values.items():
-                m.values.setdefault(k, v)
-        else:  # the first of its kind stands for the merged recommendation, with values of its own
+                if k not in m.values:
+                    if type(m.values) is Values:  # shared: the merged recommendation gets values of its own
+                        m.values = dict(m.values)
+                    m.values[k] = v
+        else:  # the first of its kind stands for the merged recommendation
             merged[r.key] = r
-            r.values = dict(r.values)
             r.rules.append(r.rule)
             r.reasons.append(r.reason)
     out = []

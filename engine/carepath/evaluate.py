@@ -192,7 +192,11 @@ class Engine:
         return out
 
     def evaluate(self, data: Any, pathway_ids: Sequence[str] | None = None, backend: Backend = "durable") -> dict[str, Any]:
-        """Case (contract JSON as a dict) in, decision out. Raises CaseError or UnknownPathwayError."""
+        """Case (contract JSON as a dict) in, decision out. Raises CaseError or UnknownPathwayError.
+
+        The decision is plain JSON data, except that a rule's ``values`` are shared between the
+        decisions that read the same values (decide.Values: read-only; dict() copies them).
+        """
         selected = self._select(pathway_ids)  # fail fast on an unknown pathway
         case, facts = self.prepare(data)
         return self._decide(case, facts, selected, backend)

@@ -9,6 +9,7 @@ import pytest
 from grpc_helpers import FIXTURES, ROOT, SAMPLE, varied_case
 
 from carepath._proto.v1 import decision_service_pb2 as ds
+from carepath.decide import Values
 from carepath.evaluate import Engine
 from carepath.scenarios import iter_scenarios
 from carepath.service.convert import decision_to_proto, evaluate_response_bytes
@@ -38,6 +39,11 @@ def test_same_bytes_as_protobuf_for_real_decisions() -> None:
     for i, d in enumerate(ds_):
         assert evaluate_response_bytes(f"r{i}", d) == reference(f"r{i}", d)
         assert evaluate_response_bytes("", d) == reference("", d)
+    # the engine's values are shared objects whose bytes are kept on them (per field tag): the
+    # second encoding above came from there, in trace entries and recommendations alike
+    shared = [v for d in ds_ for v in [t["values"] for t in d["trace"]] + [r["values"] for r in d["recommendations"]] if type(v) is Values]
+    assert shared
+    assert {tag for v in shared for tag in v.wire} == {b"\x1a", b"\x52"}
 
 
 def _edges() -> list[Any]:

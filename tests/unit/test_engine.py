@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -195,11 +196,23 @@ def test_memoised_reasons_equal_freshly_written_ones(monkeypatch: pytest.MonkeyP
     assert warm == cold + cold
     assert max(len(cr.memo) for cr in rules) <= 8
     assert sum(len(cr.memo) for cr in rules) > 0
-    first = bundled.evaluate(cases[0])  # the caller owns what it gets: mutating it must not reach the memo
-    for rec in first["recommendations"]:
-        rec["values"].clear()
-    for t in first["trace"]:
-        t["values"].clear()
+    # The values are the memo's own, shared between decisions: read-only, and what a caller can
+    # change (merged recommendations' values, copies) never reaches the memo.
+    first = bundled.evaluate(cases[0])
+    shared = [t["values"] for t in first["trace"]] + [r["values"] for r in first["recommendations"]]
+    for values in shared:
+        if type(values) is decide.Values:
+            for change in (values.clear, lambda v=values: v.update(x=1), lambda v=values: v.setdefault("x", 1), values.popitem):
+                with pytest.raises(TypeError, match="read-only"):
+                    change()
+            with pytest.raises(TypeError, match="read-only"):
+                values["x"] = 1
+            for copied in (dict(values), copy.copy(values), copy.deepcopy(values), pickle.loads(pickle.dumps(values))):
+                assert type(copied) is dict and copied == values
+                copied["x"] = 1
+        else:
+            values.clear()  # a merged recommendation's values are its own
+    assert any(type(v) is decide.Values for v in shared)
     assert dumps(bundled.evaluate(cases[0])) == cold[0]
 
 

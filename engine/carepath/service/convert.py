@@ -9,6 +9,7 @@ from datetime import date
 from typing import Any
 
 from carepath._proto.v1 import case_pb2, decision_pb2
+from carepath.decide import Values
 
 SETTINGS = {"community": case_pb2.SETTING_COMMUNITY, "hospital": case_pb2.SETTING_HOSPITAL}
 SEXES = {"female": case_pb2.SEX_FEMALE, "male": case_pb2.SEX_MALE, "other": case_pb2.SEX_OTHER, "unknown": case_pb2.SEX_UNKNOWN}
@@ -371,8 +372,22 @@ _MEMO_MAX = 65536
 
 
 def _values(tag: bytes, values: object) -> bytes:
-    if type(values) is not dict:
+    """A decision's values as repeated NamedValue fields. The engine's values are shared Values
+    objects (one per combination a rule read, read-only): their bytes are written once, kept on
+    the object."""
+    t = type(values)
+    if t is Values:
+        wire: dict[bytes, bytes] = values.wire  # type: ignore[attr-defined]
+        out = wire.get(tag)
+        if out is None:
+            out = wire[tag] = _encode_values(tag, values)
+        return out
+    if t is not dict:
         raise _Unexpected
+    return _encode_values(tag, values)
+
+
+def _encode_values(tag: bytes, values: Any) -> bytes:
     parts: list[bytes] = []
     append = parts.append
     names = _NAMES[tag]
