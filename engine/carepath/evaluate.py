@@ -22,6 +22,8 @@ from .errors import PathwayError, UnknownPathwayError
 from .validate import CheckedPathway, CheckedRule, load_vocabulary, validate_paths
 
 Backend = Literal["durable", "reference"]
+_SID = "case"  # the one durable-rules session of each ruleset (see Engine._post)
+_RETRACT = orjson.dumps({"sid": _SID, "id": "case"}).decode()
 
 
 def bundled_pathways() -> Path:
@@ -68,7 +70,6 @@ class Engine:
         self.features = Features()
         self._host = _SyncHost()
         self._compiled: list[_Compiled] = []
-        self._sid = 0
         for cp in self.pathways:
             conds = [r.condition for r in cp.rules]
             for c in [cp.applies, *conds, *(g for _, g in cp.invariants)]:  # invariants read facts too
@@ -118,22 +119,25 @@ class Engine:
         return case, derive(case, obs, self.features)
 
     def _post(self, c: _Compiled, facts: dict[str, object]) -> list[int]:
-        """Assert the case as one fact in a fresh session, run every fired action, delete the session.
+        """Assert the case as one fact, run every fired action, retract the fact.
 
+        Every post goes to the same session (_SID) of the ruleset, left empty after each case:
+        durable-rules makes a state fact for a session the first time it sees it and runs it
+        through the whole network, so a fresh session per case (deleted after) cost about a third
+        more. If anything goes wrong the session is deleted, so the next case starts from a new one.
         The loop is durable-rules' own action loop (Ruleset.do_actions) without its Python
         closure objects and JSON round trips: an action only needs the rule's name.
         """
-        self._sid += 1
-        sid = str(self._sid)
         fact: dict[str, object] = {k: facts[k] for k in c.keys if k in facts}
         for key, prog in c.subs:
             t = prog(facts)
             if t is not None:
                 fact[key] = int(t)
-        fact["sid"] = sid
+        fact["sid"] = _SID
         fact["id"] = "case"
         fact["cp"] = 1
         fired: set[int] = set()
+        done = False
         try:
             code, state = _dre.assert_fact(c.handle, orjson.dumps(fact).decode())
             if code != 0:
@@ -145,8 +149,10 @@ class Engine:
                 if name[0] == "r":
                     fired.add(int(name[1:]))
                 message = _dre.complete_and_start_action(c.handle, state)
+            done = _dre.retract_fact(c.handle, _RETRACT)[0] == 0
         finally:
-            _dre.delete_state(c.handle, sid)
+            if not done:  # an error, or the fact still there: the next case gets a new session
+                _dre.delete_state(c.handle, _SID)
         return sorted(fired)
 
     def fire(

@@ -137,12 +137,42 @@ def test_durable_and_reference_backends_agree_on_fixture_cases(engine: Engine) -
         assert engine.evaluate(c) == engine.evaluate(c, backend="reference")
 
 
-def test_sessions_are_deleted_so_thousands_of_evaluations_work(engine: Engine) -> None:
-    # durable-rules refuses the 1025th live session: every evaluation must delete its state
+def test_thousands_of_evaluations_leave_no_state_behind(engine: Engine) -> None:
+    # durable-rules refuses the 1025th live session, and a fact left in the session would make
+    # the next assertion of the case a duplicate that fires nothing: each case is retracted
     first = engine.evaluate(case())
-    for _ in range(1100):
+    other = engine.evaluate(case(findings=["severe_headache"]))
+    assert first != other
+    for _ in range(600):
+        assert engine.evaluate(case()) == first
+        assert engine.evaluate(case(findings=["severe_headache"])) == other
+
+
+def test_a_failure_inside_durable_rules_resets_the_session(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the action loop fails halfway, the case fact is still in the session: the engine must
+    drop the session so the next case is evaluated from a clean one, not refused as a duplicate."""
+    import durable_rules_engine
+
+    from carepath import evaluate
+
+    want = engine.evaluate(case())
+
+    class Failing:
+        calls = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(durable_rules_engine, name)
+
+        def complete_and_start_action(self, handle: int, state: Any) -> Any:
+            Failing.calls += 1
+            raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(evaluate, "_dre", Failing())
+    with pytest.raises(RuntimeError, match="injected"):
         engine.evaluate(case())
-    assert engine.evaluate(case()) == first
+    assert Failing.calls == 1
+    monkeypatch.undo()
+    assert engine.evaluate(case()) == want
 
 
 def test_not_enrolled_patient_gets_nothing(engine: Engine) -> None:
