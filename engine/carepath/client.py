@@ -6,7 +6,8 @@
             ...
 
 Every call has a deadline (``timeout``, default 10 s); unary calls are retried with exponential
-backoff on UNAVAILABLE, within that deadline. INVALID_ARGUMENT raises carepath.errors.CaseError
+backoff on UNAVAILABLE (``retries``, default 4: about a second), within that deadline, and then
+fail with UNAVAILABLE naming the target and the last error. INVALID_ARGUMENT raises carepath.errors.CaseError
 with the server's field violations, so callers handle it exactly as the in-process engine.
 """
 
@@ -142,21 +143,35 @@ class CarepathClient:
         self.close()
 
     def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
-        """Call with a deadline; retry UNAVAILABLE with exponential backoff and jitter inside it."""
-        end = time.monotonic() + (timeout or self.timeout)
-        for attempt in range(self.retries + 1):
+        """Call with a deadline; retry UNAVAILABLE with exponential backoff and jitter inside it.
+
+        A server that cannot be reached fails fast with UNAVAILABLE naming the target and what
+        the last attempt got, not a wait for the whole deadline.
+        """
+        start = time.monotonic()
+        end = start + (timeout or self.timeout)
+        last = ""
+        attempts = 0
+        while attempts <= self.retries:
             left = end - time.monotonic()
             if left <= 0:
-                raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                break
+            attempts += 1
             try:
-                return method(request, timeout=left, wait_for_ready=attempt > 0)
+                return method(request, timeout=left)
             except grpc.RpcError as exc:
                 call: Any = exc
-                if call.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                if call.code() != grpc.StatusCode.UNAVAILABLE:
                     raise _error(exc) from None
-            pause = min(self.backoff * (2**attempt) * (0.5 + random.random()), max(0.0, end - time.monotonic()))
-            time.sleep(pause)
-        raise AssertionError("unreachable")
+                last = call.details() or "unavailable"
+            if attempts <= self.retries:
+                time.sleep(min(self.backoff * (2 ** (attempts - 1)) * (0.5 + random.random()), max(0.0, end - time.monotonic())))
+        if not attempts:
+            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        took = time.monotonic() - start
+        raise CallError(
+            grpc.StatusCode.UNAVAILABLE, f"carepath at {self.target} is unavailable ({attempts} attempt(s) in {took:.1f} s): {last}"
+        )
 
     # ---------------------------------------------------------------- decisions
     def evaluate_proto(

@@ -356,3 +356,32 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
     assert code == 0
     assert errors == [] and len(done) == 8
     assert s.events("stopped")
+
+
+def test_client_fails_fast_and_clearly_when_no_server_listens() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{sock.getsockname()[1]}"
+        with CarepathClient(target, timeout=60) as c:
+            t0 = time.monotonic()
+            with pytest.raises(CallError) as err:
+                c.evaluate(SAMPLE)
+            took = time.monotonic() - t0
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert target in str(err.value) and "5 attempt(s)" in str(err.value)
+    assert took < 30, "retried until the deadline instead of giving up after its retries"
+
+
+def test_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        done = subprocess.run([*CARE, "serve", "--port", str(port), "--workers", "1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"carepath: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "internal error" not in done.stderr

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -311,6 +313,14 @@ class PathwayServicer:
         )
 
 
+def _bind_problem(host: str, port: int) -> str:
+    try:
+        with socket.create_server((host, port)):
+            return "gRPC could not bind it (rerun with GRPC_VERBOSITY=debug for its reason)"
+    except OSError as exc:
+        return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
     out = []
     for f in sorted(directory.glob("*.y*ml")):
@@ -360,7 +370,11 @@ class Service:
         names = (DECISION, PATHWAY, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
         await self._set_health(False)
-        self.bound = server.add_insecure_port(f"{self.host}:{self.port}")
+        try:
+            self.bound = server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError:  # grpc says only "failed to bind": ask the OS why
+            print(f"carepath: cannot listen on {self.host}:{self.port}: {_bind_problem(self.host, self.port)}", file=sys.stderr)
+            return 1
         await server.start()
         target = f"{self.host}:{self.bound}"
         self.announce(f"carepath: listening on {target} (NOT_SERVING while {self.workers} worker(s) compile the pathways)")
