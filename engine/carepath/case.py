@@ -133,7 +133,8 @@ def parse_json(raw: bytes | str) -> Any:
     except UnicodeDecodeError as exc:
         raise CaseError([FieldViolation("", f"case is not valid UTF-8 ({exc.reason})")]) from None
     except json.JSONDecodeError as exc:
-        raise CaseError([FieldViolation("", f"case is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
+        msg = exc.msg.removesuffix(" at")  # "Invalid control character at": the position follows
+        raise CaseError([FieldViolation("", f"case is not valid JSON: {msg} at line {exc.lineno} column {exc.colno}")]) from None
 
 
 def _reject_constant(name: str) -> Any:

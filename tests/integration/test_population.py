@@ -100,6 +100,17 @@ def test_batch_error_records_and_stable_bytes(cohort_with_bad_lines: Path, tmp_p
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert page.count("<svg") >= 3 and "Referral mix" in page and "mini.uncontrolled" in page
 
+    # the report counts lines that are not decisions, with their line numbers, and refuses a file
+    # with no decisions at all (the cohort given instead of batch's output)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(out1.read_bytes() + b'{"patient_id": "p-1", "as_of": "2026-11-24"}\nnot json\n')
+    s = aggregate(mixed.read_bytes().splitlines())
+    assert s.decisions == 600 and s.foreign == 2 and s.foreign_lines == [604, 605]
+    assert "lines that are not decisions | 2 (first lines of this file: 604, 605)" in render_markdown(s, "t")
+    r4 = subprocess.run([*CLI, "report", str(cohort_with_bad_lines)], capture_output=True, text=True)
+    assert r4.returncode == 2 and r4.stdout == ""
+    assert f"{cohort_with_bad_lines} holds no carepath decisions" in r4.stderr and "not the cohort" in r4.stderr
+
 
 def test_ctrl_c_writes_a_prefix(tmp_path: Path) -> None:
     """Ctrl-C while the input is still open: batch stops cleanly with a clean, in-order prefix written."""

@@ -125,6 +125,12 @@ def _report(args: argparse.Namespace) -> int:
                 summary = aggregate(fh)
         except OSError as exc:
             raise CarepathError(f"cannot read {args.decisions}: {exc.strerror}") from None
+    if summary.foreign and not summary.decisions:
+        first = ", ".join(map(str, summary.foreign_lines[:5]))
+        raise CarepathError(
+            f"{args.decisions} holds no carepath decisions (not one: line(s) {first}; a decision has pathways, "
+            "recommendations and trace): give it what `carepath batch` wrote, not the cohort"
+        )
     if args.out and Path(args.out).suffix.lower() in (".html", ".htm"):
         text = render_html(summary, args.title)
     else:

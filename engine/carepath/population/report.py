@@ -22,7 +22,9 @@ A1C_BANDS = ("<7.0%", "7.0-7.9%", "8.0-8.9%", "9.0-9.9%", ">=10%", "not read")
 class Summary:
     decisions: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-    error_lines: list[int] = field(default_factory=list)
+    error_lines: list[int] = field(default_factory=list)  # input (cohort) lines of batch's error records
+    foreign: int = 0  # lines of the report's own input that are neither decisions nor error records
+    foreign_lines: list[int] = field(default_factory=list)
     pathways: dict[str, str] = field(default_factory=dict)  # id -> "version (sha256 prefix)"
     enrolled: Counter[str] = field(default_factory=Counter)
     kind_patients: Counter[str] = field(default_factory=Counter)
@@ -108,7 +110,22 @@ def add(s: Summary, d: dict[str, Any]) -> None:
     s.a1c[_a1c_band(values.get("hba1c"))] += 1
 
 
+def is_decision(d: Any) -> bool:
+    """The shape `carepath batch` writes: pathways, recommendations (each with a kind) and trace."""
+    return (
+        isinstance(d, dict)
+        and isinstance(d.get("pathways"), list)
+        and isinstance(d.get("trace"), list)
+        and isinstance(d.get("recommendations"), list)
+        and all(isinstance(r, dict) and isinstance(r.get("kind"), str) for r in d["recommendations"])
+        and all(isinstance(p, dict) and isinstance(p.get("id"), str) for p in d["pathways"])
+        and all(isinstance(t, dict) for t in d["trace"])
+    )
+
+
 def aggregate(lines: Iterable[bytes | str]) -> Summary:
+    """Count decisions and error records; anything else is counted, with its line number, as
+    not a decision (a cohort file given by mistake is told apart from a report of no findings)."""
     s = Summary()
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -116,12 +133,13 @@ def aggregate(lines: Iterable[bytes | str]) -> Summary:
         try:
             d = json.loads(line)
         except json.JSONDecodeError:
-            s.errors["unreadable report line"] += 1
-            if len(s.error_lines) < 20:
-                s.error_lines.append(n)
-            continue
-        if isinstance(d, dict):
+            d = None
+        if (isinstance(d, dict) and "error" in d) or is_decision(d):
             add(s, d)
+            continue
+        s.foreign += 1
+        if len(s.foreign_lines) < 20:
+            s.foreign_lines.append(n)
     return s
 
 
@@ -135,15 +153,21 @@ def tables(s: Summary) -> list[tuple[str, list[str], list[list[str]]]]:
     n = s.decisions
     out: list[tuple[str, list[str], list[list[str]]]] = []
     total_err = sum(s.errors.values())
+    err_lines = f" (first cohort lines: {', '.join(map(str, s.error_lines[:10]))})" if total_err else ""
     out.append(
         (
             "Run",
             ["measure", "value"],
             [
                 ["decisions", f"{n:,}"],
-                ["error records", f"{total_err:,}" + (f" (first lines: {', '.join(map(str, s.error_lines[:10]))})" if total_err else "")],
+                ["error records", f"{total_err:,}{err_lines}"],
                 ["no recommendation", f"{s.no_recommendation:,} ({_pct(s.no_recommendation, n)})"],
             ]
+            + (
+                [["lines that are not decisions", f"{s.foreign:,} (first lines of this file: {', '.join(map(str, s.foreign_lines[:10]))})"]]
+                if s.foreign
+                else []
+            )
             + [[f"pathway {pid}", ver] for pid, ver in sorted(s.pathways.items())],
         )
     )
