@@ -28,6 +28,17 @@ def command(name: str, setup: Callable[[argparse.ArgumentParser], None]) -> Call
     return deco
 
 
+def worker_count(text: str) -> int:
+    """argparse type for --workers: a whole number of processes, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def dumps(obj: Any) -> str:
     """The one JSON rendering of decisions: byte-identical for identical decisions."""
     return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
@@ -188,5 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 70
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # python -m carepath.cli: commands register into carepath.cli, not __main__
+    from carepath.cli import main as _main
+
+    raise SystemExit(_main())

@@ -87,3 +87,19 @@ def test_an_internal_error_is_one_line_not_a_traceback(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err.startswith("carepath: internal error (RuntimeError: boom)")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["serve", "batch"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "must be at least 1, got 0"),
+        ("-2", "must be at least 1, got -2"),
+        ("two", "expected a whole number of processes, got 'two'"),
+    ],
+)
+def test_workers_must_be_a_positive_count(command: str, value: str, message: str, tmp_path: Path) -> None:
+    extra = [str(tmp_path / "cohort.jsonl")] if command == "batch" else []
+    r = run(command, "--workers", value, *extra)
+    assert r.returncode == 2
+    assert f"argument --workers: {message}" in r.stderr and "Traceback" not in r.stderr

@@ -9,7 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import IO
 
-from ..cli import command
+from ..cli import command, worker_count
 from ..errors import CarepathError, PathwayError
 
 
@@ -58,7 +58,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _batch_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("cohort", metavar="COHORT", help="JSONL file of cases, or - for stdin")
     p.add_argument("--out", metavar="FILE", help="decisions JSONL (default stdout)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    p.add_argument("--workers", type=worker_count, default=None, help="worker processes (default: one per core)")
     p.add_argument("--pathways", metavar="DIR", help="pathway directory (default: the bundled pathways/)")
     p.add_argument("--backend", choices=["local", "dask"], default="local", help="local processes (default) or a Dask cluster")
     p.add_argument("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a local cluster)")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from carepath.cli import command, dumps, read_case
+from carepath.cli import command, dumps, read_case, worker_count
 
 
 def _serve_setup(p: argparse.ArgumentParser) -> None:
@@ -14,7 +14,10 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one)")
     p.add_argument("--pathways", metavar="DIR", help="pathway directory (default: the bundled pathways/)")
     p.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes, each with its own engine (default: one per core)"
+        "--workers",
+        type=worker_count,
+        default=os.cpu_count() or 1,
+        help="worker processes, each with its own engine (default: one per core)",
     )
     p.add_argument("--watch", action="store_true", help="reload when a pathway file changes (SIGHUP always reloads)")
     p.add_argument("--grace", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM (default 30)")
