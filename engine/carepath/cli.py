@@ -50,9 +50,9 @@ def read_case(source: str) -> Any:
     from .errors import FieldViolation
 
     raw = sys.stdin.buffer.read(MAX_CASE_BYTES + 1) if source == "-" else _read_limited(Path(source), MAX_CASE_BYTES + 1)
+    if len(raw) > MAX_CASE_BYTES:  # only the first MiB and a byte were read: say so, not a made-up size
+        raise CaseError([FieldViolation("", f"case is larger than {MAX_CASE_BYTES} bytes (1 MiB), the limit")])
     if source.endswith((".yaml", ".yml")):
-        if len(raw) > MAX_CASE_BYTES:
-            raise CaseError([FieldViolation("", f"case is larger than {MAX_CASE_BYTES} bytes (1 MiB)")])
         try:
             return yaml.safe_load(raw.decode("utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -103,3 +103,11 @@ def test_workers_must_be_a_positive_count(command: str, value: str, message: str
     r = run(command, "--workers", value, *extra)
     assert r.returncode == 2
     assert f"argument --workers: {message}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_oversized_case_file_is_refused_without_a_made_up_size(tmp_path: Path) -> None:
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"patient_id": "p", "pad": "x" * (3 << 20)}))  # 3 MiB; only the first MiB is read
+    r = run("evaluate", "--pathways", str(FIXTURES), str(big))
+    assert r.returncode == 2
+    assert "case is larger than 1048576 bytes (1 MiB), the limit" in r.stderr and "1048577" not in r.stderr
