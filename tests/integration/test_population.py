@@ -123,10 +123,15 @@ def test_ctrl_c_writes_a_prefix(tmp_path: Path) -> None:
     assert p.stdin is not None
     p.stdin.write("".join(synth_lines(3000, seed=4, exams=NO_EXAMS)).encode())
     p.stdin.flush()  # stdin stays open: batch has more work coming, so only Ctrl-C can end it
+
+    def partial() -> int:  # the output is written beside its target until the run ends
+        return sum(f.stat().st_size for f in tmp_path.glob(".d.jsonl.*.partial"))
+
     deadline = time.monotonic() + 60
-    while (not out.exists() or out.stat().st_size == 0) and time.monotonic() < deadline:
+    while partial() == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert out.exists() and out.stat().st_size > 0, "batch wrote nothing within 60 s"
+    assert partial() > 0, "batch wrote nothing within 60 s"
+    assert not out.exists()
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
@@ -135,6 +140,46 @@ def test_ctrl_c_writes_a_prefix(tmp_path: Path) -> None:
     assert 0 < len(got) <= 3000
     ids = [json.loads(x)["patient_id"] for x in got]
     assert ids == [f"LH4-{i:07d}" for i in range(1, len(got) + 1)]  # a clean prefix, in order
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_failed_run_leaves_an_earlier_output_as_it_was(tmp_path: Path) -> None:
+    """No lost data: batch, synth and report write beside their target and move the file over it
+    only when they finish, so a run that fails leaves an earlier file of the same name alone."""
+    cohort = tmp_path / "cohort.jsonl"
+    cohort.write_text("".join(synth_lines(20, seed=5, exams=NO_EXAMS)), encoding="utf-8")
+    out = tmp_path / "decisions.jsonl"
+    out.write_text("yesterday's worklist\n", encoding="utf-8")
+    for argv, why in (
+        (["batch", str(cohort), "--out", str(out), "--pathways", str(tmp_path / "missing")], "cannot read"),
+        (["report", str(cohort), "--out", str(tmp_path / "r.md")], "holds no carepath decisions"),
+    ):
+        r = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and why in r.stderr, r.stderr
+        assert out.read_text(encoding="utf-8") == "yesterday's worklist\n"
+    r = subprocess.run([*CLI, "batch", str(cohort), "--out", str(out), "--pathways", str(FIXTURES)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 20 and oct(out.stat().st_mode & 0o777) != "0o600"
+    assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "r.md").exists()
+    for argv, why in (
+        (["batch", str(cohort), "--out", str(tmp_path / "no" / "d.jsonl")], "cannot write"),
+        (["batch", str(cohort), "--out", str(tmp_path)], "is a directory"),
+        (["report", str(out), "--out", str(tmp_path / "r.pdf")], "a report is .html"),
+        (["synth", "--n", "2", "--out", str(tmp_path / "no" / "c.jsonl")], "cannot write"),
+    ):
+        r = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and why in r.stderr and "internal error" not in r.stderr, r.stderr
+
+
+def test_an_unreachable_dask_scheduler_is_a_clear_error(tmp_path: Path) -> None:
+    import os
+
+    cohort = tmp_path / "cohort.jsonl"
+    cohort.write_text("".join(synth_lines(5, seed=5, exams=NO_EXAMS)), encoding="utf-8")
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    argv = [*CLI, "batch", str(cohort), "--pathways", str(FIXTURES), "--backend", "dask", "--scheduler", "tcp://127.0.0.1:1"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in r.stderr, r.stderr
 
 
 def test_local_and_dask_agree_on_10000_cases() -> None:

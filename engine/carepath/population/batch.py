@@ -377,7 +377,10 @@ def _run_dask(
     shipped = read_source(pathways)
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler)
+        except (OSError, ValueError, TypeError) as exc:  # unreachable, or not a scheduler address
+            raise CarepathError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
     else:  # one single-threaded worker process per core: one engine per process, no threads inside it
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from datetime import date
 from pathlib import Path
 from typing import IO
@@ -39,20 +40,62 @@ def _synth(args: argparse.Namespace) -> int:
     if diags:
         raise PathwayError(diags)
     exams = exams_known({code for p in checked for code in p.vocab.observations})
-    out: IO[str] = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    target = OutputFile(args.out) if args.out else None
+    out: IO[bytes] = target.stream if target else sys.stdout.buffer
     try:
         buf: list[str] = []
         for line in synth_lines(args.n, args.seed, args.as_of or DEFAULT_AS_OF, exams):
             buf.append(line)
             if len(buf) >= 512:
-                out.write("".join(buf))
+                out.write("".join(buf).encode())
                 buf.clear()
-        out.write("".join(buf))
+        out.write("".join(buf).encode())
         out.flush()
-    finally:
-        if args.out:
-            out.close()
+    except BaseException:
+        if target:
+            target.discard()
+        raise
+    if target:
+        target.commit()
     return 0
+
+
+class OutputFile:
+    """Output written beside its target and moved over it when the run ends (finished or stopped
+    with Ctrl-C: what was done), so a run that fails (pathways that do not load, a scheduler out of
+    reach) leaves an earlier file of the same name as it was. A target that is not a regular file
+    (/dev/stdout, a pipe) is written directly."""
+
+    def __init__(self, path: str) -> None:
+        self.target = Path(path)
+        self.temp: Path | None = None
+        try:
+            if self.target.exists() and not self.target.is_file():
+                if self.target.is_dir():
+                    raise CarepathError(f"cannot write {path}: it is a directory")
+                self.stream: IO[bytes] = open(self.target, "wb")
+                return
+            fd, temp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent)
+        except OSError as exc:
+            raise CarepathError(f"cannot write {path}: {exc.strerror or exc}") from None
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # the permissions open() would have given it
+        self.temp = Path(temp)
+        self.stream = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        self.stream.close()
+        if self.temp is not None:
+            try:
+                os.replace(self.temp, self.target)
+            except OSError as exc:
+                raise CarepathError(f"cannot write {self.target}: {exc.strerror or exc}; the output is in {self.temp}") from None
+
+    def discard(self) -> None:
+        self.stream.close()
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
 
 
 def _batch_setup(p: argparse.ArgumentParser) -> None:
@@ -80,12 +123,17 @@ def _batch(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CarepathError(f"cannot read {args.cohort}: {exc.strerror}") from None
         total = os.fstat(src.fileno()).st_size
-    out: IO[bytes] = open(args.out, "wb") if args.out else sys.stdout.buffer
+    try:
+        out = OutputFile(args.out) if args.out else None
+    except CarepathError:
+        if src is not sys.stdin.buffer:
+            src.close()
+        raise
     progress = Progress(sys.stderr, total, sys.stderr.isatty())
     try:
         stats = run_batch(
             src,
-            out,
+            out.stream if out else sys.stdout.buffer,
             workers=args.workers,
             pathways=args.pathways,
             backend=args.backend,
@@ -93,17 +141,29 @@ def _batch(args: argparse.Namespace) -> int:
             chunk_lines=args.chunk,
             progress=progress,
         )
+    except KeyboardInterrupt:  # stopped outside batch's own Ctrl-C handling: keep what was written
+        if out:
+            out.commit()
+        raise
+    except BaseException:
+        if out:
+            out.discard()
+        raise
+    else:
+        if out:
+            out.commit()
     finally:
         if src is not sys.stdin.buffer:
             src.close()
-        if args.out:
-            out.close()
     if not args.quiet:
         msg = f"{stats.cases:,} cases ({stats.errors:,} error records) in {stats.seconds:.1f}s, {stats.rate:,.0f} cases/s"
         if stats.interrupted:
             msg = f"interrupted: output holds input lines 1-{stats.lines_done}: " + msg
         print(msg, file=sys.stderr)
     return 130 if stats.interrupted else 0
+
+
+REPORT_SUFFIXES = (".html", ".htm", ".md", ".markdown")
 
 
 def _report_setup(p: argparse.ArgumentParser) -> None:
@@ -117,6 +177,8 @@ def _report(args: argparse.Namespace) -> int:
     """Summarise batch decisions: rates by pathway and kind, tests, medications, referrals, charts."""
     from .report import aggregate, render_html, render_markdown
 
+    if args.out and Path(args.out).suffix.lower() not in REPORT_SUFFIXES:
+        raise CarepathError(f"--out {args.out}: a report is .html (a page with charts) or .md (Markdown)")
     if args.decisions == "-":
         summary = aggregate(sys.stdin.buffer)
     else:
@@ -136,7 +198,13 @@ def _report(args: argparse.Namespace) -> int:
     else:
         text = render_markdown(summary, args.title)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        target = OutputFile(args.out)
+        try:
+            target.stream.write(text.encode())
+        except BaseException:
+            target.discard()
+            raise
+        target.commit()
     else:
         sys.stdout.write(text)
     return 0
