@@ -303,8 +303,21 @@ def _parse(loc: Located, path: YamlPath, text: str, vocab: Vocabulary, diags: li
     return None if errs else expr
 
 
+def _yaml_kind(v: object) -> str:
+    if isinstance(v, list):
+        return "list"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    return "string" if isinstance(v, str) else type(v).__name__
+
+
 def check_pathway(loc: Located, base: Vocabulary) -> tuple[CheckedPathway | None, list[Diagnostic]]:
     """Validate one loaded pathway; return it (if clean) and every diagnostic found."""
+    if not isinstance(loc.data, dict):
+        found = "nothing" if loc.data is None else f"a {_yaml_kind(loc.data)}"
+        return None, [loc.diag((), f"a pathway file is a YAML mapping (id, version, title, status, applies_to, rules, ...); found {found}")]
     try:
         model = Pathway.model_validate(loc.data)
     except ValidationError as exc:
