@@ -385,3 +385,18 @@ def test_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"carepath: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "internal error" not in done.stderr
+
+
+def test_the_example_request_json_is_the_example_case(server: Server, engine: Engine) -> None:
+    """examples/request.json, which `serve` tells grpcurl users to send, is an EvaluateRequest in
+    protobuf's JSON form holding examples/case.json: sent as is, it gets that case's decision."""
+    from google.protobuf import json_format
+
+    from carepath.service.convert import decision_to_dict
+
+    req = json_format.Parse((ROOT / "examples" / "request.json").read_text(encoding="utf-8"), ds.EvaluateRequest())
+    with grpc.insecure_channel(server.target) as ch:
+        raw = ch.unary_unary("/carepath.v1.DecisionService/Evaluate")(req.SerializeToString(), timeout=30)
+    resp = ds.EvaluateResponse.FromString(raw)
+    assert resp.request_id == req.request_id
+    assert dumps(decision_to_dict(resp.decision)) == dumps(engine.evaluate(json.loads((ROOT / "examples" / "case.json").read_text())))

@@ -396,7 +396,8 @@ class Service:
         names_versions = ", ".join(f"{p['id']} {p['version']}" for p in gen.info) or "no pathways"
         self.announce(f"carepath: SERVING {names_versions} on {target} with {self.workers} worker(s)")
         self.announce(f"  carepath call --target {target} CASE_FILE")
-        self.announce(f"  grpcurl -plaintext -d @ {target} carepath.v1.DecisionService/Evaluate < request.json")
+        request = "examples/request.json" if Path("examples/request.json").is_file() else "REQUEST_JSON"  # from the repo
+        self.announce(f"  grpcurl -plaintext -d @ {target} carepath.v1.DecisionService/Evaluate < {request}")
         self.announce(f"  grpcurl -plaintext {target} grpc.health.v1.Health/Check")
         tasks = [asyncio.create_task(self._reloader())]
         if self.watch:
