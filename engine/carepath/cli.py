@@ -52,6 +52,8 @@ def read_case(source: str) -> Any:
     raw = sys.stdin.buffer.read(MAX_CASE_BYTES + 1) if source == "-" else _read_limited(Path(source), MAX_CASE_BYTES + 1)
     if len(raw) > MAX_CASE_BYTES:  # only the first MiB and a byte were read: say so, not a made-up size
         raise CaseError([FieldViolation("", f"case is larger than {MAX_CASE_BYTES} bytes (1 MiB), the limit")])
+    if not raw.strip():
+        raise CaseError([FieldViolation("", "the case is empty")])
     if source.endswith((".yaml", ".yml")):
         try:
             return yaml.safe_load(raw.decode("utf-8"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .cli import command
+from .errors import CarepathError
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
@@ -19,6 +21,12 @@ def _docs(args: argparse.Namespace) -> int:
     from .evaluate import Engine
 
     engine = Engine.from_directory(args.pathways)
-    for path in write_docs(engine.pathways, args.out):
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CarepathError(f"cannot write the pages to {args.out}: it is a file, not a directory")
+    try:
+        written = write_docs(engine.pathways, args.out)
+    except OSError as exc:  # --out names a file, or a place that cannot be written
+        raise CarepathError(f"cannot write the pages to {args.out}: {exc.strerror or exc}") from None
+    for path in written:
         print(path)
     return 0

@@ -111,3 +111,20 @@ def test_an_oversized_case_file_is_refused_without_a_made_up_size(tmp_path: Path
     r = run("evaluate", "--pathways", str(FIXTURES), str(big))
     assert r.returncode == 2
     assert "case is larger than 1048576 bytes (1 MiB), the limit" in r.stderr and "1048577" not in r.stderr
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+@pytest.mark.parametrize("name", ["case.json", "case.yaml"])
+def test_an_empty_case_file_says_so(tmp_path: Path, name: str, content: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    r = run("evaluate", "--pathways", str(FIXTURES), str(path))
+    assert r.returncode == 2 and "case error: the case is empty" in r.stderr
+
+
+def test_docs_out_must_be_a_directory(tmp_path: Path) -> None:
+    afile = tmp_path / "pages"
+    afile.write_text("x")
+    r = run("docs", "--pathways", str(FIXTURES), "--out", str(afile))
+    assert r.returncode == 2 and f"cannot write the pages to {afile}: it is a file, not a directory" in r.stderr
+    assert "internal error" not in r.stderr and afile.read_text() == "x"
