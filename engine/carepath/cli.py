@@ -39,6 +39,32 @@ def worker_count(text: str) -> int:
     return n
 
 
+def seconds(text: str) -> float:
+    """argparse type for a deadline (--timeout): a finite number of seconds, more than 0."""
+    n = _seconds(text)
+    if not n > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return n
+
+
+def grace_seconds(text: str) -> float:
+    """argparse type for --grace: a finite number of seconds, 0 (stop at once) or more."""
+    n = _seconds(text)
+    if not n >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, got {text}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if n != n or n in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text}")
+    return n
+
+
 def dumps(obj: Any) -> str:
     """The one JSON rendering of decisions: byte-identical for identical decisions."""
     return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"

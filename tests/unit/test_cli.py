@@ -128,3 +128,18 @@ def test_docs_out_must_be_a_directory(tmp_path: Path) -> None:
     r = run("docs", "--pathways", str(FIXTURES), "--out", str(afile))
     assert r.returncode == 2 and f"cannot write the pages to {afile}: it is a file, not a directory" in r.stderr
     assert "internal error" not in r.stderr and afile.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["call", "--timeout", "0", "x.json"], "argument --timeout: must be more than 0 seconds, got 0"),
+        (["call", "--timeout", "nan", "x.json"], "argument --timeout: expected a finite number of seconds, got nan"),
+        (["call", "--timeout", "soon", "x.json"], "argument --timeout: expected a number of seconds, got 'soon'"),
+        (["serve", "--grace", "-5"], "argument --grace: must be 0 seconds or more, got -5"),
+        (["serve", "--grace", "inf"], "argument --grace: expected a finite number of seconds, got inf"),
+    ],
+)
+def test_durations_must_make_sense(argv: list[str], message: str) -> None:
+    r = run(*argv)
+    assert r.returncode == 2 and message in r.stderr

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from carepath.cli import command, dumps, read_case, worker_count
+from carepath.cli import command, dumps, grace_seconds, read_case, seconds, worker_count
 
 
 def _serve_setup(p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
         help="worker processes, each with its own engine (default: one per core)",
     )
     p.add_argument("--watch", action="store_true", help="reload when a pathway file changes (SIGHUP always reloads)")
-    p.add_argument("--grace", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM (default 30)")
+    p.add_argument("--grace", type=grace_seconds, default=30.0, help="seconds to drain in-flight requests on SIGTERM (default 30)")
 
 
 @command("serve", _serve_setup)
@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _call_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of a carepath server (default 127.0.0.1:50051)")
     p.add_argument("--pathway", action="append", dest="pathway_ids", metavar="ID", help="only these pathways (repeatable)")
-    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
+    p.add_argument("--timeout", type=seconds, default=10.0, help="deadline in seconds (default 10)")
     p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, or - for stdin")
 
 
