@@ -41,27 +41,23 @@ def worker_count(text: str) -> int:
 
 def seconds(text: str) -> float:
     """argparse type for a deadline (--timeout): a finite number of seconds, more than 0."""
-    n = _seconds(text)
-    if not n > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
-    return n
+    return _seconds(text, zero=False)
 
 
 def grace_seconds(text: str) -> float:
     """argparse type for --grace: a finite number of seconds, 0 (stop at once) or more."""
-    n = _seconds(text)
-    if not n >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, got {text}")
-    return n
+    return _seconds(text, zero=True)
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, zero: bool) -> float:
     try:
         n = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if n != n or n in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text}")
+    if n < 0 or (n == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"must be {'0 seconds or more' if zero else 'more than 0 seconds'}, got {text}")
     return n
 
 

@@ -95,13 +95,15 @@ class _Rec:
         reason: str,
         citation: str,
         values: Values | dict[str, object],
+        label: str,
+        key: str,
     ) -> None:
         self.body, self.kind, self.order, self.priority = body, kind, order, priority
         self.rule, self.reason, self.citation, self.values = rule, reason, citation, values
         self.rules: list[str] = []
         self.reasons: list[str] = []
-        self.label = ""  # the body in a few words, for suppression notes
-        self.key = ""  # what makes two recommendations duplicates (lang_key)
+        self.label = label  # the body in a few words, for suppression notes
+        self.key = key  # what makes two recommendations duplicates (lang_key)
 
 
 MEMO_LIMIT = 1024  # per rule: bounded memory whatever the cohort (about 0.4 KB an entry)
@@ -179,9 +181,7 @@ def decide(
             order = (p_index, cr.index)
             for body, kind, label, key in prep.bodies:
                 kinds.add(kind)
-                rec = _Rec(body, kind, order, cr.rule.priority, rid, reason, citation, vals)
-                rec.label, rec.key = label, key
-                recs.append(rec)
+                recs.append(_Rec(body, kind, order, cr.rule.priority, rid, reason, citation, vals, label, key))
 
     def suppress(r: _Rec, why: str) -> None:
         notes.setdefault(r.rule, []).append(f"{r.label}: {why}")

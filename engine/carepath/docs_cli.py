@@ -25,7 +25,7 @@ def _docs(args: argparse.Namespace) -> int:
         raise CarepathError(f"cannot write the pages to {args.out}: it is a file, not a directory")
     try:
         written = write_docs(engine.pathways, args.out)
-    except OSError as exc:  # --out names a file, or a place that cannot be written
+    except OSError as exc:  # a place that cannot be written
         raise CarepathError(f"cannot write the pages to {args.out}: {exc.strerror or exc}") from None
     for path in written:
         print(path)

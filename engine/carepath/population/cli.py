@@ -40,9 +40,7 @@ def _synth(args: argparse.Namespace) -> int:
     if diags:
         raise PathwayError(diags)
     exams = exams_known({code for p in checked for code in p.vocab.observations})
-    target = OutputFile(args.out) if args.out else None
-    out: IO[bytes] = target.stream if target else sys.stdout.buffer
-    try:
+    with OutputFile(args.out) as out:
         buf: list[str] = []
         for line in synth_lines(args.n, args.seed, args.as_of or DEFAULT_AS_OF, exams):
             buf.append(line)
@@ -50,30 +48,28 @@ def _synth(args: argparse.Namespace) -> int:
                 out.write("".join(buf).encode())
                 buf.clear()
         out.write("".join(buf).encode())
-        out.flush()
-    except BaseException:
-        if target:
-            target.discard()
-        raise
-    if target:
-        target.commit()
     return 0
 
 
 class OutputFile:
-    """Output written beside its target and moved over it when the run ends (finished or stopped
-    with Ctrl-C: what was done), so a run that fails (pathways that do not load, a scheduler out of
-    reach) leaves an earlier file of the same name as it was. A target that is not a regular file
-    (/dev/stdout, a pipe) is written directly."""
+    """Where a command's output goes, as a context manager: stdout (no path), or a file written
+    beside its target and moved over it when the block ends without an error, so a run that fails
+    (pathways that do not load, a scheduler out of reach) leaves an earlier file of the same name as
+    it was. ``keep_on_interrupt``: Ctrl-C also moves what was written into place. A target that is
+    not a regular file (/dev/stdout, a pipe) is written directly."""
 
-    def __init__(self, path: str) -> None:
-        self.target = Path(path)
+    def __init__(self, path: str | None, keep_on_interrupt: bool = False) -> None:
+        self.keep_on_interrupt = keep_on_interrupt
         self.temp: Path | None = None
+        self.target = Path(path) if path else None
+        if self.target is None:
+            self.stream: IO[bytes] = sys.stdout.buffer
+            return
         try:
             if self.target.exists() and not self.target.is_file():
                 if self.target.is_dir():
                     raise CarepathError(f"cannot write {path}: it is a directory")
-                self.stream: IO[bytes] = open(self.target, "wb")
+                self.stream = open(self.target, "wb")
                 return
             fd, temp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent)
         except OSError as exc:
@@ -84,7 +80,19 @@ class OutputFile:
         self.temp = Path(temp)
         self.stream = os.fdopen(fd, "wb")
 
-    def commit(self) -> None:
+    def __enter__(self) -> IO[bytes]:
+        return self.stream
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if kind is None or (self.keep_on_interrupt and issubclass(kind, KeyboardInterrupt)):
+            self._commit()
+        else:
+            self._discard()
+
+    def _commit(self) -> None:
+        if self.target is None:
+            self.stream.flush()
+            return
         self.stream.close()
         if self.temp is not None:
             try:
@@ -92,7 +100,9 @@ class OutputFile:
             except OSError as exc:
                 raise CarepathError(f"cannot write {self.target}: {exc.strerror or exc}; the output is in {self.temp}") from None
 
-    def discard(self) -> None:
+    def _discard(self) -> None:
+        if self.target is None:
+            return
         self.stream.close()
         if self.temp is not None:
             self.temp.unlink(missing_ok=True)
@@ -123,35 +133,20 @@ def _batch(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CarepathError(f"cannot read {args.cohort}: {exc.strerror}") from None
         total = os.fstat(src.fileno()).st_size
-    try:
-        out = OutputFile(args.out) if args.out else None
-    except CarepathError:
-        if src is not sys.stdin.buffer:
-            src.close()
-        raise
     progress = Progress(sys.stderr, total, sys.stderr.isatty())
     try:
-        stats = run_batch(
-            src,
-            out.stream if out else sys.stdout.buffer,
-            workers=args.workers,
-            pathways=args.pathways,
-            backend=args.backend,
-            scheduler=args.scheduler,
-            chunk_lines=args.chunk,
-            progress=progress,
-        )
-    except KeyboardInterrupt:  # stopped outside batch's own Ctrl-C handling: keep what was written
-        if out:
-            out.commit()
-        raise
-    except BaseException:
-        if out:
-            out.discard()
-        raise
-    else:
-        if out:
-            out.commit()
+        # Ctrl-C outside batch's own handling of it: keep what was written, as batch does
+        with OutputFile(args.out, keep_on_interrupt=True) as out:
+            stats = run_batch(
+                src,
+                out,
+                workers=args.workers,
+                pathways=args.pathways,
+                backend=args.backend,
+                scheduler=args.scheduler,
+                chunk_lines=args.chunk,
+                progress=progress,
+            )
     finally:
         if src is not sys.stdin.buffer:
             src.close()
@@ -197,14 +192,6 @@ def _report(args: argparse.Namespace) -> int:
         text = render_html(summary, args.title)
     else:
         text = render_markdown(summary, args.title)
-    if args.out:
-        target = OutputFile(args.out)
-        try:
-            target.stream.write(text.encode())
-        except BaseException:
-            target.discard()
-            raise
-        target.commit()
-    else:
-        sys.stdout.write(text)
+    with OutputFile(args.out) as out:
+        out.write(text.encode())
     return 0
