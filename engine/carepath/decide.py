@@ -40,14 +40,14 @@ class Values(dict[str, object]):
     """The values a fired rule read, as a decision carries them: one object per combination of
     values (the memo's own, see read_rule), shared by every decision and recommendation that read
     the same, so it is read-only (copy it with dict() to change it). Copies and pickles are plain
-    dicts. ``wire`` caches its protobuf encodings for the service (carepath.service.convert), by
-    field tag."""
+    dicts. ``wire`` caches protobuf encodings for the service (carepath.service.convert): the
+    values by field tag, and a whole trace entry by (pathway, rule)."""
 
     __slots__ = ("wire",)
 
     def __init__(self, items: dict[str, object]) -> None:
         super().__init__(items)
-        self.wire: dict[bytes, bytes] = {}
+        self.wire: dict[object, bytes] = {}
 
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("a decision's values are shared and read-only: copy them with dict(values) to change them")

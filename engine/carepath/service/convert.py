@@ -489,36 +489,60 @@ def _decision_bytes(d: Mapping[str, Any]) -> bytes:
         tag = _DETAIL_TAGS[kind]
         if not _REC_NEEDED <= r.keys() <= _REC_ALLOWED[kind]:
             raise _Unexpected
+        values, rules, rule = r["values"], r["rules"], r["rule"]
+        key = None
+        if type(values) is Values and type(rules) is list and len(rules) == 1 and rules[0] == rule:
+            # one rule's recommendation: a function of its fields and the shared values, kept on them
+            key = (kind, rule, r["reason"], r["citation"], *[(type(v := r.get(n, _ABSENT)), v) for n in _DETAIL_FIELDS[kind]])
+            entry = values.wire.get(key)
+            if entry is not None:
+                parts.append(entry)
+                continue
         body = b"".join(
             (
                 _sub(tag, _detail(kind, r)),
-                _const(b"\x32", r["rule"]),
-                _strings(b"\x3a", r["rules"], const=True),
+                _const(b"\x32", rule),
+                _strings(b"\x3a", rules, const=True),
                 _opt(b"\x42", r["reason"]),
                 _const(b"\x4a", r["citation"]),
-                _values(b"\x52", r["values"]),
+                _values(b"\x52", values),
             )
         )
-        parts.append(_sub(b"\x22", body))
+        entry = _sub(b"\x22", body)
+        if key is not None:
+            values.wire[key] = entry
+        parts.append(entry)
     trace = d["trace"]
     if type(trace) is not list:
         raise _Unexpected
     for t in trace:
         if type(t) is not dict or not _TRACE_NEEDED <= t.keys() <= _TRACE_ALLOWED:
             raise _Unexpected
-        head = _TRACE_HEADS.get((t["pathway"], t["rule"]))
+        where = (t["pathway"], t["rule"])
+        values = t["values"]
+        plain = len(t) == 3 and type(values) is Values
+        if plain:  # the whole entry is a function of where it is and the shared values: kept on them
+            entry = values.wire.get(where)
+            if entry is not None:
+                parts.append(entry)
+                continue
+        head = _TRACE_HEADS.get(where)
         if head is None:
             head = _opt(b"\x0a", t["pathway"]) + _opt(b"\x12", t["rule"])
             if len(_TRACE_HEADS) < _MEMO_MAX:
-                _TRACE_HEADS[(t["pathway"], t["rule"])] = head
-        body = head + _values(b"\x1a", t["values"])
+                _TRACE_HEADS[where] = head
+        body = head + _values(b"\x1a", values)
         if "suppressed" in t:
-            body += _strings(b"\x22", t["suppressed"])
-        parts.append(_sub(b"\x2a", body))
+            body += _strings(b"\x22", t["suppressed"], const=True)  # notes are made of the pathways' words
+        entry = _sub(b"\x2a", body)
+        if plain:
+            values.wire[where] = entry
+        parts.append(entry)
     return b"".join(parts)
 
 
 _TRACE_HEADS: dict[tuple[str, str], bytes] = {}  # a trace entry's pathway and rule, encoded (from the pathways)
+_ABSENT = object()  # a detail field left out (not the same recommendation as one set to None)
 
 
 def evaluate_response_bytes(request_id: str, d: Mapping[str, Any]) -> bytes:
