@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,15 @@ def worker_count(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
+
+
+def iso_date(text: str) -> date:
+    """argparse type for a date option (--as-of): YYYY-MM-DD, and a day the calendar has."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        why = f" ({exc})" if "range" in str(exc) else ""
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}{why}") from None
 
 
 def seconds(text: str) -> float:

@@ -105,6 +105,19 @@ def test_workers_must_be_a_positive_count(command: str, value: str, message: str
     assert f"argument --workers: {message}" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("2026-02-30", "expected a date as YYYY-MM-DD, got '2026-02-30' (day is out of range for month)"),
+        ("2026-1-5", "expected a date as YYYY-MM-DD, got '2026-1-5'"),
+        ("tomorrow", "expected a date as YYYY-MM-DD, got 'tomorrow'"),
+    ],
+)
+def test_synth_as_of_must_be_a_calendar_date(value: str, message: str) -> None:
+    r = run("synth", "--n", "1", "--as-of", value)
+    assert r.returncode == 2 and f"argument --as-of: {message}" in r.stderr and "fromisoformat" not in r.stderr
+
+
 def test_an_oversized_case_file_is_refused_without_a_made_up_size(tmp_path: Path) -> None:
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"patient_id": "p", "pad": "x" * (3 << 20)}))  # 3 MiB; only the first MiB is read

@@ -6,18 +6,17 @@ import argparse
 import os
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 from typing import IO
 
-from ..cli import command, worker_count
+from ..cli import command, iso_date, worker_count
 from ..errors import CarepathError, PathwayError
 
 
 def _synth_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1000, help="number of cases (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
-    p.add_argument("--as-of", type=date.fromisoformat, default=None, metavar="DATE", help="decision date (default 2026-11-24)")
+    p.add_argument("--as-of", type=iso_date, default=None, metavar="DATE", help="decision date (default 2026-11-24)")
     p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
     p.add_argument(
         "--pathways",
