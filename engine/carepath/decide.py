@@ -41,7 +41,8 @@ class Values(dict[str, object]):
     values (the memo's own, see read_rule), shared by every decision and recommendation that read
     the same, so it is read-only (copy it with dict() to change it). Copies and pickles are plain
     dicts. ``wire`` caches protobuf encodings for the service (carepath.service.convert): the
-    values by field tag, and a whole trace entry by (pathway, rule)."""
+    values by field tag, a whole trace entry by (pathway, rule), and a whole recommendation made by
+    one rule by all of its other fields."""
 
     __slots__ = ("wire",)
 
