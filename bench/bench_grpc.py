@@ -158,7 +158,7 @@ async def stream(target: str, cases: list[dict[str, Any]], n: int, pid: int) -> 
 
 
 def case_set(cases: str, pathways: str) -> list[dict[str, Any]]:
-    """The unary payloads: examples/case.json, or the synthetic patients this pathway set accepts
+    """The cases sent: examples/case.json, or the synthetic patients this pathway set accepts
     (a smaller dictionary rejects some codes)."""
     if cases == "sample":
         return [SAMPLE]

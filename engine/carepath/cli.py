@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -64,7 +65,7 @@ def _seconds(text: str, zero: bool) -> float:
         n = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if n != n or n in (float("inf"), float("-inf")):
+    if not math.isfinite(n):
         raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text}")
     if n < 0 or (n == 0 and not zero):
         raise argparse.ArgumentTypeError(f"must be {'0 seconds or more' if zero else 'more than 0 seconds'}, got {text}")

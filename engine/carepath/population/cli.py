@@ -157,7 +157,8 @@ def _batch(args: argparse.Namespace) -> int:
     return 130 if stats.interrupted else 0
 
 
-REPORT_SUFFIXES = (".html", ".htm", ".md", ".markdown")
+HTML_SUFFIXES = (".html", ".htm")  # a page with charts; the other suffixes, and stdout, get Markdown
+REPORT_SUFFIXES = (*HTML_SUFFIXES, ".md", ".markdown")
 
 
 def _report_setup(p: argparse.ArgumentParser) -> None:
@@ -187,7 +188,7 @@ def _report(args: argparse.Namespace) -> int:
             f"{args.decisions} holds no carepath decisions (not one: line(s) {first}; a decision has pathways, "
             "recommendations and trace): give it what `carepath batch` wrote, not the cohort"
         )
-    if args.out and Path(args.out).suffix.lower() in (".html", ".htm"):
+    if args.out and Path(args.out).suffix.lower() in HTML_SUFFIXES:
         text = render_html(summary, args.title)
     else:
         text = render_markdown(summary, args.title)
