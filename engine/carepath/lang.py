@@ -236,11 +236,39 @@ def did_you_mean(name: str, options: object) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+# Bounds on one condition (the bundled pathways' largest: 60 nodes, 7 levels deep), so that the
+# parser and every later pass over the tree (nnf, compile, the reference evaluator) stay small
+# and never hit Python's recursion limit:
+MAX_NESTING = 32  # levels: parentheses and 'not' while parsing; and/or/not with definitions inlined
+MAX_NODES = 5_000  # and/or/not and comparisons, with each use of a definition counted in full
+
+
+def shape(e: Expr) -> tuple[int, int]:
+    """(nodes, depth) of a condition tree: depth counts and/or/not levels (a comparison alone is 0);
+    a shared sub-condition (an inlined definition) counts each time it is used. No recursion, and
+    linear in the distinct nodes."""
+    memo: dict[int, tuple[int, int]] = {}
+    stack: list[tuple[Expr, bool]] = [(e, False)]
+    while stack:
+        x, ready = stack.pop()
+        if id(x) in memo:
+            continue
+        kids: tuple[Expr, ...] = (x.item,) if isinstance(x, Not) else x.items if isinstance(x, (And, Or)) else ()
+        if kids and not ready:
+            stack.append((x, True))
+            stack.extend((k, False) for k in kids if id(k) not in memo)
+            continue
+        sub = [memo[id(k)] for k in kids]
+        memo[id(x)] = (1 + sum(n for n, _ in sub), 1 + max(d for _, d in sub) if sub else 0)
+    return memo[id(e)]
+
+
 class _Parser:
     def __init__(self, text: str, vocab: Vocabulary) -> None:
         self.text = text
         self.vocab = vocab
         self.pos = 0
+        self.level = 0  # parentheses and 'not' open at this point
         self.errors: list[NameError_] = []
         self._peeked: tuple[str, str, int, int] | None = None
 
@@ -305,10 +333,17 @@ class _Parser:
             items.append(self.parse_unary())
         return items[0] if len(items) == 1 else And(tuple(items), (start, self.pos))
 
+    def deeper(self, offset: int) -> None:
+        self.level += 1
+        if self.level > MAX_NESTING:
+            raise ParseError(offset, f"nested more than {MAX_NESTING} levels deep (parentheses and 'not'; the limit)")
+
     def parse_unary(self) -> Expr:
         if self.is_kw("not"):
             start = self.next()[2]
+            self.deeper(start)
             item = self.parse_unary()
+            self.level -= 1
             return Not(item, (start, self.pos))
         return self.parse_primary()
 
@@ -316,8 +351,10 @@ class _Parser:
         tok = self.peek()
         if tok[0] == "lp":
             self.next()
+            self.deeper(tok[2])
             expr = self.parse_or()
             self.expect("rp", "')'")
+            self.level -= 1
             return expr
         if tok[0] != "name" or tok[1] in KEYWORDS:
             found = repr(tok[1]) if tok[0] != "eof" else "the end"
@@ -492,6 +529,11 @@ def parse(text: str, vocab: Vocabulary) -> tuple[Expr, list[NameError_]]:
     """Parse a condition. Raises ParseError on bad syntax; returns name errors to report together."""
     p = _Parser(text, vocab)
     expr = p.parse()
+    nodes, depth = shape(expr)
+    if depth > MAX_NESTING:
+        raise ParseError(0, f"nested more than {MAX_NESTING} levels deep with its definitions inlined (and, or, not; the limit)")
+    if nodes > MAX_NODES:
+        raise ParseError(0, f"{nodes:,} terms with its definitions inlined; the limit is {MAX_NODES:,}")
     return expr, p.errors
 
 

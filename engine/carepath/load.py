@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -14,6 +15,10 @@ import yaml
 from .errors import Diagnostic, PathwayError
 
 YamlPath = tuple[str | int, ...]
+
+# Bounds on the work one file may ask for (a pathway is ~1,700 nodes, 6 levels deep):
+MAX_DEPTH = 64  # nesting levels, counted through aliases
+MAX_NODES = 50_000  # nodes, each alias counted as the nodes it repeats (an "alias bomb" is refused)
 
 
 def format_path(path: YamlPath) -> str:
@@ -68,6 +73,72 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_default)
 
 
+class _TooMuch(yaml.MarkedYAMLError):
+    """The file asks for more work than a pathway ever needs (or is not data Python can hold): where and why."""
+
+    def __init__(self, mark: Any, message: str) -> None:
+        super().__init__(problem=message, problem_mark=mark)
+        self.mark = mark
+        self.message = message
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that bounds nesting depth and alias expansion while composing, before anything
+    recursive or expanding (the constructor, _walk, pydantic, canonical_json) sees the nodes, and
+    refuses recursive aliases and unconvertible scalars (a 5,000-digit integer) with their position."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0  # of the node being composed, aliases expanded
+        self._peak = 0  # deepest level reached in the current subtree
+        self._nodes = 0  # nodes so far, aliases expanded
+        self._anchored: dict[int, tuple[int, int]] = {}  # id(anchored node) -> (nodes, height)
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)  # raises on an undefined alias
+            size = self._anchored.get(id(node))
+            if size is None:
+                raise _TooMuch(event.start_mark, f"alias *{event.anchor} is inside the node it names (a recursive structure)")
+            self._count(size[0], event.start_mark, f"alias *{event.anchor}")
+            if self._depth + size[1] > MAX_DEPTH:
+                raise _TooMuch(event.start_mark, f"alias *{event.anchor} nests the file more than {MAX_DEPTH} levels deep (the limit)")
+            self._peak = max(self._peak, self._depth + size[1])
+            return node
+        depth = self._depth + 1
+        if depth > MAX_DEPTH:
+            raise _TooMuch(event.start_mark, f"nested more than {MAX_DEPTH} levels deep (the limit)")
+        start, outer_peak = self._nodes, self._peak
+        self._count(1, event.start_mark, "this node")
+        self._depth = self._peak = depth
+        node = super().compose_node(parent, index)
+        if event.anchor is not None:
+            self._anchored[id(node)] = (self._nodes - start, self._peak - depth + 1)
+        self._depth, self._peak = depth - 1, max(outer_peak, self._peak)
+        return node
+
+    def _count(self, n: int, mark: Any, what: str) -> None:
+        self._nodes += n
+        if self._nodes > MAX_NODES:
+            raise _TooMuch(mark, f"{what} takes the file past {MAX_NODES:,} YAML nodes (the limit; aliases count as the nodes they repeat)")
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # int('9' * 5000), date(2026, 2, 30): say where
+            value = str(node.value)
+            shown = value if len(value) <= 40 else f"{value[:20]}...({len(value)} characters)"
+            raise _TooMuch(node.start_mark, f"cannot read {shown!r} as {node.tag.rsplit(':', 1)[-1]}: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    msg = str(exc)
+    if "integer string conversion" in msg:
+        return f"more than {sys.get_int_max_str_digits() or 4300} digits"
+    return msg
+
+
 def _walk(node: yaml.Node, path: YamlPath, loc: Located, errors: list[Diagnostic]) -> None:
     loc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.ScalarNode):
@@ -89,7 +160,7 @@ def _walk(node: yaml.Node, path: YamlPath, loc: Located, errors: list[Diagnostic
 def load_text(text: str, file: str) -> Located:
     """Parse YAML text; raise PathwayError with the position of a syntax error or duplicate key."""
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
             if node is None:
@@ -97,6 +168,9 @@ def load_text(text: str, file: str) -> Located:
             data = loader.construct_document(node)
         finally:
             loader.dispose()
+    except _TooMuch as exc:
+        line, col = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark else (1, 1)
+        raise PathwayError([Diagnostic(file, line, col, "", exc.message)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
