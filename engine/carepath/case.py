@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from datetime import date
 from typing import Annotated, Any, Literal
 
@@ -125,8 +126,9 @@ def parse_json(raw: bytes | str) -> Any:
         raise CaseError([FieldViolation("", f"case is {size} bytes; the limit is {MAX_CASE_BYTES} (1 MiB)")])
     try:  # orjson for speed; anything it refuses goes to the json module for the exact error message
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("depth limit"):  # json.loads would only hit the recursion limit
+            raise CaseError([FieldViolation("", _TOO_DEEP)]) from None
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         return json.loads(text, parse_constant=_reject_constant)
@@ -135,6 +137,14 @@ def parse_json(raw: bytes | str) -> Any:
     except json.JSONDecodeError as exc:
         msg = exc.msg.removesuffix(" at")  # "Invalid control character at": the position follows
         raise CaseError([FieldViolation("", f"case is not valid JSON: {msg} at line {exc.lineno} column {exc.colno}")]) from None
+    except RecursionError:  # nested less than orjson's limit but past Python's
+        raise CaseError([FieldViolation("", _TOO_DEEP)]) from None
+    except ValueError:  # int("9" * 5000): Python's limit on the digits of an integer
+        digits = sys.get_int_max_str_digits() or 4300
+        raise CaseError([FieldViolation("", f"case is not valid JSON: a number has more than {digits} digits")]) from None
+
+
+_TOO_DEEP = "case is not valid JSON: nested too deeply (a case is 3 levels deep)"
 
 
 def _reject_constant(name: str) -> Any:

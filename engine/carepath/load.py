@@ -157,6 +157,15 @@ def _walk(node: yaml.Node, path: YamlPath, loc: Located, errors: list[Diagnostic
             _walk(value_node, (*path, key), loc, errors)
 
 
+def safe_load(text: str) -> Any:
+    """yaml.safe_load within the same bounds as a pathway (for case files); yaml.YAMLError when refused."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_text(text: str, file: str) -> Located:
     """Parse YAML text; raise PathwayError with the position of a syntax error or duplicate key."""
     try:

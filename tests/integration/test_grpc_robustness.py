@@ -129,3 +129,21 @@ def test_validate_pathway_deep_condition_is_a_diagnostic(channel: grpc.Channel, 
     )
     found = [d for d in resp.diagnostics if d.path == "rules[6].when"]
     assert [d.message for d in found] == ["nested more than 32 levels deep (parentheses and 'not'; the limit)"]
+
+
+# ---------------------------------------------------------------- 2: hostile case JSON
+
+
+@pytest.mark.parametrize(("case_json", "message"), [(DEEP_JSON, TOO_DEEP), (BIG_INT, DIGITS)], ids=["deep", "digits"])
+def test_hostile_case_json_is_invalid_argument_unary_and_stream(channel: grpc.Channel, case_json: str, message: str) -> None:
+    err = failed(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id="h1", case_json=case_json))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == f"invalid case: {message}"
+    assert violations(err) == [("", message)]
+    results = stream(
+        channel, [ds.EvaluateStreamRequest(request_id=str(i), case_json=c) for i, c in enumerate([case_json, json.dumps(SAMPLE)])]
+    )
+    assert [r.request_id for r in results] == ["0", "1"]
+    assert results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [(v.field, v.description) for v in results[0].error.field_violations] == [("", message)]
+    assert results[1].decision.patient_id == "p-0001"

@@ -1,5 +1,5 @@
-"""Hostile pathways get a diagnostic naming the limit, never an internal error: YAML alias bombs,
-recursive aliases, deep nesting, huge integers, deep conditions."""
+"""Hostile input gets a diagnostic or a case error naming the limit, never an internal error:
+YAML alias bombs, recursive aliases, deep nesting, huge integers, deep conditions, deep case JSON."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from carepath import lang, load
+from carepath.case import parse_json
+from carepath.errors import CaseError
 from carepath.evaluate import Engine
+from carepath.population.batch import evaluate_lines
 from carepath.validate import load_vocabulary, validate_source
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pathways"
@@ -143,3 +146,56 @@ def test_cli_validate_reports_the_bomb_and_the_deep_condition(tmp_path: Path) ->
     assert f"{tmp_path / 'bomb.yaml'}:6:18: alias *a4 takes the file past 50,000 YAML nodes" in r.stderr
     assert "rules[6].when: nested more than 32 levels deep (parentheses and 'not'; the limit)" in r.stderr
     assert "internal error" not in r.stderr
+
+
+# ---------------------------------------------------------------- case JSON
+
+DEEP_JSON = "[" * 2000 + "]" * 2000
+BIG_INT = '{"age":' + "9" * 5000 + "}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (DEEP_JSON, "case is not valid JSON: nested too deeply (a case is 3 levels deep)"),
+        ("[" * 1000 + "NaN" + "]" * 1000, "case is not valid JSON: nested too deeply (a case is 3 levels deep)"),
+        (BIG_INT, "case is not valid JSON: a number has more than 4300 digits"),
+    ],
+    ids=["2000-deep", "1000-deep-then-bad", "5000-digits"],
+)
+def test_case_json_beyond_the_parsers_is_a_case_error(raw: str, message: str) -> None:
+    for form in (raw, raw.encode()):
+        with pytest.raises(CaseError) as info:
+            parse_json(form)
+        assert [(v.field, v.message) for v in info.value.violations] == [("", message)]
+
+
+def test_batch_records_hostile_lines_as_case_errors() -> None:
+    engine = Engine.from_directory(FIXTURES)
+    out, ok, bad = evaluate_lines(engine, [(1, DEEP_JSON.encode()), (2, BIG_INT.encode()), (3, CASE.replace("\n", "").encode())])
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert (ok, bad) == (1, 2)
+    too_deep = "case is not valid JSON: nested too deeply (a case is 3 levels deep)"
+    assert lines[0] == {"line": 1, "error": "case", "violations": [{"field": "", "message": too_deep}]}
+    digits = "case is not valid JSON: a number has more than 4300 digits"
+    assert lines[1] == {"line": 2, "error": "case", "violations": [{"field": "", "message": digits}]}
+    assert lines[2]["patient_id"] == "p-0001"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("deep.json", DEEP_JSON, "case error: case is not valid JSON: nested too deeply (a case is 3 levels deep)"),
+        ("big.json", BIG_INT, "case error: case is not valid JSON: a number has more than 4300 digits"),
+        ("deep.yaml", "[" * 900 + "]" * 900, "case error: case is not valid YAML: nested more than 64 levels deep (the limit)"),
+        ("bomb.yaml", alias_bomb(8), "case error: case is not valid YAML: alias *a4 takes the file past 50,000 YAML nodes"),
+    ],
+    ids=["deep-json", "big-int", "deep-yaml", "alias-bomb-yaml"],
+)
+def test_cli_evaluate_hostile_case_exits_2(tmp_path: Path, name: str, content: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    r = _cli("evaluate", "--pathways", str(FIXTURES), str(path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(message), r.stderr
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr
