@@ -57,4 +57,5 @@ class UnknownPathwayError(CarepathError):
     def __init__(self, pathway_id: str, known: list[str]) -> None:
         self.pathway_id = pathway_id
         self.known = known
-        super().__init__(f"unknown pathway {pathway_id!r} (loaded: {', '.join(known) or 'none'})")
+        shown = pathway_id if len(pathway_id) <= 64 else pathway_id[:63] + "…"  # never echo a 10,000-character id
+        super().__init__(f"unknown pathway {shown!r} (loaded: {', '.join(known) or 'none'})")

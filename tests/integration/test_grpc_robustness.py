@@ -147,3 +147,66 @@ def test_hostile_case_json_is_invalid_argument_unary_and_stream(channel: grpc.Ch
     assert results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert [(v.field, v.description) for v in results[0].error.field_violations] == [("", message)]
     assert results[1].decision.patient_id == "p-0001"
+
+
+# ---------------------------------------------------------------- 3: oversized error details
+
+
+def test_300_violations_are_capped_and_still_invalid_argument(channel: grpc.Channel) -> None:
+    case = dict(SAMPLE, conditions=["X"] * 300)
+    err = failed(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id="v300", case_json=json.dumps(case)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # not the client's RESOURCE_EXHAUSTED (metadata over 8 KiB)
+    assert err.details() == "invalid case: conditions[0]: 'X' is not an ICD-10 code (e.g. E11.9) (and 299 more)"
+    got = violations(err)
+    assert 40 <= len(got) <= 51
+    assert got[0] == ("conditions[0]", "'X' is not an ICD-10 code (e.g. E11.9)")
+    assert got[-1] == ("", f"and {300 - (len(got) - 1)} more violation(s), not shown")
+    assert trailer_bytes(err) < 6 * 1024
+    results = stream(channel, [ds.EvaluateStreamRequest(request_id="s300", case_json=json.dumps(case))])
+    assert [(v.field, v.description) for v in results[0].error.field_violations] == got
+
+
+def test_long_field_names_and_values_are_clipped(channel: grpc.Channel) -> None:
+    case = dict(SAMPLE, **{f"{'k' * 5000}{i}": 1 for i in range(60)})  # 60 unknown fields, each named by 5,000 characters
+    err = failed(channel, DECISION + "Evaluate", ds.EvaluateRequest(case_json=json.dumps(case)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    got = violations(err)
+    assert got[0] == ("k" * 127 + "…", "unknown field")
+    assert got[-1][0] == "" and got[-1][1].endswith("more violation(s), not shown")
+    assert len(err.details()) <= 512 and trailer_bytes(err) < 6 * 1024
+
+
+def test_unknown_pathway_id_of_10000_characters_is_not_found(channel: grpc.Channel) -> None:
+    err = failed(channel, DECISION + "Evaluate", ds.EvaluateRequest(case_json=json.dumps(SAMPLE), pathway_ids=["y" * 10000]))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert err.details() == f"unknown pathway '{'y' * 63}…' (loaded: mini_htn)"
+
+
+def test_get_pathway_with_a_100000_character_id_is_not_found(channel: grpc.Channel) -> None:
+    err = failed(channel, PATHWAY + "GetPathway", ps.GetPathwayRequest(id="x" * 100000))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert err.details() == f"unknown pathway '{'x' * 63}…' (loaded: mini_htn)"
+
+
+def test_request_id_over_128_characters_is_invalid_argument(server: Server, channel: grpc.Channel) -> None:
+    rid = "r" * 10000
+    err = failed(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id=rid, case_json=json.dumps(SAMPLE)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err) == [("request_id", "must be at most 128 characters (got 10000)")]
+    assert err.details() == "invalid case: request_id: must be at most 128 characters (got 10000)"
+    results = stream(channel, [ds.EvaluateStreamRequest(request_id=r, case_json=json.dumps(SAMPLE)) for r in (rid, "next")])
+    assert [(v.field, v.description) for v in results[0].error.field_violations] == [
+        ("request_id", "must be at most 128 characters (got 10000)")
+    ]
+    assert results[0].request_id == "r" * 128
+    assert results[1].request_id == "next" and results[1].decision.patient_id == "p-0001"
+    ok = call(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id="q" * 128, case_json=json.dumps(SAMPLE)), ds.EvaluateResponse)
+    assert ok.request_id == "q" * 128
+    time.sleep(0.2)  # the log lines are written every 20 ms
+    assert all(len(e["request_id"]) <= 128 for e in server.events("rpc"))
+
+
+def test_validate_pathway_file_name_over_256_characters_is_invalid_argument(channel: grpc.Channel) -> None:
+    err = failed(channel, PATHWAY + "ValidatePathway", ps.ValidatePathwayRequest(source="id: x\n", file="f" * 100000))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err) == [("file", "must be at most 256 characters (got 100000)")]

@@ -28,6 +28,7 @@ from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath._proto.v1 import pathway_service_pb2 as ps
 from carepath.service import status
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
+from carepath.service.worker import MAX_REQUEST_ID
 
 log = logging.getLogger("carepath.service")
 rpc_log = logging.getLogger("carepath.rpc")
@@ -36,6 +37,7 @@ DECISION = ds.DESCRIPTOR.services_by_name["DecisionService"].full_name
 PATHWAY = ps.DESCRIPTOR.services_by_name["PathwayService"].full_name
 MAX_MESSAGE = 4 * 1024 * 1024  # a case is at most 1 MiB of JSON; anything larger is refused by gRPC
 MAX_DEADLINE = 60.0  # a call without a deadline gets this one
+MAX_FILE_NAME = 256  # characters of ValidatePathwayRequest.file (echoed in every diagnostic)
 STREAM_WINDOW = 128  # cases of one stream read and not yet answered
 LOG_EVERY = 0.02  # seconds the per-request log lines may wait to be written together
 STREAM_BATCH = 16  # at most this many cases of a stream in one worker round trip
@@ -91,9 +93,10 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float:
 
 def _request_id(raw: bytes) -> str:
     try:
-        return ds.EvaluateRequest.FromString(raw).request_id or uuid.uuid4().hex[:16]
+        rid = ds.EvaluateRequest.FromString(raw).request_id
     except Exception:
-        return uuid.uuid4().hex[:16]
+        rid = ""
+    return rid[:MAX_REQUEST_ID] if rid else uuid.uuid4().hex[:16]
 
 
 class DecisionServicer:
@@ -273,13 +276,17 @@ class PathwayServicer:
                 return ps.GetPathwayResponse(pathway=_pathway(info, source=True))
         known = ", ".join(i["id"] for i in self._serving()) or "none"
         log_rpc("GetPathway", "", grpc.StatusCode.NOT_FOUND, t0)
-        await self._abort(context, status.not_found(f"unknown pathway {request.id!r} (loaded: {known})"))
+        await self._abort(context, status.not_found(f"unknown pathway {status.clip(request.id, 64)!r} (loaded: {known})"))
         raise AssertionError("unreachable")
 
     async def validate_pathway(
         self, request: ps.ValidatePathwayRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ps.ValidatePathwayResponse:
         t0 = time.perf_counter()
+        if len(request.file) > MAX_FILE_NAME:
+            why = f"must be at most {MAX_FILE_NAME} characters (got {len(request.file)})"
+            log_rpc("ValidatePathway", "", grpc.StatusCode.INVALID_ARGUMENT, t0)
+            await self._abort(context, status.Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: file: {why}", (("file", why),)))
         try:
             reply = await self.pool.call("validate", (request.source, request.file or "<source>"), _deadline(context))
         except PoolError as exc:

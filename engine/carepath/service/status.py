@@ -22,8 +22,9 @@ class Failure:
     violations: tuple[tuple[str, str], ...] = ()
 
     def rich(self) -> grpc.Status:
-        """The status with google.rpc.BadRequest field violations in its details."""
-        st = status_pb2.Status(code=self.code.value[0], message=self.message)
+        """The status with google.rpc.BadRequest field violations in its details (the trailer stays
+        under TRAILER_BUDGET: the violations were capped by carried(), the message is capped here)."""
+        st = status_pb2.Status(code=self.code.value[0], message=clip_bytes(self.message, MAX_MESSAGE_BYTES))
         if self.violations:
             detail = any_pb2.Any()
             detail.Pack(
@@ -37,16 +38,60 @@ class Failure:
     def stream_error(self) -> ds.EvaluateError:
         return ds.EvaluateError(
             code=self.code.value[0],
-            message=self.message,
+            message=clip_bytes(self.message, MAX_MESSAGE_BYTES),
             field_violations=[ds.FieldViolation(field=f, description=m) for f, m in self.violations],
         )
 
 
+# A client refuses response metadata over 8 KiB (grpc.max_metadata_size; "received metadata size
+# exceeds soft limit" -> RESOURCE_EXHAUSTED, and the real status is lost). The trailer carries the
+# message percent-encoded (up to 3 bytes per byte) and the details base64-encoded (4 per 3 bytes):
+# 512 -> at most 1,536 bytes, 3,072 -> 4,096 bytes; with the rest of the trailer, under 6 KiB.
+MAX_MESSAGE_BYTES = 512  # UTF-8 bytes of a status message
+MAX_VIOLATIONS = 50  # field violations carried; the rest are counted in one last violation
+MAX_FIELD = 128  # characters of a field path carried
+MAX_DESCRIPTION = 256  # characters of a violation's description carried
+DETAILS_BUDGET = 3072  # bytes of the serialised field violations (the "N more" one included)
+
+
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters: a longer text is cut and ends with '…'."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clip_bytes(text: str, limit: int) -> str:
+    """At most ``limit`` bytes of UTF-8 (cut on a character boundary, ending with '…')."""
+    if len(text) <= limit // 4:  # short enough whatever its characters
+        return text
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "…"
+
+
+def carried(violations: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The violations a status carries: the first MAX_VIOLATIONS that fit DETAILS_BUDGET, each
+    clipped, and then one saying how many more there were."""
+    out: list[tuple[str, str]] = []
+    used = 64  # room for the last one ("and N more ...")
+    for field, message in violations[:MAX_VIOLATIONS]:
+        f, m = clip(field, MAX_FIELD), clip(message, MAX_DESCRIPTION)
+        size = len(f.encode()) + len(m.encode()) + 10  # + tags and lengths
+        if used + size > DETAILS_BUDGET:
+            break
+        out.append((f, m))
+        used += size
+    if len(out) < len(violations):
+        out.append(("", f"and {len(violations) - len(out)} more violation(s), not shown"))
+    return tuple(out)
+
+
 def case_failure(violations: Sequence[tuple[str, str]]) -> Failure:
-    first = violations[0] if violations else ("", "invalid case")
+    shown = carried(violations)
+    first = shown[0] if shown else ("", "invalid case")
     where = f"{first[0]}: " if first[0] else ""
     more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
-    return Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid case: {where}{first[1]}{more}", tuple(violations))
+    return Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid case: {where}{first[1]}{more}", shown)
 
 
 def from_reply(reply: pool.Reply, request_id: str) -> Failure | None:

@@ -35,6 +35,7 @@ from carepath.validate import find_dictionary, load_vocabulary, pathway_files, v
 # statuses a worker replies with (mapped to gRPC codes in carepath.service.status)
 OK, CASE_ERROR, NOT_FOUND, DEADLINE, INTERNAL, READY, FAILED = "ok", "case_error", "not_found", "deadline", "internal", "ready", "failed"
 BATCH = "batch"  # the reply to a batch job: its payload holds one (status, payload, meta) per case
+MAX_REQUEST_ID = 128  # characters; a longer request_id is refused (it is echoed in replies, statuses and logs)
 LATE: tuple[str, Any, tuple[str, str | None]] = (DEADLINE, "deadline exceeded before the case was evaluated", ("", None))
 
 
@@ -82,6 +83,9 @@ class Worker:
         except DecodeError:
             return CASE_ERROR, [("", "the request is not a valid carepath.v1.EvaluateRequest")], ("", None)
         rid = req.request_id or uuid.uuid4().hex[:16]
+        if len(rid) > MAX_REQUEST_ID:
+            why = f"must be at most {MAX_REQUEST_ID} characters (got {len(rid)})"
+            return CASE_ERROR, [("request_id", why)], (rid[:MAX_REQUEST_ID], None)
         which = req.WhichOneof("input")
         patient: str | None = None
         try:
