@@ -49,11 +49,13 @@ def scenario_cases() -> list[tuple[str, Any]]:
 class Server:
     """`carepath serve` in a subprocess; stderr (the JSON log) goes to a file."""
 
-    def __init__(self, tmp: Path, pathways: Path = FIXTURES, workers: int = 2, *extra: str) -> None:
+    def __init__(self, tmp: Path, pathways: Path = FIXTURES, workers: int = 2, *extra: str, setup: str = "") -> None:
+        """``setup``: Python run in the server process before `carepath serve` (e.g. to lower a module constant)."""
         self.log_path = tmp / f"serve-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        cmd = [*CARE, "serve", "--port", "0", "--pathways", str(pathways), "--workers", str(workers), *extra]
+        care = [sys.executable, "-c", f"{setup}\n{CARE[2]}"] if setup else CARE
+        cmd = [*care, "serve", "--port", "0", "--pathways", str(pathways), "--workers", str(workers), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=ROOT)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()

@@ -9,6 +9,7 @@ import json
 import time
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,6 +20,7 @@ from grpc_status import rpc_status
 
 from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath._proto.v1 import pathway_service_pb2 as ps
+from carepath.client import CarepathClient
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -210,3 +212,35 @@ def test_validate_pathway_file_name_over_256_characters_is_invalid_argument(chan
     err = failed(channel, PATHWAY + "ValidatePathway", ps.ValidatePathwayRequest(source="id: x\n", file="f" * 100000))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(err) == [("file", "must be at most 256 characters (got 100000)")]
+
+
+# ---------------------------------------------------------------- 4: a stream outlives the per-batch cap
+
+
+def test_stream_outlives_the_per_batch_deadline_cap(tmp_path: Path) -> None:
+    """MAX_DEADLINE lowered to 1 s in the server: a stream lasting 3 s, with a 60 s deadline of its
+    own, gets every case answered (before the fix, every case after the first second failed)."""
+    s = Server(tmp_path, FIXTURES, 1, setup="import carepath.service.server as server; server.MAX_DEADLINE = 1.0")
+    s.wait_serving()
+    try:
+
+        def slow() -> Iterator[ds.EvaluateStreamRequest]:
+            for i in range(4):
+                yield ds.EvaluateStreamRequest(request_id=str(i), case_json=json.dumps(SAMPLE))
+                time.sleep(1.0)
+
+        with grpc.insecure_channel(s.target) as ch:
+            t0 = time.monotonic()
+            results = stream(ch, slow(), timeout=60)
+            assert time.monotonic() - t0 > 3
+            assert [(r.request_id, r.WhichOneof("result")) for r in results] == [(str(i), "decision") for i in range(4)]
+            with CarepathClient(s.target) as c:  # no deadline from the caller: the stream still lasts
+                fn = ch.stream_stream(
+                    DECISION + "EvaluateStream",
+                    request_serializer=ds.EvaluateStreamRequest.SerializeToString,
+                    response_deserializer=ds.EvaluateStreamResponse.FromString,
+                )
+                assert [r.WhichOneof("result") for r in fn(slow())] == ["decision"] * 4
+                assert c.evaluate(SAMPLE)["patient_id"] == "p-0001"
+    finally:
+        assert s.stop() == 0

@@ -1,11 +1,21 @@
-"""The service's pure bounds: what an error status may carry (the gRPC behaviour is in
-tests/integration/test_grpc_robustness.py)."""
+"""The service's pure bounds: deadlines of unary calls and of a stream's batches, and what an error
+status may carry (the gRPC behaviour is in tests/integration/test_grpc_robustness.py)."""
 
 from __future__ import annotations
 
 import grpc
 
-from carepath.service import status
+from carepath.service import server, status
+
+
+def test_a_batch_gets_at_most_max_deadline_and_never_passes_the_stream_end() -> None:
+    now = 1000.0
+    assert server.batch_deadline(None, now) == now + server.MAX_DEADLINE  # no deadline from the caller
+    assert server.batch_deadline(now + 300, now) == now + server.MAX_DEADLINE  # timeout=300: this batch gets 60 s
+    assert server.batch_deadline(now + 5, now) == now + 5  # the caller's deadline comes first
+    later = now + 250  # the same stream, 250 s on: its batches still get their time
+    assert server.batch_deadline(now + 300, later) == now + 300
+    assert server.batch_deadline(None, later) == later + server.MAX_DEADLINE
 
 
 def test_carried_violations_are_capped_in_number_length_and_bytes() -> None:

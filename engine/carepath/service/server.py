@@ -36,7 +36,7 @@ rpc_log = logging.getLogger("carepath.rpc")
 DECISION = ds.DESCRIPTOR.services_by_name["DecisionService"].full_name
 PATHWAY = ps.DESCRIPTOR.services_by_name["PathwayService"].full_name
 MAX_MESSAGE = 4 * 1024 * 1024  # a case is at most 1 MiB of JSON; anything larger is refused by gRPC
-MAX_DEADLINE = 60.0  # a call without a deadline gets this one
+MAX_DEADLINE = 60.0  # at most this long for a unary call, or for one batch of a stream's cases
 MAX_FILE_NAME = 256  # characters of ValidatePathwayRequest.file (echoed in every diagnostic)
 STREAM_WINDOW = 128  # cases of one stream read and not yet answered
 LOG_EVERY = 0.02  # seconds the per-request log lines may wait to be written together
@@ -87,8 +87,22 @@ def log_rpc(method: str, request_id: str, code: grpc.StatusCode, t0: float, pati
 
 
 def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    """A unary call's: the caller's deadline, and at most MAX_DEADLINE from now."""
     left = context.time_remaining()
     return time.monotonic() + (MAX_DEADLINE if left is None else min(left, MAX_DEADLINE))
+
+
+def stream_end(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """A stream's end: the caller's deadline (time.monotonic), None without one. Not capped: a stream
+    may run for hours; each of its batches is bounded by batch_deadline."""
+    left = context.time_remaining()
+    return None if left is None else time.monotonic() + left
+
+
+def batch_deadline(end: float | None, now: float) -> float:
+    """One batch of a stream's cases: at most MAX_DEADLINE from ``now``, never past the stream's end."""
+    cap = now + MAX_DEADLINE
+    return cap if end is None or end > cap else end
 
 
 def _request_id(raw: bytes) -> str:
@@ -153,8 +167,9 @@ class DecisionServicer:
         """Cases go to the workers in batches (one job, one reply): while fewer batches than workers
         are out, the waiting cases go at once; a second batch per worker goes when STREAM_BATCH
         cases are waiting (or the stream ended); otherwise they wait for a batch to come back.
-        Results are yielded in request order, each on its own."""
-        deadline = _deadline(context)
+        Results are yielded in request order, each on its own. The stream lasts as long as the caller
+        lets it (its deadline, if any); each batch has at most MAX_DEADLINE (batch_deadline)."""
+        end = stream_end(context)
         loop = asyncio.get_running_loop()
         Batch = tuple[list[bytes], list[float], asyncio.Task[list[Reply | PoolError]]]
         batches: asyncio.Queue[Batch | None] = asyncio.Queue()
@@ -173,7 +188,7 @@ class DecisionServicer:
                 raws, t0s = waiting[:STREAM_BATCH], started[:STREAM_BATCH]
                 del waiting[:STREAM_BATCH], started[:STREAM_BATCH]
                 out += 1
-                task = loop.create_task(self.pool.call_batch(raws, deadline))
+                task = loop.create_task(self.pool.call_batch(raws, batch_deadline(end, time.monotonic())))
                 task.add_done_callback(returned)
                 batches.put_nowait((raws, t0s, task))
             if ended and not waiting and not closed:
