@@ -214,6 +214,30 @@ def test_validate_pathway_file_name_over_256_characters_is_invalid_argument(chan
     assert violations(err) == [("file", "must be at most 256 characters (got 100000)")]
 
 
+# ---------------------------------------------------------------- 5: undecodable PathwayService requests
+
+
+@pytest.mark.parametrize(
+    ("method", "raw", "message"),
+    [
+        ("GetPathway", b"\xff\xff\xff", "the request is not a valid carepath.v1.GetPathwayRequest"),
+        ("ListPathways", b"\xff\xff\xff", "the request is not a valid carepath.v1.ListPathwaysRequest"),
+        ("ValidatePathway", b"\xff\xff\xff", "the request is not a valid carepath.v1.ValidatePathwayRequest"),
+        ("ValidatePathway", b"\x0a\x03\xff\xfe\xfd", "the request is not a valid carepath.v1.ValidatePathwayRequest"),  # source: bad UTF-8
+        ("GetPathway", b"\x0a\x02\xc3\x28", "the request is not a valid carepath.v1.GetPathwayRequest"),  # id: bad UTF-8
+    ],
+    ids=["get", "list", "validate", "validate-utf8", "get-utf8"],
+)
+def test_undecodable_pathway_request_is_invalid_argument(channel: grpc.Channel, method: str, raw: bytes, message: str) -> None:
+    err = failed(channel, PATHWAY + method, raw)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == message
+    assert violations(err) == [("", message)]
+    assert [p.id for p in call(channel, PATHWAY + "ListPathways", ps.ListPathwaysRequest(), ps.ListPathwaysResponse).pathways] == [
+        "mini_htn"
+    ]
+
+
 # ---------------------------------------------------------------- 4: a stream outlives the per-batch cap
 
 

@@ -17,10 +17,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import orjson
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -41,6 +42,7 @@ MAX_FILE_NAME = 256  # characters of ValidatePathwayRequest.file (echoed in ever
 STREAM_WINDOW = 128  # cases of one stream read and not yet answered
 LOG_EVERY = 0.02  # seconds the per-request log lines may wait to be written together
 STREAM_BATCH = 16  # at most this many cases of a stream in one worker round trip
+_Msg = TypeVar("_Msg", bound=Message)
 
 
 class _RpcLines:
@@ -267,6 +269,9 @@ def _pathway(info: dict[str, str], source: bool = False) -> ps.Pathway:
 
 
 class PathwayServicer:
+    """Requests arrive as bytes and are decoded here, so that an undecodable one is INVALID_ARGUMENT
+    (as DecisionService answers it), not UNKNOWN from grpc's deserializer."""
+
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
@@ -277,60 +282,67 @@ class PathwayServicer:
         rich = failure.rich()
         await context.abort(rich.code, rich.details, rich.trailing_metadata)
 
-    async def list_pathways(self, request: ps.ListPathwaysRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ps.ListPathwaysResponse:
+    async def _fail(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str, rid: str, t0: float, failure: status.Failure
+    ) -> NoReturn:
+        log_rpc(method, rid, failure.code, t0)
+        await self._abort(context, failure)
+        raise AssertionError("unreachable")  # abort raises
+
+    async def _decode(self, cls: type[_Msg], raw: bytes, context: grpc.aio.ServicerContext[Any, Any], method: str, t0: float) -> _Msg:
+        try:
+            return cls.FromString(raw)
+        except DecodeError:
+            why = f"the request is not a valid carepath.v1.{cls.DESCRIPTOR.name}"
+            await self._fail(context, method, "", t0, status.Failure(grpc.StatusCode.INVALID_ARGUMENT, why, (("", why),)))
+
+    async def list_pathways(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         t0 = time.perf_counter()
+        await self._decode(ps.ListPathwaysRequest, raw, context, "ListPathways", t0)
         out = ps.ListPathwaysResponse(pathways=[_pathway(i) for i in self._serving()])
         log_rpc("ListPathways", "", grpc.StatusCode.OK, t0)
-        return out
+        return out.SerializeToString()
 
-    async def get_pathway(self, request: ps.GetPathwayRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ps.GetPathwayResponse:
+    async def get_pathway(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         t0 = time.perf_counter()
+        request = await self._decode(ps.GetPathwayRequest, raw, context, "GetPathway", t0)
         for info in self._serving():
             if info["id"] == request.id:
                 log_rpc("GetPathway", "", grpc.StatusCode.OK, t0)
-                return ps.GetPathwayResponse(pathway=_pathway(info, source=True))
+                return ps.GetPathwayResponse(pathway=_pathway(info, source=True)).SerializeToString()
         known = ", ".join(i["id"] for i in self._serving()) or "none"
-        log_rpc("GetPathway", "", grpc.StatusCode.NOT_FOUND, t0)
-        await self._abort(context, status.not_found(f"unknown pathway {status.clip(request.id, 64)!r} (loaded: {known})"))
-        raise AssertionError("unreachable")
+        unknown = status.not_found(f"unknown pathway {status.clip(request.id, 64)!r} (loaded: {known})")
+        await self._fail(context, "GetPathway", "", t0, unknown)
 
-    async def validate_pathway(
-        self, request: ps.ValidatePathwayRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> ps.ValidatePathwayResponse:
+    async def validate_pathway(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         t0 = time.perf_counter()
+        request = await self._decode(ps.ValidatePathwayRequest, raw, context, "ValidatePathway", t0)
         if len(request.file) > MAX_FILE_NAME:
             why = f"must be at most {MAX_FILE_NAME} characters (got {len(request.file)})"
-            log_rpc("ValidatePathway", "", grpc.StatusCode.INVALID_ARGUMENT, t0)
-            await self._abort(context, status.Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: file: {why}", (("file", why),)))
+            bad_file = status.Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: file: {why}", (("file", why),))
+            await self._fail(context, "ValidatePathway", "", t0, bad_file)
         try:
             reply = await self.pool.call("validate", (request.source, request.file or "<source>"), _deadline(context))
         except PoolError as exc:
-            failure = status.from_exception(exc, "")
-            log_rpc("ValidatePathway", "", failure.code, t0)
-            await self._abort(context, failure)
-            raise AssertionError("unreachable") from None
+            await self._fail(context, "ValidatePathway", "", t0, status.from_exception(exc, ""))
         bad = status.from_reply(reply, "")
         if bad is not None:
-            log_rpc("ValidatePathway", "", bad.code, t0)
-            await self._abort(context, bad)
+            await self._fail(context, "ValidatePathway", "", t0, bad)
         result = reply.payload
         diags = [ps.Diagnostic(file=f, line=ln, col=c, path=p, message=m, text=t) for f, ln, c, p, m, t in result["diagnostics"]]
         resp = ps.ValidatePathwayResponse(valid=not diags, diagnostics=diags)
         if result["pathway"] is not None:
             resp.pathway.CopyFrom(_pathway(result["pathway"]))
         log_rpc("ValidatePathway", "", grpc.StatusCode.OK, t0)
-        return resp
+        return resp.SerializeToString()
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
-        def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler[Any, Any]:
-            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString)
-
         return grpc.method_handlers_generic_handler(
             PATHWAY,
             {
-                "ListPathways": unary(self.list_pathways, ps.ListPathwaysRequest, ps.ListPathwaysResponse),
-                "GetPathway": unary(self.get_pathway, ps.GetPathwayRequest, ps.GetPathwayResponse),
-                "ValidatePathway": unary(self.validate_pathway, ps.ValidatePathwayRequest, ps.ValidatePathwayResponse),
+                "ListPathways": grpc.unary_unary_rpc_method_handler(self.list_pathways),
+                "GetPathway": grpc.unary_unary_rpc_method_handler(self.get_pathway),
+                "ValidatePathway": grpc.unary_unary_rpc_method_handler(self.validate_pathway),
             },
         )
 
