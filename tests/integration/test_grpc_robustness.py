@@ -268,3 +268,36 @@ def test_stream_outlives_the_per_batch_deadline_cap(tmp_path: Path) -> None:
                 assert c.evaluate(SAMPLE)["patient_id"] == "p-0001"
     finally:
         assert s.stop() == 0
+
+
+# ---------------------------------------------------------------- 6: internal errors are traceable
+
+
+def test_internal_error_logs_its_request_id_with_the_traceback(tmp_path: Path) -> None:
+    """A real fault: the dictionary is broken after the workers started, so ValidatePathway (which
+    reads it on first use) fails inside the worker. The caller's request id is on the log line
+    that holds the traceback."""
+    pathways = tmp_path / "pathways"
+    pathways.mkdir()
+    for f in FIXTURES.glob("*.yaml"):
+        (pathways / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
+    s = Server(tmp_path, pathways, 1)
+    s.wait_serving()
+    try:
+        (pathways / "dictionary.yaml").write_text("observations: [\n", encoding="utf-8")
+        with grpc.insecure_channel(s.target) as ch:
+            err = failed(ch, PATHWAY + "ValidatePathway", ps.ValidatePathwayRequest(source="id: x\n"))
+        assert err.code() == grpc.StatusCode.INTERNAL
+        message = err.details()
+        assert message.startswith("internal error (request id ") and message.endswith(")")
+        rid = message.removeprefix("internal error (request id ").removesuffix(")")
+        assert len(rid) == 16
+        time.sleep(0.3)
+        errors = s.events("internal_error")
+        assert [(e["request_id"], e["method"]) for e in errors] == [(rid, "ValidatePathway")]
+        assert errors[0]["error"].startswith("PathwayError: ")
+        assert "Traceback (most recent call last)" in errors[0]["traceback"] and "load_vocabulary" in errors[0]["traceback"]
+        assert [e["status"] for e in s.events("rpc") if e["request_id"] == rid] == ["INTERNAL"]
+        assert "Traceback" not in "".join(ln for ln in s.log().splitlines() if not ln.startswith("{"))  # only inside JSON lines
+    finally:
+        assert s.stop() == 0

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -115,12 +116,19 @@ def _request_id(raw: bytes) -> str:
     return rid[:MAX_REQUEST_ID] if rid else uuid.uuid4().hex[:16]
 
 
+def _log_internal(method: str, request_id: str, exc: BaseException) -> None:
+    """A bug in the front end: one JSON line with the request id the caller got and the traceback."""
+    fields = {"event": "internal_error", "method": method, "request_id": request_id, "error": f"{type(exc).__name__}: {exc}"[:1000]}
+    fields["traceback"] = "".join(traceback.format_exception(exc))
+    log.error(json.dumps(fields))
+
+
 class DecisionServicer:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
     @staticmethod
-    def _outcome(raw: bytes, result: Reply | BaseException) -> tuple[Reply | None, status.Failure | None, str]:
+    def _outcome(raw: bytes, result: Reply | BaseException, method: str) -> tuple[Reply | None, status.Failure | None, str]:
         """A worker's reply (or the pool's exception) as (reply, failure, request id)."""
         if isinstance(result, Reply):
             rid = result.request_id or _request_id(raw)
@@ -128,7 +136,7 @@ class DecisionServicer:
         rid = _request_id(raw)
         if isinstance(result, PoolError):
             return None, status.from_exception(result, rid), rid
-        log.error("internal error, request id %s", rid, exc_info=result)
+        _log_internal(method, rid, result)
         return None, status.internal(rid), rid
 
     async def evaluate(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -141,7 +149,7 @@ class DecisionServicer:
             raise
         except Exception as exc:
             result = exc
-        reply, failure, rid = self._outcome(raw, result)
+        reply, failure, rid = self._outcome(raw, result, "Evaluate")
         patient = reply.patient_id if reply else None
         pset = reply.pathway_set if reply else 0
         if failure is not None:
@@ -154,7 +162,7 @@ class DecisionServicer:
         return payload
 
     def _stream_result(self, raw: bytes, result: Reply | BaseException, t0: float) -> bytes:
-        reply, failure, rid = self._outcome(raw, result)
+        reply, failure, rid = self._outcome(raw, result, "EvaluateStream")
         patient = reply.patient_id if reply else None
         pset = reply.pathway_set if reply else 0
         if failure is None:
@@ -317,23 +325,24 @@ class PathwayServicer:
     async def validate_pathway(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         t0 = time.perf_counter()
         request = await self._decode(ps.ValidatePathwayRequest, raw, context, "ValidatePathway", t0)
+        rid = uuid.uuid4().hex[:16]  # ValidatePathwayRequest has none: an internal error's log line is found by this one
         if len(request.file) > MAX_FILE_NAME:
             why = f"must be at most {MAX_FILE_NAME} characters (got {len(request.file)})"
             bad_file = status.Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: file: {why}", (("file", why),))
-            await self._fail(context, "ValidatePathway", "", t0, bad_file)
+            await self._fail(context, "ValidatePathway", rid, t0, bad_file)
         try:
-            reply = await self.pool.call("validate", (request.source, request.file or "<source>"), _deadline(context))
+            reply = await self.pool.call("validate", (request.source, request.file or "<source>", rid), _deadline(context))
         except PoolError as exc:
-            await self._fail(context, "ValidatePathway", "", t0, status.from_exception(exc, ""))
-        bad = status.from_reply(reply, "")
+            await self._fail(context, "ValidatePathway", rid, t0, status.from_exception(exc, rid))
+        bad = status.from_reply(reply, rid)
         if bad is not None:
-            await self._fail(context, "ValidatePathway", "", t0, bad)
+            await self._fail(context, "ValidatePathway", rid, t0, bad)
         result = reply.payload
         diags = [ps.Diagnostic(file=f, line=ln, col=c, path=p, message=m, text=t) for f, ln, c, p, m, t in result["diagnostics"]]
         resp = ps.ValidatePathwayResponse(valid=not diags, diagnostics=diags)
         if result["pathway"] is not None:
             resp.pathway.CopyFrom(_pathway(result["pathway"]))
-        log_rpc("ValidatePathway", "", grpc.StatusCode.OK, t0)
+        log_rpc("ValidatePathway", rid, grpc.StatusCode.OK, t0)
         return resp.SerializeToString()
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -483,7 +492,10 @@ class _JsonLines(logging.Formatter):
         msg = record.getMessage()
         if msg.startswith("{"):
             return msg
-        return json.dumps({"event": "log", "level": record.levelname, "message": msg})
+        fields = {"event": "log", "level": record.levelname, "message": msg}
+        if record.exc_info:  # the traceback as a field: still one line
+            fields["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(fields)
 
 
 def configure_logging(level: int = logging.INFO) -> None:

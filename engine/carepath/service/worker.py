@@ -3,13 +3,14 @@
 durable-rules is not thread-safe, so each worker owns its engine and runs a single thread.
 Messages are pickled tuples framed as multiprocessing.connection frames them (a 4-byte length):
   in:  (job_id, kind, payload, deadline)   kind "eval": EvaluateRequest bytes; "batch": a list of them;
-                                           "validate": (source, file)
+                                           "validate": (source, file, request id)
   out: (job_id, status, payload, meta)      job_id 0 is the start-up report: "ready" or "failed";
                                            a batch's payload is [(status, payload, meta), ...] in order
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -43,6 +44,16 @@ def _late(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() > deadline
 
 
+def log_internal(request_id: str, method: str, **more: Any) -> None:
+    """The exception being handled, as one JSON line on stderr (the service's log) with its request id
+    and the traceback as a field: the caller got that request id in an INTERNAL status."""
+    exc = sys.exc_info()[1]
+    fields = {"event": "internal_error", "method": method, "request_id": request_id, **more, "pid": os.getpid()}
+    fields["error"] = f"{type(exc).__name__}: {exc}"[:1000]
+    fields["traceback"] = traceback.format_exc()
+    print(json.dumps(fields), file=sys.stderr, flush=True)
+
+
 def pathway_info(engine: Engine) -> list[dict[str, str]]:
     return [
         {"id": p.id, "version": p.version, "sha256": p.sha256, "title": p.model.title, "file": p.file, "source": p.source}
@@ -62,27 +73,28 @@ class Worker:
         if _late(deadline):
             return LATE
         if kind == "eval":
-            return self.evaluate(payload)
+            return self.evaluate(payload, "Evaluate")
         if kind == "validate":
-            return OK, self.validate(*payload), ("", None)
+            source, file, rid = payload
+            try:
+                return OK, self.validate(source, file), (rid, None)
+            except Exception:
+                log_internal(rid, "ValidatePathway")
+                return INTERNAL, "internal error", (rid, None)
         raise ValueError(f"unknown job kind {kind!r}")
 
     def one(self, raw: bytes, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
         """One case of a batch: its own deadline check and its own error result."""
         if _late(deadline):
             return LATE
-        try:
-            return self.evaluate(raw)
-        except Exception:
-            print(f"carepath worker: internal error in a batch case:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-            return INTERNAL, "internal error", ("", None)
+        return self.evaluate(raw, "EvaluateStream")
 
-    def evaluate(self, payload: bytes) -> tuple[str, Any, tuple[str, str | None]]:
+    def evaluate(self, payload: bytes, method: str) -> tuple[str, Any, tuple[str, str | None]]:
         try:
             req = ds.EvaluateRequest.FromString(payload)
         except DecodeError:
             return CASE_ERROR, [("", "the request is not a valid carepath.v1.EvaluateRequest")], ("", None)
-        rid = req.request_id or uuid.uuid4().hex[:16]
+        rid = req.request_id or uuid.uuid4().hex[:16]  # made up here: the front end reports this one
         if len(rid) > MAX_REQUEST_ID:
             why = f"must be at most {MAX_REQUEST_ID} characters (got {len(rid)})"
             return CASE_ERROR, [("request_id", why)], (rid[:MAX_REQUEST_ID], None)
@@ -98,11 +110,14 @@ class Worker:
             if isinstance(data, dict) and isinstance(data.get("patient_id"), str):
                 patient = data["patient_id"][:128]
             decision = self.engine.evaluate(data, list(req.pathway_ids) or None)
+            return OK, evaluate_response_bytes(rid, decision), (rid, patient)
         except CaseError as exc:
             return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, patient)
         except UnknownPathwayError as exc:
             return NOT_FOUND, str(exc), (rid, patient)
-        return OK, evaluate_response_bytes(rid, decision), (rid, patient)
+        except Exception:  # a bug: logged with the request id the caller gets in the INTERNAL status
+            log_internal(rid, method)
+            return INTERNAL, "internal error", (rid, patient)
 
     def validate(self, source: str, file: str) -> dict[str, Any]:
         if self._vocab is None:
@@ -140,10 +155,9 @@ def main(conn: Connection, pathways: str | None) -> None:
         job_id, kind, payload, deadline = pickle.loads(raw)
         try:
             status, out, meta = worker.handle(kind, payload, deadline)
-        except Exception:
-            rid = ""
-            print(f"carepath worker: internal error in job {job_id}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-            status, out, meta = INTERNAL, "internal error", (rid, None)
+        except Exception:  # outside any one request (the requests log their own, with their ids)
+            log_internal("", kind, job=job_id)
+            status, out, meta = INTERNAL, "internal error", ("", None)
         try:
             sock.sendall(frame(pickle.dumps((job_id, status, out, meta), protocol=pickle.HIGHEST_PROTOCOL)))
         except OSError:
