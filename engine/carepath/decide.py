@@ -1,7 +1,9 @@
 """Assemble fired rules into one decision by the documented conflict policy.
 
 Policy, in order (README "Conflict policy"):
-1. Up-referrals only from ``community``, down-referrals only from ``hospital``.
+1. Up-referrals only from ``community``, down-referrals only from ``hospital``, and no
+   down-referral when any rule finds the patient unstable: an emergency or priority up-referral
+   criterion met (in hospital too), a drug to stop, or a critical alert.
 2. An emergency up-referral beats everything: it suppresses starting/titrating drugs,
    tests and every other referral (stop/avoid, alerts and the follow-up stay).
 3. At most one referral: the most urgent (emergency > priority > routine > down), then the
@@ -188,7 +190,7 @@ def decide(
         notes.setdefault(r.rule, []).append(f"{r.label}: {why}")
 
     if "referral" in kinds:
-        # 1. referral direction by setting
+        # 1. referral direction by setting; a down-referral only for a patient no rule finds unstable
         kept: list[_Rec] = []
         for r in recs:
             if r.kind == "referral":
@@ -199,6 +201,11 @@ def decide(
                 if d == "down" and case.setting != "hospital":
                     suppress(r, "down-referral is only made from hospital")
                     continue
+                if d == "down":
+                    unstable = next((u for u in recs if _unstable(u)), None)
+                    if unstable is not None:
+                        suppress(r, f"not stable: {unstable.label} ({unstable.rule})")
+                        continue
             kept.append(r)
         recs = kept
         # 2. emergency beats everything
@@ -296,6 +303,21 @@ def lang_key(body: dict[str, Any]) -> str:
     if kind == "referral":
         return "referral"
     return "follow_up"
+
+
+def _unstable(r: _Rec) -> bool:
+    """Does this recommendation say the patient is not stable enough to go down to community care?
+
+    An emergency or priority up-referral criterion (in hospital too, where the referral itself is
+    not made), a drug to stop, or a critical alert, from any pathway: brief A8.3, B8.4, C8.10 and
+    D1 (emergency > priority-up > routine-up > down). A routine up-referral (e.g. screening the
+    community cannot do) does not.
+    """
+    if r.kind == "referral":
+        return r.body["direction"] == "up" and r.body.get("urgency") in ("emergency", "priority")
+    if r.kind == "medication":
+        return bool(r.body["action"] == "stop")
+    return r.kind == "alert" and r.body.get("severity") == "critical"
 
 
 def describe_recommendation(r: Mapping[str, Any]) -> str:

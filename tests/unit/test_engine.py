@@ -280,3 +280,35 @@ def test_posting_into_every_ruleset_fires_the_same_rules() -> None:
         _, facts = bundled.prepare(json.loads(line))
         lean, full = bundled.fire(facts), bundled.fire(facts, every_ruleset=True)
         assert [(i, ks) for i, _, ks in lean] == [(i, ks) for i, _, ks in full]
+
+
+def test_down_referral_needs_every_pathway_to_find_the_patient_stable() -> None:
+    """Policy 1: a stop, a critical alert or an emergency/priority up-referral criterion from any
+    pathway keeps a hospital patient from being down-referred by another (brief A8.3, D1)."""
+    engine = Engine.from_directory(None)  # the bundled pathways
+    stable = case(
+        setting="hospital",
+        conditions=["I10", "F20.0"],
+        observations=[
+            {"code": "sbp", "value": 128, "unit": "mmHg", "date": "2026-11-24"},
+            {"code": "dbp", "value": 78, "unit": "mmHg", "date": "2026-11-24"},
+            {"code": "anc", "value": 0.3, "unit": "10^9/L", "date": "2026-11-24"},
+        ],
+        medications=[
+            {"atc": "C08CA01", "name": "amlodipine", "since": "2025-06-01"},
+            {"atc": "N05AH02", "name": "clozapine", "since": "2025-06-01"},
+        ],
+        smi_risk_grade=0,
+    )
+    decision = engine.evaluate(stable)
+    assert not [r for r in decision["recommendations"] if r["kind"] == "referral"]
+    notes = {t["rule"]: t.get("suppressed", []) for t in decision["trace"]}
+    assert (
+        "refer down (routine) to community GP team: not stable: stop clozapine (N05AH02) (smi.clozapine.anc_severe)"
+        in notes["htn.down.stable"]
+    )
+    # the same patient with a normal ANC goes down
+    fine = copy.deepcopy(stable)
+    fine["observations"][2]["value"] = 3.0
+    refs = [r for r in engine.evaluate(fine)["recommendations"] if r["kind"] == "referral"]
+    assert [(r["direction"], r["rule"]) for r in refs] == [("down", "htn.down.stable")]
