@@ -30,14 +30,21 @@ def command(name: str, setup: Callable[[argparse.ArgumentParser], None]) -> Call
     return deco
 
 
+def max_workers() -> int:
+    """The most worker processes --workers may ask for: 4 per core (more only thrash the machine)."""
+    return 4 * (os.cpu_count() or 1)
+
+
 def worker_count(text: str) -> int:
-    """argparse type for --workers: a whole number of processes, at least 1."""
+    """argparse type for --workers: a whole number of processes, at least 1 and at most max_workers()."""
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number of processes, got {text!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    if n > max_workers():
+        raise argparse.ArgumentTypeError(f"must be at most {max_workers()} (4 per core on this machine), got {n}")
     return n
 
 

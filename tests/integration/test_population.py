@@ -171,6 +171,22 @@ def test_a_failed_run_leaves_an_earlier_output_as_it_was(tmp_path: Path) -> None
         assert r.returncode == 2 and why in r.stderr and "internal error" not in r.stderr, r.stderr
 
 
+def test_batch_starts_no_more_workers_than_there_are_chunks(tmp_path: Path) -> None:
+    """--workers is a ceiling: a 40-line cohort is one chunk of work, so one worker process starts."""
+    import os
+
+    cohort = tmp_path / "cohort.jsonl"
+    cohort.write_text("".join(synth_lines(40, seed=5, exams=NO_EXAMS)), encoding="utf-8")
+    most = 4 * (os.cpu_count() or 1)
+    r = subprocess.run([*CLI, "batch", str(cohort), "--pathways", str(FIXTURES), "--workers", str(most)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 40 and r.stderr.rstrip().endswith(" cases/s, 1 worker"), r.stderr
+    r = subprocess.run(
+        [*CLI, "batch", str(cohort), "--pathways", str(FIXTURES), "--workers", "2", "--chunk", "10"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and r.stderr.rstrip().endswith(" cases/s, 2 workers"), r.stderr
+
+
 def test_an_unreachable_dask_scheduler_is_a_clear_error(tmp_path: Path) -> None:
     import os
 

@@ -156,3 +156,14 @@ def test_docs_out_must_be_a_directory(tmp_path: Path) -> None:
 def test_durations_must_make_sense(argv: list[str], message: str) -> None:
     r = run(*argv)
     assert r.returncode == 2 and message in r.stderr
+
+
+def test_workers_beyond_four_per_core_are_refused(tmp_path: Path) -> None:
+    import os
+
+    limit = 4 * (os.cpu_count() or 1)
+    for command in ("serve", "batch"):
+        extra = [str(tmp_path / "cohort.jsonl")] if command == "batch" else []
+        r = run(command, "--workers", str(limit + 1), *extra)
+        assert r.returncode == 2, r.stderr
+        assert f"argument --workers: must be at most {limit} (4 per core on this machine), got {limit + 1}" in r.stderr

@@ -13,6 +13,7 @@ One output line per non-blank input line: the decision, or an error record
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import signal
 import sys
@@ -211,6 +212,7 @@ class BatchStats:
     seconds: float = 0.0
     interrupted: bool = False
     lines_done: int = 0
+    workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -314,11 +316,23 @@ def run_batch(
     _check_pathways(pathways)
     progress = progress or Progress(sys.stderr, None, False)
     tell = _tell(source)
+    if backend not in ("local", "dask"):
+        raise ValueError(f"unknown backend {backend!r} (local or dask)")
+    chunk = chunk_lines or (CHUNK_LINES if backend == "local" else 4 * CHUNK_LINES)
+    chunks, workers = _fill(chunked(read_lines(source), chunk), workers)
     if backend == "local":
-        return _run_local(source, out, workers, pathways, chunk_lines or CHUNK_LINES, progress, tell)
-    if backend == "dask":
-        return _run_dask(source, out, workers, pathways, scheduler, chunk_lines or 4 * CHUNK_LINES, progress, tell)
-    raise ValueError(f"unknown backend {backend!r} (local or dask)")
+        stats = _run_local(chunks, out, workers, pathways, progress, tell)
+    else:
+        stats = _run_dask(chunks, out, workers, pathways, scheduler, progress, tell)
+    stats.workers = workers
+    return stats
+
+
+def _fill(chunks: Iterator[list[Line]], workers: int) -> tuple[Iterator[list[Line]], int]:
+    """Read ahead up to `workers` chunks so that no more workers start than there are chunks for
+    (a 40-line cohort needs one process, however many --workers asked for)."""
+    first = list(itertools.islice(chunks, workers))
+    return itertools.chain(first, chunks), max(1, min(workers, len(first)))
 
 
 def _check_pathways(pathways: str | None) -> None:
@@ -339,7 +353,7 @@ def _tell(source: IO[bytes]) -> Callable[[], int | None]:
 
 
 def _run_local(
-    source: IO[bytes], out: IO[bytes], workers: int, pathways: str | None, chunk: int, progress: Progress, tell: Callable[[], int | None]
+    chunks: Iterator[list[Line]], out: IO[bytes], workers: int, pathways: str | None, progress: Progress, tell: Callable[[], int | None]
 ) -> BatchStats:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -347,21 +361,18 @@ def _run_local(
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_local_worker, initargs=(pathways,))
     try:
-        stats = _drive(
-            lambda c: pool.submit(_local_task, c), chunked(read_lines(source), chunk), out, workers * INFLIGHT_PER_WORKER, progress, tell
-        )
+        stats = _drive(lambda c: pool.submit(_local_task, c), chunks, out, workers * INFLIGHT_PER_WORKER, progress, tell)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return stats
 
 
 def _run_dask(
-    source: IO[bytes],
+    chunks: Iterator[list[Line]],
     out: IO[bytes],
     workers: int,
     pathways: str | None,
     scheduler: str | None,
-    chunk: int,
     progress: Progress,
     tell: Callable[[], int | None],
 ) -> BatchStats:
@@ -389,7 +400,7 @@ def _run_dask(
         src = client.scatter([shipped], broadcast=True)[0]
         return _drive(
             lambda c: client.submit(shipped_task, src, c, pure=False),
-            chunked(read_lines(source), chunk),
+            chunks,
             out,
             nworkers * INFLIGHT_PER_WORKER,
             progress,

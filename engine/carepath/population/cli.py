@@ -151,6 +151,7 @@ def _batch(args: argparse.Namespace) -> int:
             src.close()
     if not args.quiet:
         msg = f"{stats.cases:,} cases ({stats.errors:,} error records) in {stats.seconds:.1f}s, {stats.rate:,.0f} cases/s"
+        msg += f", {stats.workers} worker{'s' if stats.workers != 1 else ''}"
         if stats.interrupted:
             msg = f"interrupted: output holds input lines 1-{stats.lines_done}: " + msg
         print(msg, file=sys.stderr)
