@@ -143,6 +143,31 @@ def test_ctrl_c_writes_a_prefix(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_ctrl_c_before_any_case_is_done_leaves_an_earlier_output_as_it_was(tmp_path: Path) -> None:
+    """Ctrl-C while batch is still checking pathways, reading ahead or starting workers: nothing was
+    done, so the earlier file stays (it used to be replaced by an empty one)."""
+    out = tmp_path / "d.jsonl"
+    out.write_text("yesterday's worklist\n", encoding="utf-8")
+    p = subprocess.Popen(
+        [*CLI, "batch", "-", "--pathways", str(FIXTURES), "--workers", "2", "--out", str(out)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert p.stdin is not None
+    p.stdin.write("".join(synth_lines(10, seed=4, exams=NO_EXAMS)).encode())
+    p.stdin.flush()  # stdin stays open: less than a chunk, so no case can be done
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".d.jsonl.*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert err.decode().strip() == f"interrupted before any case was done: {out} left as it was"
+    assert out.read_text(encoding="utf-8") == "yesterday's worklist\n"
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_a_failed_run_leaves_an_earlier_output_as_it_was(tmp_path: Path) -> None:
     """No lost data: batch, synth and report write beside their target and move the file over it
     only when they finish, so a run that fails leaves an earlier file of the same name alone."""

@@ -54,11 +54,13 @@ class OutputFile:
     """Where a command's output goes, as a context manager: stdout (no path), or a file written
     beside its target and moved over it when the block ends without an error, so a run that fails
     (pathways that do not load, a scheduler out of reach) leaves an earlier file of the same name as
-    it was. ``keep_on_interrupt``: Ctrl-C also moves what was written into place. A target that is
-    not a regular file (/dev/stdout, a pipe) is written directly."""
+    it was. ``keep_on_interrupt``: Ctrl-C also moves what was written into place, if anything was
+    (an interrupt before the first byte leaves the earlier file too; ``committed`` says which
+    happened). A target that is not a regular file (/dev/stdout, a pipe) is written directly."""
 
     def __init__(self, path: str | None, keep_on_interrupt: bool = False) -> None:
         self.keep_on_interrupt = keep_on_interrupt
+        self.committed = False
         self.temp: Path | None = None
         self.target = Path(path) if path else None
         if self.target is None:
@@ -83,12 +85,21 @@ class OutputFile:
         return self.stream
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if kind is None or (self.keep_on_interrupt and issubclass(kind, KeyboardInterrupt)):
+        if kind is None or (self.keep_on_interrupt and issubclass(kind, KeyboardInterrupt) and self._written()):
             self._commit()
         else:
             self._discard()
 
+    def _written(self) -> bool:
+        if self.temp is None:
+            return True
+        try:
+            return self.stream.tell() > 0
+        except (OSError, ValueError):
+            return True
+
     def _commit(self) -> None:
+        self.committed = True
         if self.target is None:
             self.stream.flush()
             return
@@ -133,9 +144,11 @@ def _batch(args: argparse.Namespace) -> int:
             raise CarepathError(f"cannot read {args.cohort}: {exc.strerror}") from None
         total = os.fstat(src.fileno()).st_size
     progress = Progress(sys.stderr, total, sys.stderr.isatty())
+    output = None
     try:
-        # Ctrl-C outside batch's own handling of it: keep what was written, as batch does
-        with OutputFile(args.out, keep_on_interrupt=True) as out:
+        # Ctrl-C outside batch's own handling of it (a second one): keep what was written, as batch does
+        output = OutputFile(args.out, keep_on_interrupt=True)
+        with output as out:
             stats = run_batch(
                 src,
                 out,
@@ -146,6 +159,13 @@ def _batch(args: argparse.Namespace) -> int:
                 chunk_lines=args.chunk,
                 progress=progress,
             )
+            if stats.interrupted and stats.lines_done == 0:
+                raise KeyboardInterrupt  # nothing was done: no output, an earlier file stays
+    except KeyboardInterrupt:
+        if output is not None and not output.committed:
+            where = f": {args.out} left as it was" if args.out else ""
+            print(f"interrupted before any case was done{where}", file=sys.stderr)
+        raise
     finally:
         if src is not sys.stdin.buffer:
             src.close()
