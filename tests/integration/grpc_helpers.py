@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,14 @@ class Server:
             self.proc.stdout.close()
         self._log.close()
         return self.proc.returncode
+
+
+def serving(tmp: Path, *args: Any, **kwargs: Any) -> Iterator[Server]:
+    """A module fixture's body: a server in tmp, yielded once SERVING; it must then stop cleanly (exit 0)."""
+    s = Server(tmp, *args, **kwargs)
+    s.wait_serving()
+    yield s
+    assert s.stop() == 0
 
 
 def wait_for(pred: Any, timeout: float, what: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
-from grpc_helpers import FIXTURES, SAMPLE, Server
+from grpc_helpers import FIXTURES, SAMPLE, Server, serving
 from grpc_status import rpc_status
 
 from carepath._proto.v1 import decision_service_pb2 as ds
@@ -38,10 +38,7 @@ def alias_bomb(levels: int) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = Server(tmp_path_factory.mktemp("srv"))
-    s.wait_serving()
-    yield s
-    assert s.stop() == 0
+    yield from serving(tmp_path_factory.mktemp("srv"))
 
 
 @pytest.fixture(scope="module")

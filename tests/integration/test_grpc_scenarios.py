@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from grpc_helpers import ROOT, Server
+from grpc_helpers import ROOT, Server, serving
 
 from carepath.cli import dumps
 from carepath.client import CarepathClient
@@ -19,10 +19,7 @@ SCENARIOS = iter_scenarios(ROOT / "tests" / "scenarios")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = Server(tmp_path_factory.mktemp("srv"), BUNDLED, 2)
-    s.wait_serving()
-    yield s
-    assert s.stop() == 0
+    yield from serving(tmp_path_factory.mktemp("srv"), BUNDLED, 2)
 
 
 @pytest.fixture(scope="module")

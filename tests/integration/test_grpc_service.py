@@ -18,7 +18,7 @@ import pytest
 import yaml
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_helpers import BAD_CASES, CARE, FIXTURES, ROOT, SAMPLE, Server, scenario_cases, varied_case, wait_for
+from grpc_helpers import BAD_CASES, CARE, FIXTURES, ROOT, SAMPLE, Server, scenario_cases, serving, varied_case, wait_for
 from grpc_status import rpc_status
 
 from carepath._proto.v1 import decision_service_pb2 as ds
@@ -34,10 +34,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = Server(tmp_path_factory.mktemp("srv"))
-    s.wait_serving()
-    yield s
-    assert s.stop() == 0
+    yield from serving(tmp_path_factory.mktemp("srv"))
 
 
 @pytest.fixture(scope="module")
