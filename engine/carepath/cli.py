@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import CarepathError, CaseError, PathwayError
+from .errors import CarepathError, CaseError, PathwayError, Terminated
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -232,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CarepathError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 143
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -59,3 +59,12 @@ class UnknownPathwayError(CarepathError):
         self.known = known
         shown = pathway_id if len(pathway_id) <= 64 else pathway_id[:63] + "…"  # never echo a 10,000-character id
         super().__init__(f"unknown pathway {shown!r} (loaded: {', '.join(known) or 'none'})")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, where a command stops on it as on Ctrl-C (batch, synth): exit 143, not 130."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: stop as Ctrl-C does (the same clean-up runs), as Terminated."""
+    raise Terminated()

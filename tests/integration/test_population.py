@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from carepath.errors import CaseError
@@ -165,6 +166,74 @@ def test_ctrl_c_before_any_case_is_done_leaves_an_earlier_output_as_it_was(tmp_p
     assert p.returncode == 130, err
     assert err.decode().strip() == f"interrupted before any case was done: {out} left as it was"
     assert out.read_text(encoding="utf-8") == "yesterday's worklist\n"
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def _running_batch(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[psutil.Process]]:
+    """A batch with 3000 cases fed and stdin left open, once it has written something; and its workers."""
+    p = subprocess.Popen(
+        [*CLI, "batch", "-", "--pathways", str(FIXTURES), "--workers", "2", "--out", str(tmp_path / "d.jsonl")],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert p.stdin is not None
+    p.stdin.write("".join(synth_lines(3000, seed=4, exams=NO_EXAMS)).encode())
+    p.stdin.flush()
+    deadline = time.monotonic() + 60
+    while sum(f.stat().st_size for f in tmp_path.glob(".d.jsonl.*.partial")) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = psutil.Process(p.pid).children()
+    assert len(workers) == 2, workers
+    return p, workers
+
+
+def _still_running(procs: list[psutil.Process], within: float = 20.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + within
+    while True:
+        alive = []
+        for proc in procs:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def test_sigterm_stops_batch_as_ctrl_c_does(tmp_path: Path) -> None:
+    """`kill PID` (the main process only): workers ended, the prefix done written, no .partial, exit 143."""
+    p, workers = _running_batch(tmp_path)
+    p.terminate()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert err.startswith(b"interrupted: output holds input lines 1-")
+    ids = [json.loads(x)["patient_id"] for x in (tmp_path / "d.jsonl").read_bytes().splitlines()]
+    assert 0 < len(ids) <= 3000 and ids == [f"LH4-{i:07d}" for i in range(1, len(ids) + 1)]
+    assert not list(tmp_path.glob("*.partial"))
+    assert _still_running(workers) == []
+
+
+def test_batch_workers_die_with_their_parent(tmp_path: Path) -> None:
+    """Even a SIGKILLed batch leaves no worker processes behind (they would hold cores for nothing)."""
+    p, workers = _running_batch(tmp_path)
+    p.kill()
+    p.communicate(timeout=60)
+    assert _still_running(workers) == []
+
+
+def test_sigterm_stops_synth_without_a_partial_file(tmp_path: Path) -> None:
+    out = tmp_path / "c.jsonl"
+    out.write_text("yesterday's cohort\n", encoding="utf-8")
+    p = subprocess.Popen([*CLI, "synth", "--n", "10000000", "--out", str(out)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while sum(f.stat().st_size for f in tmp_path.glob(".c.jsonl.*.partial")) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    p.terminate()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert out.read_text(encoding="utf-8") == "yesterday's cohort\n"
     assert not list(tmp_path.glob("*.partial"))
 
 

@@ -29,7 +29,7 @@ from typing import IO, Any, Protocol
 import orjson
 
 from ..case import MAX_CASE_BYTES, parse_json
-from ..errors import CarepathError, CaseError, PathwayError
+from ..errors import CarepathError, CaseError, PathwayError, raise_terminated
 from ..evaluate import Engine, bundled_pathways
 
 Line = tuple[int, bytes | None]  # (1-based line number, raw bytes; None = over the size limit)
@@ -89,10 +89,26 @@ _SHIPPED: dict[str, tuple[tempfile.TemporaryDirectory[str], Engine]] = {}
 _LOCK = threading.Lock()  # a Dask worker may run tasks on several threads: never two in one engine
 
 
-def _init_local_worker(pathways: str | None) -> None:
+def _init_local_worker(pathways: str | None, parent: int) -> None:
     global _ENGINE
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the main process's business:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it finishes or cancels the chunks and ends the pool
+    die_with_parent(parent)
     _ENGINE = Engine.from_directory(pathways)
+
+
+def die_with_parent(parent: int) -> None:
+    """End this (forked worker) process when `parent` dies, even by SIGKILL: Linux's
+    PR_SET_PDEATHSIG; then, for a parent already gone before that took effect, a pid check."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _local_task(lines: list[Line]) -> ChunkResult:
@@ -211,6 +227,7 @@ class BatchStats:
     errors: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    signum: int = 0  # what interrupted the run: SIGINT (Ctrl-C) or SIGTERM
     lines_done: int = 0
     workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -221,25 +238,29 @@ class BatchStats:
 
 
 class _Interrupt:
-    """Ctrl-C sets a flag that the run checks between steps (never an exception at an arbitrary point);
-    a second Ctrl-C aborts at once."""
+    """Ctrl-C or SIGTERM sets a flag that the run checks between steps (never an exception at an
+    arbitrary point); a second one aborts at once."""
 
     def __init__(self) -> None:
         self.flag = False
-        self.previous: Any = None
+        self.signum = 0  # the first signal: SIGINT or SIGTERM
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupt:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.flag = True
+        self.signum = self.signum or signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, raise_terminated)
 
     def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
 
 
 def _drive(
@@ -283,6 +304,7 @@ def _drive(
                 pass
             if stop.flag:  # finish the chunks already running, in order, up to the first cancelled one
                 stats.interrupted = True
+                stats.signum = stop.signum
                 for _, fut in pending:
                     fut.cancel()
                 while pending:
@@ -359,7 +381,7 @@ def _run_local(
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_local_worker, initargs=(pathways,))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_local_worker, initargs=(pathways, os.getpid()))
     try:
         stats = _drive(lambda c: pool.submit(_local_task, c), chunks, out, workers * INFLIGHT_PER_WORKER, progress, tell)
     finally:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import IO
 
 from ..cli import command, iso_date, worker_count
-from ..errors import CarepathError, PathwayError
+from ..errors import CarepathError, PathwayError, Terminated, raise_terminated
 
 
 def _synth_setup(p: argparse.ArgumentParser) -> None:
@@ -39,6 +40,7 @@ def _synth(args: argparse.Namespace) -> int:
     if diags:
         raise PathwayError(diags)
     exams = exams_known({code for p in checked for code in p.vocab.observations})
+    signal.signal(signal.SIGTERM, raise_terminated)  # SIGTERM stops as Ctrl-C does: no .partial left (exit 143)
     with OutputFile(args.out) as out:
         buf: list[str] = []
         for line in synth_lines(args.n, args.seed, args.as_of or DEFAULT_AS_OF, exams):
@@ -134,6 +136,7 @@ def _batch(args: argparse.Namespace) -> int:
     """Evaluate a cohort (JSONL) into decisions (JSONL), in parallel, in input order."""
     from .batch import Progress, run_batch
 
+    signal.signal(signal.SIGTERM, raise_terminated)  # SIGTERM stops batch as Ctrl-C does (exit 143)
     if args.cohort == "-":
         src: IO[bytes] = sys.stdin.buffer
         total = None
@@ -159,8 +162,8 @@ def _batch(args: argparse.Namespace) -> int:
                 chunk_lines=args.chunk,
                 progress=progress,
             )
-            if stats.interrupted and stats.lines_done == 0:
-                raise KeyboardInterrupt  # nothing was done: no output, an earlier file stays
+            if stats.interrupted and stats.lines_done == 0:  # nothing was done: no output, an earlier file stays
+                raise Terminated() if stats.signum == signal.SIGTERM else KeyboardInterrupt()
     except KeyboardInterrupt:
         if output is not None and not output.committed:
             where = f": {args.out} left as it was" if args.out else ""
@@ -175,7 +178,7 @@ def _batch(args: argparse.Namespace) -> int:
         if stats.interrupted:
             msg = f"interrupted: output holds input lines 1-{stats.lines_done}: " + msg
         print(msg, file=sys.stderr)
-    return 130 if stats.interrupted else 0
+    return (143 if stats.signum == signal.SIGTERM else 130) if stats.interrupted else 0
 
 
 HTML_SUFFIXES = (".html", ".htm")  # a page with charts; the other suffixes, and stdout, get Markdown
