@@ -125,10 +125,22 @@ def parse_json(raw: bytes | str) -> Any:
     if size > MAX_CASE_BYTES:
         raise CaseError([FieldViolation("", f"case is {size} bytes; the limit is {MAX_CASE_BYTES} (1 MiB)")])
     try:  # orjson for speed; anything it refuses goes to the json module for the exact error message
-        return orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if exc.msg.startswith("depth limit"):  # json.loads would only hit the recursion limit
             raise CaseError([FieldViolation("", _TOO_DEEP)]) from None
+    else:
+        # Duplicate keys (last wins in orjson) would drop data silently. Every key is followed by a
+        # colon, so when the text has exactly as many colons as the parsed data has keys, no key was
+        # repeated (about 1 µs for a typical case); otherwise (a colon inside a string, or a
+        # duplicate) the json module settles it.
+        if (raw.count(b":") if isinstance(raw, bytes) else raw.count(":")) != _count_keys(data):
+            _refuse_duplicate_keys(raw)
+        return data
+    if isinstance(raw, bytes) and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, as some editors write
+        return parse_json(raw[3:])
+    if isinstance(raw, str) and raw.startswith("\ufeff"):
+        return parse_json(raw[1:])
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         return json.loads(text, parse_constant=_reject_constant)
@@ -145,6 +157,39 @@ def parse_json(raw: bytes | str) -> Any:
 
 
 _TOO_DEEP = "case is not valid JSON: nested too deeply (a case is 3 levels deep)"
+
+
+def _count_keys(data: Any) -> int:
+    """The keys of a case-shaped value (an object, its objects and lists of objects); deeper keys are
+    not counted, which can only send a case to the exact check, never let a duplicate through."""
+    if type(data) is not dict:
+        return 0
+    n = len(data)
+    for v in data.values():
+        t = type(v)
+        if t is list:
+            for item in v:
+                if type(item) is dict:
+                    n += len(item)
+        elif t is dict:
+            n += len(v)
+    return n
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise CaseError([FieldViolation("", f"case is not valid JSON: duplicate key {json.dumps(dup, ensure_ascii=False)}")])
+    return out
+
+
+def _refuse_duplicate_keys(raw: bytes | str) -> None:
+    try:
+        json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # orjson read it: only a difference in the limits, not a duplicate
+        pass
 
 
 def _reject_constant(name: str) -> Any:

@@ -167,3 +167,32 @@ def test_workers_beyond_four_per_core_are_refused(tmp_path: Path) -> None:
         r = run(command, "--workers", str(limit + 1), *extra)
         assert r.returncode == 2, r.stderr
         assert f"argument --workers: must be at most {limit} (4 per core on this machine), got {limit + 1}" in r.stderr
+
+
+def test_a_duplicate_key_in_a_case_is_refused_not_last_wins(tmp_path: Path) -> None:
+    dup = example_case()[:-1] + ', "patient_id": "p-0002"}'
+    r = run("evaluate", "--pathways", str(FIXTURES), "-", stdin=dup)
+    assert r.returncode == 2 and r.stderr == 'case error: case is not valid JSON: duplicate key "patient_id"\n', r.stderr
+    nested = json.loads(example_case())
+    nested["observations"][0]["unit"] = "mmHg"
+    text = json.dumps(nested).replace('"unit": "mmHg"', '"unit": "mmHg", "unit": "kPa"', 1)
+    cohort = tmp_path / "cohort.jsonl"
+    cohort.write_text(example_case() + "\n" + text + "\n" + json.dumps({**json.loads(example_case()), "patient_id": "a:b"}) + "\n")
+    r = run("batch", "--pathways", str(FIXTURES), "--quiet", str(cohort))
+    assert r.returncode == 0, r.stderr
+    first, second, third = map(json.loads, r.stdout.splitlines())
+    assert "error" not in first and "error" not in third and third["patient_id"] == "a:b"  # a colon in a value is no duplicate
+    assert second["violations"] == [{"field": "", "message": 'case is not valid JSON: duplicate key "unit"'}]
+
+
+def test_a_leading_utf8_bom_is_accepted_in_case_files_and_batch_lines(tmp_path: Path) -> None:
+    bom = "\ufeff"
+    for name in ("case.json", "case.yaml"):
+        path = tmp_path / name
+        path.write_text(bom + example_case(), encoding="utf-8")  # JSON is YAML too
+        r = run("evaluate", "--pathways", str(FIXTURES), str(path))
+        assert r.returncode == 0 and json.loads(r.stdout)["patient_id"] == "p-0001", r.stderr
+    cohort = tmp_path / "cohort.jsonl"
+    cohort.write_text(bom + example_case() + "\n", encoding="utf-8")
+    r = run("batch", "--pathways", str(FIXTURES), "--quiet", str(cohort))
+    assert r.returncode == 0 and json.loads(r.stdout)["patient_id"] == "p-0001", r.stdout
