@@ -98,7 +98,7 @@ def read_case(source: str) -> Any:
         from .load import safe_load
 
         try:  # bounded as a pathway is: nesting, alias expansion, unreadable scalars
-            return safe_load(raw.decode("utf-8"))
+            return safe_load(raw.decode("utf-8-sig"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise CaseError([FieldViolation("", f"case is not valid YAML: {exc}")]) from None
     return parse_json(raw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import date
@@ -157,9 +158,37 @@ def _walk(node: yaml.Node, path: YamlPath, loc: Located, errors: list[Diagnostic
             _walk(value_node, (*path, key), loc, errors)
 
 
+class _JsonTypedLoader(_Loader):
+    """For case files: plain scalars are typed as JSON types them (YAML 1.2's JSON schema), not by
+    YAML 1.1's rules: ``yes``/``no``/``on``/``off`` stay strings (and fail validation as non-booleans),
+    ``0x3A``, ``072``, ``1_000`` and ``1:30`` are not numbers, ``.nan``/``.inf`` are not floats and
+    dates stay strings; a key given twice is refused (never last-wins)."""
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 (PyYAML's own class attribute, filled below)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                raise _TooMuch(key_node.start_mark, f"duplicate key {key!r}")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+for _tag, _pattern, _first in (
+    ("tag:yaml.org,2002:null", r"^(?:null|~|)$", ["n", "~", ""]),
+    ("tag:yaml.org,2002:bool", r"^(?:true|false)$", ["t", "f"]),
+    ("tag:yaml.org,2002:int", r"^-?(?:0|[1-9][0-9]*)$", list("-0123456789")),
+    ("tag:yaml.org,2002:float", r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)$", list("-0123456789")),
+):
+    _JsonTypedLoader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
+
+
 def safe_load(text: str) -> Any:
-    """yaml.safe_load within the same bounds as a pathway (for case files); yaml.YAMLError when refused."""
-    loader = _Loader(text)
+    """A case file's YAML with JSON typing (see _JsonTypedLoader), within the same bounds as a
+    pathway; yaml.YAMLError when refused."""
+    loader = _JsonTypedLoader(text)
     try:
         return loader.get_single_data()
     finally:

@@ -196,3 +196,30 @@ def test_a_leading_utf8_bom_is_accepted_in_case_files_and_batch_lines(tmp_path: 
     cohort.write_text(bom + example_case() + "\n", encoding="utf-8")
     r = run("batch", "--pathways", str(FIXTURES), "--quiet", str(cohort))
     assert r.returncode == 0 and json.loads(r.stdout)["patient_id"] == "p-0001", r.stdout
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("pregnant: yes", "case error: pregnant: Input should be a valid boolean"),
+        ("pregnant: off", "case error: pregnant: Input should be a valid boolean"),
+        ("age: 0x3A", "case error: age: Input should be a valid integer"),
+        ("age: 072", "case error: age: Input should be a valid integer"),
+        ("age: 1:05", "case error: age: Input should be a valid integer"),
+    ],
+)
+def test_a_yaml_case_is_typed_as_json_not_yaml_1_1(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "case.yaml"
+    path.write_text(f"patient_id: p-0001\nas_of: 2026-11-24\nsetting: community\n{line}\n")
+    r = run("evaluate", "--pathways", str(FIXTURES), str(path))
+    assert r.returncode == 2 and r.stderr == message + "\n", r.stderr
+
+
+def test_a_yaml_case_keeps_json_numbers_booleans_and_refuses_a_duplicate_key(tmp_path: Path) -> None:
+    path = tmp_path / "case.yaml"
+    path.write_text("patient_id: p-0001\nas_of: 2026-11-24\nsetting: community\nage: 58\npregnant: false\nsmi_risk_grade: null\n")
+    r = run("evaluate", "--pathways", str(FIXTURES), str(path))
+    assert r.returncode == 0 and json.loads(r.stdout)["patient_id"] == "p-0001", r.stderr
+    path.write_text("patient_id: p-0001\nas_of: 2026-11-24\nsetting: community\npatient_id: p-0002\n")
+    r = run("evaluate", "--pathways", str(FIXTURES), str(path))
+    assert r.returncode == 2 and r.stderr.startswith("case error: case is not valid YAML: duplicate key 'patient_id'"), r.stderr
