@@ -125,6 +125,8 @@ class _Loader(yaml.SafeLoader):
             raise _TooMuch(mark, f"{what} takes the file past {MAX_NODES:,} YAML nodes (the limit; aliases count as the nodes they repeat)")
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if node.tag in ("tag:yaml.org,2002:binary", "tag:yaml.org,2002:set"):  # bytes and sets are not JSON data
+            raise _TooMuch(node.start_mark, f"!!{node.tag.rsplit(':', 1)[-1]} values are not allowed (the format is JSON data)")
         try:
             return super().construct_object(node, deep)
         except (ValueError, OverflowError) as exc:  # int('9' * 5000), date(2026, 2, 30): say where

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?$"
 RULE_ID = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
@@ -19,20 +19,23 @@ class _Strict(BaseModel):
 
 class Citation(_Strict):
     guideline: str = Field(min_length=3, description="The guideline or specification, as a reader would look it up.")
-    year: int = Field(ge=1900, le=2100)
+    year: StrictInt = Field(ge=1900, le=2100)
     section: str = Field(min_length=1, description="Section, table or clause; say '[unconfirmed]' where not verified.")
     url: str | None = None
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # .nan and .inf are never a range end or a factor
+
+
 class Conversion(_Strict):
-    factor: float
-    offset: float = 0.0
+    factor: Finite
+    offset: Finite = 0.0
 
 
 class ObservationDef(_Strict):
     loinc: list[str] = Field(default_factory=list)
     unit: str = Field(min_length=1)
-    range: tuple[float, float] = Field(description="Plausible range in the canonical unit; values outside are bad input.")
+    range: tuple[Finite, Finite] = Field(description="Plausible range in the canonical unit; values outside are bad input.")
     label: str | None = None
     conversions: dict[str, Conversion] = Field(default_factory=dict)
     decimals: int = Field(
@@ -96,7 +99,7 @@ class Rule(_Strict):
     when: str = Field(min_length=1, description="Condition in the carepath condition language.")
     then: list[Recommendation] = Field(min_length=1)
     citation: str = Field(min_length=1, description="A key of the pathway's citations.")
-    priority: int = Field(default=0, description="Settles declared conflicts between rules that can fire together.")
+    priority: StrictInt = Field(default=0, description="Settles declared conflicts between rules that can fire together.")
     note: str | None = None
 
 

@@ -223,3 +223,45 @@ def test_a_yaml_case_keeps_json_numbers_booleans_and_refuses_a_duplicate_key(tmp
     path.write_text("patient_id: p-0001\nas_of: 2026-11-24\nsetting: community\npatient_id: p-0002\n")
     r = run("evaluate", "--pathways", str(FIXTURES), str(path))
     assert r.returncode == 2 and r.stderr.startswith("case error: case is not valid YAML: duplicate key 'patient_id'"), r.stderr
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "diagnostic"),
+    [
+        (
+            "mini_htn.yaml",
+            "title: ",
+            "title: !!binary aGVsbG8=\nx: ",
+            "mini_htn.yaml:2:8: !!binary values are not allowed (the format is JSON data)",
+        ),
+        (
+            "dictionary.yaml",
+            "range: [50, 300]",
+            "range: [.nan, 300]",
+            "dictionary.yaml:7:48: observations.sbp.range[0]: Input should be a finite number",
+        ),
+        (
+            "dictionary.yaml",
+            "factor: 0.0915",
+            "factor: .nan",
+            "dictionary.yaml:19:26: observations.hba1c.conversions.mmol/mol.factor: Input should be a finite number",
+        ),
+        ("mini_htn.yaml", "year: 2017", "year: true", "mini_htn.yaml:12:11: citations.nbphs.year: Input should be a valid integer"),
+        (
+            "mini_htn.yaml",
+            "  - id: mini.crisis\n",
+            "  - id: mini.crisis\n    priority: '5'\n",
+            "mini_htn.yaml:24:15: rules[0].priority: Input should be a valid integer",
+        ),
+    ],
+)
+def test_pathway_values_of_the_wrong_type_are_diagnostics(tmp_path: Path, file: str, old: str, new: str, diagnostic: str) -> None:
+    import shutil
+
+    shutil.copytree(FIXTURES, tmp_path / "p")
+    path = tmp_path / "p" / file
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    r = run("validate", str(tmp_path / "p"))
+    assert r.returncode == 1 and r.stderr == f"{tmp_path / 'p'}/{diagnostic}\n1 error\n", r.stderr
