@@ -111,11 +111,27 @@ def test_workers_must_be_a_positive_count(command: str, value: str, message: str
         ("2026-02-30", "expected a date as YYYY-MM-DD, got '2026-02-30' (day is out of range for month)"),
         ("2026-1-5", "expected a date as YYYY-MM-DD, got '2026-1-5'"),
         ("tomorrow", "expected a date as YYYY-MM-DD, got 'tomorrow'"),
+        ("0001-01-01", "expected a date from 1900-01-01 on, got '0001-01-01'"),  # was exit 70, OverflowError
     ],
 )
 def test_synth_as_of_must_be_a_calendar_date(value: str, message: str) -> None:
     r = run("synth", "--n", "1", "--as-of", value)
     assert r.returncode == 2 and f"argument --as-of: {message}" in r.stderr and "fromisoformat" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1" + "0" * 130, "must be from 0 to 9223372036854775807, got 1" + "0" * 130),  # its patient ids were over 128 characters
+        ("-1", "must be from 0 to 9223372036854775807, got -1"),
+        ("x", "expected an integer, got 'x'"),
+    ],
+)
+def test_synth_seed_is_bounded(value: str, message: str) -> None:
+    r = run("synth", "--n", "1", "--seed", value)
+    assert r.returncode == 2 and f"argument --seed: {message}" in r.stderr and "Traceback" not in r.stderr
+    ok = run("synth", "--n", "1", "--seed", "9223372036854775807")
+    assert ok.returncode == 0 and len(json.loads(ok.stdout)["patient_id"]) <= 128
 
 
 def test_an_oversized_case_file_is_refused_without_a_made_up_size(tmp_path: Path) -> None:

@@ -7,17 +7,39 @@ import os
 import signal
 import sys
 import tempfile
+from datetime import date
 from pathlib import Path
 from typing import IO
 
 from ..cli import command, iso_date, worker_count
 from ..errors import CarepathError, PathwayError, Terminated, raise_terminated
 
+MAX_SEED = 2**63 - 1  # patient ids carry the seed: a 130-digit seed made every id longer than the contract's 128
+
+
+def _seed(text: str) -> int:
+    """argparse type for --seed: an integer from 0 to 2**63-1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= n <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_SEED}, got {text}")
+    return n
+
+
+def _synth_date(text: str) -> date:
+    """argparse type for synth --as-of: a date from 1900 on (histories reach years back from it)."""
+    d = iso_date(text)
+    if d.year < 1900:
+        raise argparse.ArgumentTypeError(f"expected a date from 1900-01-01 on, got {text!r}")
+    return d
+
 
 def _synth_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1000, help="number of cases (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
-    p.add_argument("--as-of", type=iso_date, default=None, metavar="DATE", help="decision date (default 2026-11-24)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed, 0 to 2**63-1 (default 0); same seed, same bytes")
+    p.add_argument("--as-of", type=_synth_date, default=None, metavar="DATE", help="decision date, from 1900-01-01 (default 2026-11-24)")
     p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
     p.add_argument(
         "--pathways",
