@@ -108,6 +108,22 @@ def test_batch_error_records_and_stable_bytes(cohort_with_bad_lines: Path, tmp_p
     s = aggregate(mixed.read_bytes().splitlines())
     assert s.decisions == 600 and s.foreign == 2 and s.foreign_lines == [604, 605]
     assert "lines that are not decisions | 2 (first lines of this file: 604, 605)" in render_markdown(s, "t")
+    # lines that only look like decisions, or are not UTF-8, are not decisions either (they were exit 70)
+    first = json.loads(out1.read_bytes().splitlines()[0])
+    odd = []
+    for field, value in (("days", "abc"), ("days", 1e400), ("rules", 5)):
+        d = json.loads(json.dumps(first))
+        next(r for r in d["recommendations"] if r["kind"] == "follow_up")[field] = value
+        odd.append(json.dumps(d).encode())
+    d = json.loads(json.dumps(first))
+    d["trace"][0]["values"] = [1, 2]
+    odd += [json.dumps(d).encode(), b"\xff\xfe not utf-8"]
+    s = aggregate([*out1.read_bytes().splitlines(), *odd])
+    assert s.decisions == 600 and s.foreign_lines == [604, 605, 606, 607, 608]
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(bytes(range(256)) * 4)
+    r5 = subprocess.run([*CLI, "report", str(binary)], capture_output=True, text=True)
+    assert r5.returncode == 2 and "holds no carepath decisions" in r5.stderr and "Traceback" not in r5.stderr
     r4 = subprocess.run([*CLI, "report", str(cohort_with_bad_lines)], capture_output=True, text=True)
     assert r4.returncode == 2 and r4.stdout == ""
     assert f"{cohort_with_bad_lines} holds no carepath decisions" in r4.stderr and "not the cohort" in r4.stderr

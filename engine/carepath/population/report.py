@@ -117,10 +117,18 @@ def is_decision(d: Any) -> bool:
         and isinstance(d.get("pathways"), list)
         and isinstance(d.get("trace"), list)
         and isinstance(d.get("recommendations"), list)
-        and all(isinstance(r, dict) and isinstance(r.get("kind"), str) for r in d["recommendations"])
+        and all(isinstance(r, dict) and isinstance(r.get("kind"), str) and _fields_typed(r) for r in d["recommendations"])
         and all(isinstance(p, dict) and isinstance(p.get("id"), str) for p in d["pathways"])
-        and all(isinstance(t, dict) for t in d["trace"])
+        and all(isinstance(t, dict) and isinstance(t.get("values") or {}, dict) for t in d["trace"])
     )
+
+
+def _fields_typed(r: dict[str, Any]) -> bool:
+    """The fields add() computes with have their contract types (a line that only looks like a
+    decision, e.g. "days": "abc" or 1e400, is not counted as one)."""
+    days = r.get("days", 0)
+    rules = r.get("rules", [])
+    return isinstance(days, int) and not isinstance(days, bool) and isinstance(rules, list) and all(isinstance(x, str) for x in rules)
 
 
 def aggregate(lines: Iterable[bytes | str]) -> Summary:
@@ -132,7 +140,7 @@ def aggregate(lines: Iterable[bytes | str]) -> Summary:
             continue
         try:
             d = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
             d = None
         if (isinstance(d, dict) and "error" in d) or is_decision(d):
             add(s, d)
