@@ -14,7 +14,7 @@ from hypothesis import given, settings
 
 from carepath.cli import main
 from carepath.testing import cases
-from carepath.testing.invariants import yaml_invariants
+from carepath.testing.invariants import Checker, Violation, yaml_invariants
 from carepath.testing.plugin import Pathways
 from carepath.testing.runner import check_engine
 
@@ -82,3 +82,21 @@ def test_committee_style_assert_never(pathways: Pathways) -> None:
 def test_check_cli_passes_on_bundled(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["check", "--profile", "dev", "--examples", "30", "--no-coverage", "--out", str(tmp_path)]) == 0
     assert "all invariants hold" in capsys.readouterr().out
+
+
+def test_stable_down_names_a_down_referral_beside_a_stop(pathways: Pathways) -> None:
+    """The stable_down property reads the decision: a down-referral beside a stop (what the policy
+    now prevents, so no real case shows it) is a violation naming both."""
+    checker = Checker(pathways.engine, only=["stable_down"])
+    case: dict[str, Any] = {"patient_id": "p", "setting": "hospital"}
+    down = {"kind": "referral", "direction": "down", "specialty": "community GP team", "rule": "x.down"}
+    stop = {"kind": "medication", "action": "stop", "atc": "N05AH02", "name": "clozapine", "rule": "x.stop"}
+
+    def fail(name: str, message: str, **kw: Any) -> Violation:
+        return Violation(name, message, case, decision)
+
+    decision: dict[str, Any] = {"recommendations": [down, stop], "trace": []}
+    with pytest.raises(Violation, match=r"refer down .* in the same decision as stop clozapine"):
+        checker._check_decision(case, decision, fail)
+    decision = {"recommendations": [down], "trace": []}
+    checker._check_decision(case, decision, fail)  # a down-referral alone is fine

@@ -8,6 +8,7 @@ differential       the durable-rules engine and the reference evaluator give the
 enrollment         only pathways the patient is enrolled in (``applies_to`` true) fire rules
 one_referral       at most one referral, never up and down together
 referral_setting   up-referrals only from community, down-referrals only from hospital
+stable_down        a down-referral never comes with a drug to stop or a critical alert
 drug_safety        no started/added/titrated/switched drug matches an allergy or an avoid/stop
 provenance         every recommendation names its rule, a reason and a citation
 emergency          in community, an enrolled patient with one of the pathway's ``emergency_findings``
@@ -48,6 +49,7 @@ BUILTIN: tuple[str, ...] = (
     "enrollment",
     "one_referral",
     "referral_setting",
+    "stable_down",
     "drug_safety",
     "provenance",
     "emergency",
@@ -242,6 +244,13 @@ class Checker:
                 want = "community" if r["direction"] == "up" else "hospital"
                 if case["setting"] != want:
                     raise fail("referral_setting", f"{summary(r)} from setting {case['setting']} ({r['direction']} only from {want})")
+        if "stable_down" in on:
+            for r in refs:
+                if r["direction"] != "down":
+                    continue
+                for x in recs:
+                    if (x["kind"] == "medication" and x["action"] == "stop") or (x["kind"] == "alert" and x.get("severity") == "critical"):
+                        raise fail("stable_down", f"{summary(r)} in the same decision as {summary(x)}")
         if "drug_safety" in on:
             blocks = [r for r in recs if r["kind"] == "medication" and r["action"] in ("avoid", "stop")]
             for r in recs:
