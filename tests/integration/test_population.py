@@ -129,17 +129,23 @@ def test_batch_error_records_and_stable_bytes(cohort_with_bad_lines: Path, tmp_p
     assert f"{cohort_with_bad_lines} holds no carepath decisions" in r4.stderr and "not the cohort" in r4.stderr
 
 
-def test_ctrl_c_writes_a_prefix(tmp_path: Path) -> None:
-    """Ctrl-C while the input is still open: batch stops cleanly with a clean, in-order prefix written."""
-    out = tmp_path / "d.jsonl"
+def batch_with_open_stdin(out: Path, n: int) -> subprocess.Popen[bytes]:
+    """`carepath batch -` (2 workers) fed n synthetic cases on a stdin left open: it waits for more."""
     p = subprocess.Popen(
         [*CLI, "batch", "-", "--pathways", str(FIXTURES), "--workers", "2", "--out", str(out)],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     assert p.stdin is not None
-    p.stdin.write("".join(synth_lines(3000, seed=4, exams=NO_EXAMS)).encode())
-    p.stdin.flush()  # stdin stays open: batch has more work coming, so only Ctrl-C can end it
+    p.stdin.write("".join(synth_lines(n, seed=4, exams=NO_EXAMS)).encode())
+    p.stdin.flush()
+    return p
+
+
+def test_ctrl_c_writes_a_prefix(tmp_path: Path) -> None:
+    """Ctrl-C while the input is still open: batch stops cleanly with a clean, in-order prefix written."""
+    out = tmp_path / "d.jsonl"
+    p = batch_with_open_stdin(out, 3000)  # batch has more work coming, so only Ctrl-C can end it
 
     def partial() -> int:  # the output is written beside its target until the run ends
         return sum(f.stat().st_size for f in tmp_path.glob(".d.jsonl.*.partial"))
@@ -165,14 +171,7 @@ def test_ctrl_c_before_any_case_is_done_leaves_an_earlier_output_as_it_was(tmp_p
     done, so the earlier file stays (it used to be replaced by an empty one)."""
     out = tmp_path / "d.jsonl"
     out.write_text("yesterday's worklist\n", encoding="utf-8")
-    p = subprocess.Popen(
-        [*CLI, "batch", "-", "--pathways", str(FIXTURES), "--workers", "2", "--out", str(out)],
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert p.stdin is not None
-    p.stdin.write("".join(synth_lines(10, seed=4, exams=NO_EXAMS)).encode())
-    p.stdin.flush()  # stdin stays open: less than a chunk, so no case can be done
+    p = batch_with_open_stdin(out, 10)  # less than a chunk, so no case can be done
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".d.jsonl.*.partial")) and time.monotonic() < deadline:
         time.sleep(0.05)
