@@ -122,6 +122,8 @@ def _message(err: Any) -> str:
 def parse_json(raw: bytes | str) -> Any:
     """Decode case JSON with the size limit checked before parsing."""
     size = len(raw.encode() if isinstance(raw, str) else raw)
+    if size > MAX_CASE_BYTES:  # a file's or a line's last newline is not part of the case
+        size = len(raw.rstrip().encode() if isinstance(raw, str) else raw.rstrip())
     if size > MAX_CASE_BYTES:
         raise CaseError([FieldViolation("", f"case is {size} bytes; the limit is {MAX_CASE_BYTES} (1 MiB)")])
     try:  # orjson for speed; anything it refuses goes to the json module for the exact error message

@@ -89,8 +89,9 @@ def read_case(source: str) -> Any:
     from .case import MAX_CASE_BYTES, parse_json
     from .errors import FieldViolation
 
-    raw = sys.stdin.buffer.read(MAX_CASE_BYTES + 1) if source == "-" else _read_limited(Path(source), MAX_CASE_BYTES + 1)
-    if len(raw) > MAX_CASE_BYTES:  # only the first MiB and a byte were read: say so, not a made-up size
+    # the limit and a final line break ("\r\n") are read, and a byte more to tell a larger file
+    raw = sys.stdin.buffer.read(MAX_CASE_BYTES + 3) if source == "-" else _read_limited(Path(source), MAX_CASE_BYTES + 3)
+    if len(raw) > MAX_CASE_BYTES + 2 or len(raw.rstrip(b"\r\n")) > MAX_CASE_BYTES:  # say so, not a made-up size
         raise CaseError([FieldViolation("", f"case is larger than {MAX_CASE_BYTES} bytes (1 MiB), the limit")])
     if not raw.strip():
         raise CaseError([FieldViolation("", "the case is empty")])
@@ -238,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # reading or writing failed (a full disk, a device error): not a bug
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: input/output failed{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 74
     except Exception as exc:  # a bug: one line for the user; CAREPATH_DEBUG=1 shows the traceback
         if os.environ.get("CAREPATH_DEBUG"):
             raise

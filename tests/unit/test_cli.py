@@ -281,3 +281,36 @@ def test_pathway_values_of_the_wrong_type_are_diagnostics(tmp_path: Path, file: 
     path.write_text(text.replace(old, new, 1))
     r = run("validate", str(tmp_path / "p"))
     assert r.returncode == 1 and r.stderr == f"{tmp_path / 'p'}/{diagnostic}\n1 error\n", r.stderr
+
+
+def test_batch_refuses_to_write_over_its_cohort(tmp_path: Path) -> None:
+    cohort = tmp_path / "c.jsonl"
+    cohort.write_text(example_case().replace("\n", "") + "\n", encoding="utf-8")
+    before = cohort.read_bytes()
+    r = run("batch", str(cohort), "--out", str(cohort), "--pathways", str(FIXTURES))
+    assert r.returncode == 2 and f"--out {cohort} is the cohort being read" in r.stderr
+    assert cohort.read_bytes() == before  # it used to be replaced by the decisions
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_is_an_io_error_not_an_internal_one(tmp_path: Path) -> None:
+    cohort = tmp_path / "c.jsonl"
+    cohort.write_text(example_case().replace("\n", "") + "\n", encoding="utf-8")
+    r = run("batch", str(cohort), "--out", "/dev/full", "--pathways", str(FIXTURES))
+    assert r.returncode == 74 and "input/output failed: No space left on device" in r.stderr and "internal" not in r.stderr
+
+
+def test_a_case_of_exactly_1_mib_with_its_line_break_is_accepted(tmp_path: Path) -> None:
+    """The limit is on the case, not on its final newline (a 1 MiB case file ending in one was refused)."""
+    compact = json.dumps(json.loads(example_case()), separators=(",", ":"))
+    body = compact[:-1] + " " * ((1 << 20) - len(compact.encode())) + "}"
+    exact, over = tmp_path / "exact.json", tmp_path / "over.json"
+    exact.write_text(body + "\r\n", encoding="utf-8")
+    over.write_text(body[:-1] + " }\n", encoding="utf-8")
+    assert run("evaluate", str(exact), "--pathways", str(FIXTURES)).returncode == 0
+    r = run("evaluate", str(over), "--pathways", str(FIXTURES))
+    assert r.returncode == 2 and "larger than 1048576 bytes" in r.stderr
+    lines = tmp_path / "c.jsonl"
+    lines.write_text(body + "\n" + body[:-1] + " }\n", encoding="utf-8")
+    out = run("batch", str(lines), "--pathways", str(FIXTURES)).stdout.splitlines()
+    assert len(out) == 2 and "error" not in json.loads(out[0]) and json.loads(out[1])["error"] == "case"

@@ -168,6 +168,9 @@ def _batch(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CarepathError(f"cannot read {args.cohort}: {exc.strerror}") from None
         total = os.fstat(src.fileno()).st_size
+        if args.out and _same_file(args.cohort, args.out):
+            src.close()
+            raise CarepathError(f"--out {args.out} is the cohort being read: write the decisions to another file")
     progress = Progress(sys.stderr, total, sys.stderr.isatty())
     output = None
     try:
@@ -201,6 +204,13 @@ def _batch(args: argparse.Namespace) -> int:
             msg = f"interrupted: output holds input lines 1-{stats.lines_done}: " + msg
         print(msg, file=sys.stderr)
     return (143 if stats.signum == signal.SIGTERM else 130) if stats.interrupted else 0
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # the output does not exist yet
+        return False
 
 
 HTML_SUFFIXES = (".html", ".htm")  # a page with charts; the other suffixes, and stdout, get Markdown
