@@ -23,6 +23,7 @@ _WORDS = [
     (r"\bmissing\((\w+)\)", r"no \1 on record"),
     (r"\bpresent\((\w+)\)", r"\1 on record"),
     (r"\bprevious\((\w+)\)", r"previous \1"),
+    (r"\brise\((\w+)\)", r"rise in \1 since the previous reading"),
     (r"\bdiagnosed\(([^)]*)\)", r"diagnosed \1"),
     (r"\btaking\(([^)]*)\)", r"taking \1"),
     (r"\ballergic\(([^)]*)\)", r"allergic to \1"),

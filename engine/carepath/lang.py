@@ -72,7 +72,7 @@ SYMBOL = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "!=": "≠"}
 
 @dataclass(frozen=True)
 class Num:
-    """A numeric quantity read from the facts: ``kind`` is obs, prev, days, field, count, days_on."""
+    """A numeric quantity read from the facts: ``kind`` is obs, prev, rise, days, field, count, days_on."""
 
     kind: str
     arg: str | tuple[str, ...]
@@ -83,6 +83,8 @@ class Num:
             return f"o_{self.arg}"
         if self.kind == "prev":
             return f"p_{self.arg}"
+        if self.kind == "rise":
+            return f"r_{self.arg}"
         if self.kind == "days":
             return f"d_{self.arg}"
         if self.kind == "field":
@@ -101,6 +103,8 @@ class Num:
             return str(self.arg)
         if self.kind == "prev":
             return f"previous({self.arg})"
+        if self.kind == "rise":
+            return f"rise({self.arg})"
         if self.kind == "days":
             return f"days_since({self.arg})"
         if self.kind == "count":
@@ -222,6 +226,7 @@ CALLS = {
     "due",
     "days_since",
     "previous",
+    "rise",
     "finding",
     "diagnosed",
     "taking",
@@ -394,7 +399,10 @@ class _Parser:
             self._peeked = None
         unit_at = m.start("unit") if m is not None else start
         if unit is not None:
-            if num.kind in ("obs", "prev"):
+            if num.kind == "rise":  # a difference: an offset conversion (HbA1c mmol/mol) would be wrong
+                if od is not None and unit != od.unit:
+                    self.err(unit_at, f"{num.text()} is compared in {od.code}'s own unit {od.unit!r}, not {unit!r}")
+            elif num.kind in ("obs", "prev"):
                 if od is None:
                     return Cmp(num, op, value, unit, (start, self.pos))
                 conv = od.to_canonical(value, unit)
@@ -498,10 +506,10 @@ class _Parser:
             if name == "older_than":
                 return older
             return Or((Present("obs", args[0][0], False, (start, end)), older), (start, end))
-        if name in ("days_since", "previous"):
+        if name in ("days_since", "previous", "rise"):
             arity(1)
             od = self.obs(args[0][0], args[0][1])
-            kind = "days" if name == "days_since" else "prev"
+            kind = {"days_since": "days", "previous": "prev", "rise": "rise"}[name]
             return self.comparison(Num(kind, args[0][0]), start, od)
         if name == "finding":
             arity(1)
@@ -679,7 +687,7 @@ def describer(lit: Literal, vocab: Vocabulary) -> Callable[[Facts], str]:
     if isinstance(lit, Cmp):
         key = lit.num.key
         unit = ""
-        if lit.num.kind in ("obs", "prev") and isinstance(lit.num.arg, str) and lit.num.arg in vocab.observations:
+        if lit.num.kind in ("obs", "prev", "rise") and isinstance(lit.num.arg, str) and lit.num.arg in vocab.observations:
             unit = " " + vocab.observations[lit.num.arg].unit
         elif lit.num.kind in ("days", "days_on"):
             unit = " days"

@@ -190,6 +190,9 @@ def _domain(num: lang.Num, vocab: Vocabulary) -> tuple[float, float]:
     if num.kind in ("obs", "prev") and isinstance(num.arg, str) and num.arg in vocab.observations:
         od = vocab.observations[num.arg]
         return od.lo, od.hi
+    if num.kind == "rise" and isinstance(num.arg, str) and num.arg in vocab.observations:
+        od = vocab.observations[num.arg]
+        return od.lo - od.hi, od.hi - od.lo
     if num.kind == "field":
         return lang.NUMERIC_FIELDS[str(num.arg)]
     if num.kind == "count":
@@ -210,7 +213,7 @@ def _consistent(term: list[lang.Literal], vocab: Vocabulary) -> bool:
     for lit in term:
         if isinstance(lit, Cmp):
             key = lit.num.key
-            if lit.num.kind in ("obs", "prev", "days", "field") and not known(f"h_{lit.num.arg}"):
+            if lit.num.kind in ("obs", "prev", "rise", "days", "field") and not known(f"h_{lit.num.arg}"):
                 return False  # a comparison needs the value on record
             lo, hi = _domain(lit.num, vocab)
             b = bounds.setdefault(key, [lo, False, hi, False])

@@ -158,3 +158,35 @@ def test_converted_values_round_to_reporting_precision() -> None:
     assert VOCAB.observations["fpg"].to_canonical(70, "mg/dL") == 3.9
     e = parse("hba1c >= 53 mmol/mol")
     assert isinstance(e, lang.Cmp) and e.value == 7.0
+
+
+def test_rise_is_latest_minus_previous_and_unknown_without_two_readings() -> None:
+    from datetime import date
+
+    from carepath.case import validate_case
+    from carepath.derive import Features, derive
+
+    e = parse("rise(sbp) > 20")
+    assert isinstance(e, lang.Cmp) and e.num.key == "r_sbp" and e.num.text() == "rise(sbp)"
+    feat = Features()
+    feat.add(e)
+    base = {"patient_id": "p", "as_of": "2026-11-24", "setting": "community", "age": 60, "sex": "male", "pregnant": None}
+
+    def facts(*readings: tuple[float, str]) -> dict[str, object]:
+        obs = [{"code": "sbp", "value": v, "unit": "mmHg", "date": d} for v, d in readings]
+        case, o = validate_case({**base, "observations": obs, "conditions": [], "medications": [], "allergies": [], "findings": []}, VOCAB)
+        assert case.as_of == date(2026, 11, 24)
+        return derive(case, o, feat)
+
+    risen = facts((150.0, "2026-11-20"), (128.0, "2026-08-01"))  # given newest first: the dates decide
+    assert risen["r_sbp"] == 22.0 and lang.eval3(e, risen) is True
+    assert lang.describe(e, risen, VOCAB) == "rise(sbp) 22 mmHg > 20"
+    fallen = facts((128.0, "2026-11-20"), (150.0, "2026-08-01"))
+    assert fallen["r_sbp"] == -22.0 and lang.eval3(e, fallen) is False
+    assert lang.eval3(e, facts((150.0, "2026-11-20"))) is None  # one reading: unknown, never "no rise"
+
+
+def test_rise_takes_only_the_canonical_unit() -> None:
+    _, errors = lang.parse("rise(hba1c) > 5 mmol/mol", VOCAB)  # an offset conversion would be wrong for a difference
+    assert errors and "compared in hba1c's own unit '%'" in str(errors[0])
+    assert not lang.parse("rise(hba1c) > 0.5 %", VOCAB)[1]

@@ -214,6 +214,8 @@ class CaseSpace:
                         if n.kind in ("obs", "prev"):
                             thresholds.setdefault(str(n.arg), set()).add(lit.value)
                             p_obs.append(str(n.arg))
+                        elif n.kind == "rise":  # a difference, not a value: steered by _steer_rise
+                            p_obs.append(str(n.arg))
                         elif n.kind == "days":
                             days.setdefault(str(n.arg), set()).add(lit.value)
                             p_obs.append(str(n.arg))
@@ -502,6 +504,9 @@ class CaseSpace:
         return has == e.value
 
     def _num(self, d: _Draft, n: lang.Num) -> float | None:
+        if n.kind == "rise":
+            rs = d.readings.get(str(n.arg)) or []
+            return rs[0][1] - rs[1][1] if len(rs) > 1 else None
         if n.kind in ("obs", "prev", "days"):
             rs = d.readings.get(str(n.arg)) or []
             if n.kind == "days":
@@ -538,9 +543,31 @@ class CaseSpace:
         elif isinstance(lit, Present):
             self._steer_present(draw, d, lit, pregnant)
 
+    def _steer_rise(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
+        """Two readings whose difference (latest minus previous) makes ``rise(code) op x`` hold."""
+        code, op, x = str(lit.num.arg), lit.op, lit.value
+        if code not in self.vocab.observations:
+            return
+        od = self.vocab.observations[code]
+        rs = d.readings.setdefault(code, [])
+        if not rs:
+            rs.append(self._reading(draw, code))
+        if len(rs) < 2:
+            rs.append([rs[0][0] + draw(self._sample([1, 7, 30])), draw(self.value(code))])
+        step = self.steps.get(code, 0.1)
+        v = self._pick(draw, [0.0, x - 10 * step, x - step, x, x + step, x + 10 * step], op, x)
+        if v is None:
+            return
+        if od.lo <= rs[1][1] + v <= od.hi:
+            rs[0][1] = _rnd(rs[1][1] + v, step)
+        elif od.lo <= rs[0][1] - v <= od.hi:
+            rs[1][1] = _rnd(rs[0][1] - v, step)
+
     def _steer_cmp(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
         n, op, x = lit.num, lit.op, lit.value
-        if n.kind in ("obs", "prev", "days"):
+        if n.kind == "rise":
+            self._steer_rise(draw, d, lit)
+        elif n.kind in ("obs", "prev", "days"):
             code = str(n.arg)
             if code not in self.vocab.observations:
                 return
