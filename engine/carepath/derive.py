@@ -13,7 +13,7 @@ from .case import Case
 class _Plan:
     allergy: tuple[tuple[str, tuple[str, ...]], ...]  # al_ key -> ATC prefixes (matched both ways)
     counts: tuple[tuple[str, tuple[str, ...]], ...]  # n_ key -> the ATC prefixes it counts
-    observations: dict[str, tuple[str, str, str, str, str]]  # code -> its h_, o_, d_, p_ and r_ keys
+    observations: dict[str, tuple[str, str, str, str, str, str]]  # code -> its h_, o_, d_, p_, r_ and rp_ keys
     finding_keys: dict[str, str]  # finding -> its f_ key
     zeros: dict[str, object]  # every flag and count at 0 and every observation absent: set what holds
     dx_index: dict[str, tuple[str, ...]]  # ICD prefix -> the dx_ flags it sets
@@ -52,7 +52,7 @@ class Features:
             finding_keys = {f: f"f_{f}" for f in sorted(self.findings)}
             dx, on, allergy = flags("dx_", self.dx), flags("on_", self.on), flags("al_", self.allergy)
             counts = tuple(("n_" + "_".join(g), g) for g in sorted(self.counts))
-            observations = {c: (f"h_{c}", f"o_{c}", f"d_{c}", f"p_{c}", f"r_{c}") for c in sorted(self.observations)}
+            observations = {c: (f"h_{c}", f"o_{c}", f"d_{c}", f"p_{c}", f"r_{c}", f"rp_{c}") for c in sorted(self.observations)}
             zero_keys = [k[0] for k in observations.values()] + [*finding_keys.values()] + [k for k, _ in (*dx, *on, *allergy, *counts)]
             on_index = _index(on)
             in_count = {p for _, g in counts for p in g}
@@ -74,7 +74,7 @@ class Features:
         for lit in lang.literals(expr):
             if isinstance(lit, lang.Cmp):
                 n = lit.num
-                if n.kind in ("obs", "prev", "rise", "days"):
+                if n.kind in ("obs", "prev", "rise", "rise_pct", "days"):
                     self.observations.add(str(n.arg))
                 elif n.kind == "count":
                     assert isinstance(n.arg, tuple)
@@ -117,13 +117,15 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
             if code in keyed:
                 by_code.setdefault(code, []).append((when, i, value))
         for code, series in by_code.items():
-            h, o, d, p, r = keyed[code]
+            h, o, d, p, r, rp = keyed[code]
             facts[h] = 1
             if len(series) > 1:
                 series.sort()
                 before = series[-2][2]
                 facts[p] = before
                 facts[r] = round(series[-1][2] - before, 9)  # the rise since the previous reading, without float dust
+                if before > 0:  # as a percentage of the previous reading (unknown from zero)
+                    facts[rp] = round(100.0 * (series[-1][2] - before) / before, 9)
             when, _, value = series[-1]
             facts[o] = value
             facts[d] = (as_of - when).days

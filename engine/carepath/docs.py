@@ -24,6 +24,7 @@ _WORDS = [
     (r"\bpresent\((\w+)\)", r"\1 on record"),
     (r"\bprevious\((\w+)\)", r"previous \1"),
     (r"\brise\((\w+)\)", r"rise in \1 since the previous reading"),
+    (r"\brise_pct\((\w+)\)", r"rise in \1 since the previous reading, in % of it"),
     (r"\bdiagnosed\(([^)]*)\)", r"diagnosed \1"),
     (r"\btaking\(([^)]*)\)", r"taking \1"),
     (r"\ballergic\(([^)]*)\)", r"allergic to \1"),

@@ -72,7 +72,7 @@ SYMBOL = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "!=": "≠"}
 
 @dataclass(frozen=True)
 class Num:
-    """A numeric quantity read from the facts: ``kind`` is obs, prev, rise, days, field, count, days_on."""
+    """A numeric quantity read from the facts: ``kind`` is obs, prev, rise, rise_pct, days, field, count, days_on."""
 
     kind: str
     arg: str | tuple[str, ...]
@@ -85,6 +85,8 @@ class Num:
             return f"p_{self.arg}"
         if self.kind == "rise":
             return f"r_{self.arg}"
+        if self.kind == "rise_pct":
+            return f"rp_{self.arg}"
         if self.kind == "days":
             return f"d_{self.arg}"
         if self.kind == "field":
@@ -105,6 +107,8 @@ class Num:
             return f"previous({self.arg})"
         if self.kind == "rise":
             return f"rise({self.arg})"
+        if self.kind == "rise_pct":
+            return f"rise_pct({self.arg})"
         if self.kind == "days":
             return f"days_since({self.arg})"
         if self.kind == "count":
@@ -227,6 +231,7 @@ CALLS = {
     "days_since",
     "previous",
     "rise",
+    "rise_pct",
     "finding",
     "diagnosed",
     "taking",
@@ -402,6 +407,9 @@ class _Parser:
             if num.kind == "rise":  # a difference: an offset conversion (HbA1c mmol/mol) would be wrong
                 if od is not None and unit != od.unit:
                     self.err(unit_at, f"{num.text()} is compared in {od.code}'s own unit {od.unit!r}, not {unit!r}")
+            elif num.kind == "rise_pct":
+                if unit != "%":
+                    self.err(unit_at, f"{num.text()} is a percentage: write the number alone or with '%', not {unit!r}")
             elif num.kind in ("obs", "prev"):
                 if od is None:
                     return Cmp(num, op, value, unit, (start, self.pos))
@@ -506,10 +514,10 @@ class _Parser:
             if name == "older_than":
                 return older
             return Or((Present("obs", args[0][0], False, (start, end)), older), (start, end))
-        if name in ("days_since", "previous", "rise"):
+        if name in ("days_since", "previous", "rise", "rise_pct"):
             arity(1)
             od = self.obs(args[0][0], args[0][1])
-            kind = {"days_since": "days", "previous": "prev", "rise": "rise"}[name]
+            kind = {"days_since": "days", "previous": "prev", "rise": "rise", "rise_pct": "rise_pct"}[name]
             return self.comparison(Num(kind, args[0][0]), start, od)
         if name == "finding":
             arity(1)
@@ -691,6 +699,8 @@ def describer(lit: Literal, vocab: Vocabulary) -> Callable[[Facts], str]:
             unit = " " + vocab.observations[lit.num.arg].unit
         elif lit.num.kind in ("days", "days_on"):
             unit = " days"
+        elif lit.num.kind == "rise_pct":
+            unit = "%"
         head, tail = lit.num.text(), f"{SYMBOL[lit.op]} {num_text(lit.value)}"
 
         def cmp(facts: Facts) -> str:

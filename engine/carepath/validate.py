@@ -193,6 +193,9 @@ def _domain(num: lang.Num, vocab: Vocabulary) -> tuple[float, float]:
     if num.kind == "rise" and isinstance(num.arg, str) and num.arg in vocab.observations:
         od = vocab.observations[num.arg]
         return od.lo - od.hi, od.hi - od.lo
+    if num.kind == "rise_pct" and isinstance(num.arg, str) and num.arg in vocab.observations:
+        od = vocab.observations[num.arg]
+        return -100.0, (100.0 * (od.hi - od.lo) / od.lo if od.lo > 0 else math.inf)
     if num.kind == "field":
         return lang.NUMERIC_FIELDS[str(num.arg)]
     if num.kind == "count":
@@ -213,7 +216,7 @@ def _consistent(term: list[lang.Literal], vocab: Vocabulary) -> bool:
     for lit in term:
         if isinstance(lit, Cmp):
             key = lit.num.key
-            if lit.num.kind in ("obs", "prev", "rise", "days", "field") and not known(f"h_{lit.num.arg}"):
+            if lit.num.kind in ("obs", "prev", "rise", "rise_pct", "days", "field") and not known(f"h_{lit.num.arg}"):
                 return False  # a comparison needs the value on record
             lo, hi = _domain(lit.num, vocab)
             b = bounds.setdefault(key, [lo, False, hi, False])

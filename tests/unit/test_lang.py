@@ -190,3 +190,26 @@ def test_rise_takes_only_the_canonical_unit() -> None:
     _, errors = lang.parse("rise(hba1c) > 5 mmol/mol", VOCAB)  # an offset conversion would be wrong for a difference
     assert errors and "compared in hba1c's own unit '%'" in str(errors[0])
     assert not lang.parse("rise(hba1c) > 0.5 %", VOCAB)[1]
+
+
+def test_rise_pct_is_the_rise_as_a_percentage_of_the_previous_reading() -> None:
+    from carepath.case import validate_case
+    from carepath.derive import Features, derive
+
+    e = parse("rise_pct(bmi) >= 5")
+    with_sign = parse("rise_pct(bmi) >= 5 %")
+    assert isinstance(e, lang.Cmp) and isinstance(with_sign, lang.Cmp) and e.num.key == "rp_bmi"
+    assert (with_sign.num, with_sign.op, with_sign.value) == (e.num, e.op, e.value)
+    assert "is a percentage" in str(lang.parse("rise_pct(bmi) >= 5 kg/m2", VOCAB)[1][0])
+    feat = Features()
+    feat.add(e)
+    obs = [
+        {"code": "bmi", "value": 25.2, "unit": "kg/m2", "date": "2026-11-20"},
+        {"code": "bmi", "value": 24.0, "unit": "kg/m2", "date": "2026-05-01"},
+    ]
+    base = {"patient_id": "p", "as_of": "2026-11-24", "setting": "community"}
+    base |= {"conditions": [], "medications": [], "allergies": [], "findings": []}
+    case, o = validate_case({**base, "observations": obs}, VOCAB)
+    facts = derive(case, o, feat)
+    assert facts["rp_bmi"] == 5.0 and lang.eval3(e, facts) is True
+    assert lang.describe(e, facts, VOCAB) == "rise_pct(bmi) 5% ≥ 5"

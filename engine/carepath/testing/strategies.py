@@ -214,7 +214,7 @@ class CaseSpace:
                         if n.kind in ("obs", "prev"):
                             thresholds.setdefault(str(n.arg), set()).add(lit.value)
                             p_obs.append(str(n.arg))
-                        elif n.kind == "rise":  # a difference, not a value: steered by _steer_rise
+                        elif n.kind in ("rise", "rise_pct"):  # a difference, not a value: steered by _steer_rise
                             p_obs.append(str(n.arg))
                         elif n.kind == "days":
                             days.setdefault(str(n.arg), set()).add(lit.value)
@@ -504,9 +504,13 @@ class CaseSpace:
         return has == e.value
 
     def _num(self, d: _Draft, n: lang.Num) -> float | None:
-        if n.kind == "rise":
+        if n.kind in ("rise", "rise_pct"):
             rs = d.readings.get(str(n.arg)) or []
-            return rs[0][1] - rs[1][1] if len(rs) > 1 else None
+            if len(rs) < 2:
+                return None
+            if n.kind == "rise":
+                return rs[0][1] - rs[1][1]
+            return 100.0 * (rs[0][1] - rs[1][1]) / rs[1][1] if rs[1][1] > 0 else None
         if n.kind in ("obs", "prev", "days"):
             rs = d.readings.get(str(n.arg)) or []
             if n.kind == "days":
@@ -544,7 +548,8 @@ class CaseSpace:
             self._steer_present(draw, d, lit, pregnant)
 
     def _steer_rise(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
-        """Two readings whose difference (latest minus previous) makes ``rise(code) op x`` hold."""
+        """Two readings whose difference (latest minus previous; for rise_pct, as a percentage of the
+        previous) makes ``rise(code) op x`` or ``rise_pct(code) op x`` hold."""
         code, op, x = str(lit.num.arg), lit.op, lit.value
         if code not in self.vocab.observations:
             return
@@ -555,6 +560,21 @@ class CaseSpace:
         if len(rs) < 2:
             rs.append([rs[0][0] + draw(self._sample([1, 7, 30])), draw(self.value(code))])
         step = self.steps.get(code, 0.1)
+        if lit.num.kind == "rise_pct":
+            pct = self._pick(draw, [0.0, x - 5, x - 1, x, x + 1, x + 5], op, x)
+            if pct is None or rs[1][1] <= 0:
+                return
+            delta = rs[1][1] * pct / 100.0
+            # rounded to the value's step the percentage can slip past x: step it outward until it holds
+            for _ in range(1000):
+                latest = _rnd(rs[1][1] + delta, step)
+                if not od.lo <= latest <= od.hi:
+                    return
+                if _satisfies(100.0 * (latest - rs[1][1]) / rs[1][1], op, x):
+                    rs[0][1] = latest
+                    return
+                delta += step if op in (">", ">=") else -step
+            return
         v = self._pick(draw, [0.0, x - 10 * step, x - step, x, x + step, x + 10 * step], op, x)
         if v is None:
             return
@@ -565,7 +585,7 @@ class CaseSpace:
 
     def _steer_cmp(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
         n, op, x = lit.num, lit.op, lit.value
-        if n.kind == "rise":
+        if n.kind in ("rise", "rise_pct"):
             self._steer_rise(draw, d, lit)
         elif n.kind in ("obs", "prev", "days"):
             code = str(n.arg)
