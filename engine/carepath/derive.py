@@ -87,6 +87,12 @@ class Features:
                 {"finding": self.findings, "dx": self.dx, "on": self.on, "allergy": self.allergy}.get(lit.kind, set()).add(lit.arg)
 
 
+def rises(before: float, latest: float) -> tuple[float, float | None]:
+    """rise() and rise_pct() of two readings, without float dust; the percentage is unknown (None)
+    from a reading of zero. The case generator steers with the same numbers."""
+    return round(latest - before, 9), (round(100.0 * (latest - before) / before, 9) if before > 0 else None)
+
+
 def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> dict[str, object]:
     """Flat facts; a key is absent when its value is unknown (never defaulted to normal).
 
@@ -123,9 +129,9 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
                 series.sort()
                 before = series[-2][2]
                 facts[p] = before
-                facts[r] = round(series[-1][2] - before, 9)  # the rise since the previous reading, without float dust
-                if before > 0:  # as a percentage of the previous reading (unknown from zero)
-                    facts[rp] = round(100.0 * (series[-1][2] - before) / before, 9)
+                facts[r], pct = rises(before, series[-1][2])
+                if pct is not None:
+                    facts[rp] = pct
             when, _, value = series[-1]
             facts[o] = value
             facts[d] = (as_of - when).days

@@ -187,15 +187,13 @@ def _dnf(e: Expr) -> list[list[lang.Literal]] | None:
 
 
 def _domain(num: lang.Num, vocab: Vocabulary) -> tuple[float, float]:
-    if num.kind in ("obs", "prev") and isinstance(num.arg, str) and num.arg in vocab.observations:
+    if num.kind in ("obs", "prev", "rise", "rise_pct") and isinstance(num.arg, str) and num.arg in vocab.observations:
         od = vocab.observations[num.arg]
+        if num.kind == "rise":
+            return od.lo - od.hi, od.hi - od.lo
+        if num.kind == "rise_pct":
+            return -100.0, (100.0 * (od.hi - od.lo) / od.lo if od.lo > 0 else math.inf)
         return od.lo, od.hi
-    if num.kind == "rise" and isinstance(num.arg, str) and num.arg in vocab.observations:
-        od = vocab.observations[num.arg]
-        return od.lo - od.hi, od.hi - od.lo
-    if num.kind == "rise_pct" and isinstance(num.arg, str) and num.arg in vocab.observations:
-        od = vocab.observations[num.arg]
-        return -100.0, (100.0 * (od.hi - od.lo) / od.lo if od.lo > 0 else math.inf)
     if num.kind == "field":
         return lang.NUMERIC_FIELDS[str(num.arg)]
     if num.kind == "count":

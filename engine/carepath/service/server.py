@@ -14,7 +14,6 @@ import signal
 import socket
 import sys
 import time
-import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath._proto.v1 import pathway_service_pb2 as ps
 from carepath.service import status
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
-from carepath.service.worker import MAX_REQUEST_ID
+from carepath.service.worker import MAX_REQUEST_ID, internal_error_line
 
 log = logging.getLogger("carepath.service")
 rpc_log = logging.getLogger("carepath.rpc")
@@ -118,9 +117,7 @@ def _request_id(raw: bytes) -> str:
 
 def _log_internal(method: str, request_id: str, exc: BaseException) -> None:
     """A bug in the front end: one JSON line with the request id the caller got and the traceback."""
-    fields = {"event": "internal_error", "method": method, "request_id": request_id, "error": f"{type(exc).__name__}: {exc}"[:1000]}
-    fields["traceback"] = "".join(traceback.format_exception(exc))
-    log.error(json.dumps(fields))
+    log.error(internal_error_line(method, request_id, exc))
 
 
 class DecisionServicer:

@@ -44,14 +44,20 @@ def _late(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() > deadline
 
 
-def log_internal(request_id: str, method: str, **more: Any) -> None:
-    """The exception being handled, as one JSON line on stderr (the service's log) with its request id
-    and the traceback as a field: the caller got that request id in an INTERNAL status."""
-    exc = sys.exc_info()[1]
-    fields = {"event": "internal_error", "method": method, "request_id": request_id, **more, "pid": os.getpid()}
+def internal_error_line(method: str, request_id: str, exc: BaseException, **more: Any) -> str:
+    """A bug met while serving, as one JSON log line: the request id the caller got in its INTERNAL
+    status, and the traceback as a field (the front end and the workers both write these)."""
+    fields = {"event": "internal_error", "method": method, "request_id": request_id, **more}
     fields["error"] = f"{type(exc).__name__}: {exc}"[:1000]
-    fields["traceback"] = traceback.format_exc()
-    print(json.dumps(fields), file=sys.stderr, flush=True)
+    fields["traceback"] = "".join(traceback.format_exception(exc))
+    return json.dumps(fields)
+
+
+def log_internal(request_id: str, method: str, **more: Any) -> None:
+    """The exception being handled in this worker, on stderr (the service's log)."""
+    exc = sys.exc_info()[1]
+    assert exc is not None, "log_internal is called from an except block"
+    print(internal_error_line(method, request_id, exc, **more, pid=os.getpid()), file=sys.stderr, flush=True)
 
 
 def pathway_info(engine: Engine) -> list[dict[str, str]]:

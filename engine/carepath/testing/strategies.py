@@ -37,6 +37,7 @@ from typing import Any, Final, TypeVar
 from hypothesis import strategies as st
 
 from .. import lang
+from ..derive import rises
 from ..lang import And, Cmp, Const, Enum, Expr, Flag, Not, Or, Present
 from ..validate import CheckedPathway
 
@@ -508,9 +509,8 @@ class CaseSpace:
             rs = d.readings.get(str(n.arg)) or []
             if len(rs) < 2:
                 return None
-            if n.kind == "rise":
-                return rs[0][1] - rs[1][1]
-            return 100.0 * (rs[0][1] - rs[1][1]) / rs[1][1] if rs[1][1] > 0 else None
+            rise, pct = rises(rs[1][1], rs[0][1])
+            return rise if n.kind == "rise" else pct
         if n.kind in ("obs", "prev", "days"):
             rs = d.readings.get(str(n.arg)) or []
             if n.kind == "days":
@@ -570,7 +570,8 @@ class CaseSpace:
                 latest = _rnd(rs[1][1] + delta, step)
                 if not od.lo <= latest <= od.hi:
                     return
-                if _satisfies(100.0 * (latest - rs[1][1]) / rs[1][1], op, x):
+                pct = rises(rs[1][1], latest)[1]
+                if pct is not None and _satisfies(pct, op, x):
                     rs[0][1] = latest
                     return
                 delta += step if op in (">", ">=") else -step
