@@ -18,6 +18,7 @@ class _Plan:
     zeros: dict[str, object]  # every flag and count at 0 and every observation absent: set what holds
     dx_index: dict[str, tuple[str, ...]]  # ICD prefix -> the dx_ flags it sets
     med_index: dict[str, tuple[tuple[str, ...], bool, str | None]]  # ATC prefix -> (on_ flags, in a count, s_ key)
+    after: tuple[tuple[str, str, str], ...]  # a_ key -> the d_ and s_ keys it is the difference of
 
 
 def _index(pairs: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, tuple[str, ...]]:
@@ -39,6 +40,7 @@ class Features:
     allergy: set[str] = field(default_factory=set)
     counts: set[tuple[str, ...]] = field(default_factory=set)
     days_on: set[str] = field(default_factory=set)
+    after: set[tuple[str, str]] = field(default_factory=set)  # days_after_start: (observation, ATC prefix)
 
     _plan: _Plan | None = None
 
@@ -66,6 +68,7 @@ class Features:
                 zeros=dict.fromkeys(zero_keys, 0),
                 dx_index=_index(dx),
                 med_index=med_index,
+                after=tuple((f"a_{c}_{lang.sanitize(p)}", f"d_{c}", f"s_{p}") for c, p in sorted(self.after)),
             )
         return self._plan
 
@@ -81,6 +84,11 @@ class Features:
                     self.counts.add(n.arg)
                 elif n.kind == "days_on":
                     self.days_on.add(str(n.arg))
+                elif n.kind == "after":  # needs the reading's days_since and the drug's days_on
+                    code, prefix = n.pair
+                    self.after.add((code, prefix))
+                    self.observations.add(code)
+                    self.days_on.add(prefix)
             elif isinstance(lit, lang.Present) and lit.kind == "obs":
                 self.observations.add(lit.name)
             elif isinstance(lit, lang.Flag):
@@ -179,4 +187,8 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
             facts[key] = sum(1 for p in group if p in counted)
         for key, since in first.items():
             facts[key] = (as_of - since).days
+        for key, d_key, s_key in plan.after:  # reading date - start date; unknown without either
+            on, ago = facts.get(s_key), facts.get(d_key)
+            if isinstance(on, int) and isinstance(ago, int):
+                facts[key] = on - ago
     return facts

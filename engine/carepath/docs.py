@@ -16,6 +16,7 @@ from .validate import CheckedPathway
 
 _WORDS = [
     (r"\bcount_taking\(([^)]*)\)", r"number of classes taken among \1"),
+    (r"\bdays_after_start\((\w+), (\w+)\)", r"days from starting \2 to the latest \1"),
     (r"\bdays_on\(([^)]*)\)", r"days on \1"),
     (r"\bdays_since\(([^)]*)\)", r"age in days of the latest \1"),
     (r"\bolder_than\((\w+), (\d+)\)", r"latest \1 older than \2 days"),

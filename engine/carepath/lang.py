@@ -72,7 +72,8 @@ SYMBOL = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "!=": "≠"}
 
 @dataclass(frozen=True)
 class Num:
-    """A numeric quantity read from the facts: ``kind`` is obs, prev, rise, rise_pct, days, field, count, days_on."""
+    """A numeric quantity read from the facts: ``kind`` is obs, prev, rise, rise_pct, days, field, count,
+    days_on, after (days_after_start: arg is (observation, ATC))."""
 
     kind: str
     arg: str | tuple[str, ...]
@@ -94,11 +95,20 @@ class Num:
         if self.kind == "count":
             assert isinstance(self.arg, tuple)
             return "n_" + "_".join(sanitize(a) for a in self.arg)
+        if self.kind == "after":
+            code, prefix = self.pair
+            return f"a_{code}_{sanitize(prefix)}"
         return f"s_{sanitize(str(self.arg))}"
 
     @property
+    def pair(self) -> tuple[str, str]:
+        """days_after_start's (observation, ATC prefix)."""
+        assert isinstance(self.arg, tuple) and len(self.arg) == 2, self
+        return self.arg[0], self.arg[1]
+
+    @property
     def integer(self) -> bool:
-        return self.kind in ("days", "count", "days_on") or (self.kind == "field")
+        return self.kind in ("days", "count", "days_on", "after") or (self.kind == "field")
 
     def text(self) -> str:
         if self.kind in ("obs", "field"):
@@ -114,6 +124,8 @@ class Num:
         if self.kind == "count":
             assert isinstance(self.arg, tuple)
             return f"count_taking({', '.join(self.arg)})"
+        if self.kind == "after":
+            return "days_after_start({}, {})".format(*self.pair)
         return f"days_on({self.arg})"
 
 
@@ -238,6 +250,7 @@ CALLS = {
     "allergic",
     "count_taking",
     "days_on",
+    "days_after_start",
 }
 
 
@@ -419,7 +432,7 @@ class _Parser:
                     self.err(unit_at, f"unit {unit!r} does not match {od.code} (accepted: {accepted})")
                 else:
                     value = conv
-            elif num.kind == "days" or num.kind == "days_on":
+            elif num.kind in ("days", "days_on", "after"):
                 if unit not in ("days", "day", "d"):
                     self.err(unit_at, f"{num.text()} is in days, not {unit!r}")
             else:
@@ -514,6 +527,12 @@ class _Parser:
             if name == "older_than":
                 return older
             return Or((Present("obs", args[0][0], False, (start, end)), older), (start, end))
+        if name == "days_after_start":
+            arity(2)
+            self.obs(args[0][0], args[0][1])
+            if not _ATC.match(args[1][0]):
+                self.err(args[1][1], f"{args[1][0]!r} is not an ATC code or prefix")
+            return self.comparison(Num("after", (args[0][0], args[1][0])), start, None)
         if name in ("days_since", "previous", "rise", "rise_pct"):
             arity(1)
             od = self.obs(args[0][0], args[0][1])
@@ -697,7 +716,7 @@ def describer(lit: Literal, vocab: Vocabulary) -> Callable[[Facts], str]:
         unit = ""
         if lit.num.kind in ("obs", "prev", "rise") and isinstance(lit.num.arg, str) and lit.num.arg in vocab.observations:
             unit = " " + vocab.observations[lit.num.arg].unit
-        elif lit.num.kind in ("days", "days_on"):
+        elif lit.num.kind in ("days", "days_on", "after"):
             unit = " days"
         elif lit.num.kind == "rise_pct":
             unit = "%"

@@ -198,6 +198,8 @@ def _domain(num: lang.Num, vocab: Vocabulary) -> tuple[float, float]:
         return lang.NUMERIC_FIELDS[str(num.arg)]
     if num.kind == "count":
         return 0.0, float(len(num.arg))
+    if num.kind == "after":  # a reading before the start is negative
+        return -math.inf, math.inf
     return 0.0, math.inf
 
 
@@ -216,6 +218,8 @@ def _consistent(term: list[lang.Literal], vocab: Vocabulary) -> bool:
             key = lit.num.key
             if lit.num.kind in ("obs", "prev", "rise", "rise_pct", "days", "field") and not known(f"h_{lit.num.arg}"):
                 return False  # a comparison needs the value on record
+            if lit.num.kind == "after" and not known(f"h_{lit.num.pair[0]}"):
+                return False
             lo, hi = _domain(lit.num, vocab)
             b = bounds.setdefault(key, [lo, False, hi, False])
             v = lit.value

@@ -213,3 +213,49 @@ def test_rise_pct_is_the_rise_as_a_percentage_of_the_previous_reading() -> None:
     facts = derive(case, o, feat)
     assert facts["rp_bmi"] == 5.0 and lang.eval3(e, facts) is True
     assert lang.describe(e, facts, VOCAB) == "rise_pct(bmi) 5% ≥ 5"
+
+
+def test_days_after_start_dates_the_latest_reading_against_the_drug_start() -> None:
+    """A recheck after starting a drug must not be satisfied by the baseline taken before it."""
+    from carepath.case import validate_case
+    from carepath.derive import Features, derive
+
+    e = parse("days_after_start(potassium, C09) <= 0")
+    assert isinstance(e, lang.Cmp) and e.num.key == "a_potassium_C09" and e.num.text() == "days_after_start(potassium, C09)"
+    assert e.num.integer
+    feat = Features()
+    feat.add(e)
+    base = {"patient_id": "p", "as_of": "2026-11-24", "setting": "community", "conditions": [], "allergies": [], "findings": []}
+
+    def facts(k_dates: list[str], starts: list[str | None]) -> dict[str, object]:
+        obs = [{"code": "potassium", "value": 4.4, "unit": "mmol/L", "date": d} for d in k_dates]
+        meds = [{"atc": atc, "since": s} for atc, s in zip(("C09AA05", "C09CA01"), starts, strict=False)]
+        case, o = validate_case({**base, "observations": obs, "medications": meds}, VOCAB)
+        return derive(case, o, feat)
+
+    before = facts(["2026-11-12"], ["2026-11-14"])  # baseline 2 days before the start
+    assert before["a_potassium_C09"] == -2 and lang.eval3(e, before) is True
+    assert lang.describe(e, before, VOCAB) == "days_after_start(potassium, C09) -2 days ≤ 0"
+    same_day = facts(["2026-11-14"], ["2026-11-14"])
+    assert same_day["a_potassium_C09"] == 0 and lang.eval3(e, same_day) is True
+    after = facts(["2026-11-12", "2026-11-21"], ["2026-11-14"])  # the latest reading decides
+    assert after["a_potassium_C09"] == 7 and lang.eval3(e, after) is False
+    # the earliest start of the class counts, as days_on does
+    two = facts(["2026-11-21"], ["2026-11-14", "2026-11-22"])
+    assert two["a_potassium_C09"] == 7
+    # unknown, never "checked": no reading, not taking, or no start date
+    assert lang.eval3(e, facts([], ["2026-11-14"])) is None
+    assert lang.eval3(e, facts(["2026-11-21"], [])) is None
+    assert lang.eval3(e, facts(["2026-11-21"], [None])) is None
+
+
+def test_days_after_start_arguments_and_unit_are_checked() -> None:
+    with pytest.raises(lang.ParseError, match="takes 2 arguments"):
+        lang.parse("days_after_start(potassium) > 1", VOCAB)
+    _, errors = lang.parse("days_after_start(potasium, C09) > 1", VOCAB)
+    assert "did you mean 'potassium'" in str(errors[0])
+    _, errors = lang.parse("days_after_start(potassium, C9X) > 1", VOCAB)
+    assert "not an ATC code" in str(errors[0])
+    _, errors = lang.parse("days_after_start(potassium, C09) > 1 mmol/L", VOCAB)
+    assert "is in days" in str(errors[0])
+    assert not lang.parse("days_after_start(potassium, C09) >= 7 days", VOCAB)[1]

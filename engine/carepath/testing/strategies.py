@@ -227,6 +227,9 @@ class CaseSpace:
                         elif n.kind == "days_on":
                             atc.add(str(n.arg))
                             since.add(lit.value)
+                        elif n.kind == "after":  # a reading's date against a start: steered by _steer_after
+                            p_obs.append(n.pair[0])
+                            atc.add(n.pair[1])
                     elif isinstance(lit, Present) and lit.kind == "obs":
                         p_obs.append(lit.name)
                     elif isinstance(lit, Flag):
@@ -519,6 +522,10 @@ class CaseSpace:
             return rs[i][1] if len(rs) > i else None
         if n.kind == "field":
             return {"age": d.age, "smi_risk_grade": d.smi}.get(str(n.arg))
+        if n.kind == "after":
+            rs = d.readings.get(n.pair[0]) or []
+            on = self._num(d, lang.Num("days_on", n.pair[1]))
+            return None if on is None or not rs else on - rs[0][0]
         if n.kind == "count":
             return float(sum(1 for g in n.arg if any(str(m[0]).startswith(g) for m in d.meds)))
         starts = [m[1] for m in d.meds if str(m[0]).startswith(str(n.arg)) and m[1] is not None]
@@ -584,10 +591,41 @@ class CaseSpace:
         elif od.lo <= rs[0][1] - v <= od.hi:
             rs[1][1] = _rnd(rs[0][1] - v, step)
 
+    def _steer_after(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
+        """days_after_start(code, ATC) op x: the latest reading dated that many days after the
+        earliest start of a matching drug (negative: before it), keeping both on or before as_of."""
+        code, prefix = lit.num.pair
+        if code not in self.vocab.observations:
+            return
+        v = self._pick(draw, [-30, -1, 0, 1, 7, lit.value - 1, lit.value, lit.value + 1], lit.op, lit.value)
+        if v is None:
+            return
+        mine = [m for m in d.meds if str(m[0]).startswith(prefix)]
+        if not mine:
+            mine = [[draw(self._sample(complete_atc(prefix))), None]]
+            d.meds.append(mine[0])
+        rs = d.readings.setdefault(code, [])
+        if not rs:
+            if code not in self.values:  # read only by an invariant given: harvest lazily
+                od = self.vocab.observations[code]
+                self.values[code] = (od.lo, od.hi)
+                self.steps[code] = 0.1
+            rs.append(self._reading(draw, code))
+        on = int(draw(self._sample(self.since)))
+        if on - v < 0:  # the reading would be after as_of: start the drug earlier
+            on = int(v)
+        for m in mine:
+            m[1] = on  # every matching drug started that day, so the earliest start is the one steered
+        rs[0][0] = on - v
+        for r in rs[1:]:
+            r[0] = max(r[0], on - v)
+
     def _steer_cmp(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
         n, op, x = lit.num, lit.op, lit.value
         if n.kind in ("rise", "rise_pct"):
             self._steer_rise(draw, d, lit)
+        elif n.kind == "after":
+            self._steer_after(draw, d, lit)
         elif n.kind in ("obs", "prev", "days"):
             code = str(n.arg)
             if code not in self.vocab.observations:
