@@ -184,6 +184,30 @@ def test_ctrl_c_before_any_case_is_done_leaves_an_earlier_output_as_it_was(tmp_p
     assert not list(tmp_path.glob("*.partial"))
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_ends_a_batch_waiting_on_an_idle_stdin(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """Two chunks done and the rest of the input not come yet (stdin open, nothing arriving): Ctrl-C
+    or SIGTERM ends the wait at once; the signal used to be noted and ignored until the next line."""
+    out = tmp_path / "d.jsonl"
+    p = batch_with_open_stdin(out, 600)  # 2 chunks of 256 and 88 lines waiting for more
+    try:
+        deadline = time.monotonic() + 60  # the workers start once the first chunks are read
+        while len(psutil.Process(p.pid).children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)  # the two chunks are sent and batch is blocked reading the third
+        p.send_signal(sig)
+        assert p.wait(timeout=20) == code  # stdin still open: only the signal can end it
+    finally:
+        assert p.stdin is not None and p.stderr is not None
+        p.stdin.close()
+        err = p.stderr.read()
+        p.kill()
+    assert err.startswith(b"interrupted: output holds input lines 1-"), err
+    ids = [json.loads(x)["patient_id"] for x in out.read_bytes().splitlines()]
+    assert len(ids) in (256, 512) and ids == [f"LH4-{i:07d}" for i in range(1, len(ids) + 1)]
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def _running_batch(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[psutil.Process]]:
     """A batch with 3000 cases fed and stdin left open, once it has written something; and its workers."""
     p = subprocess.Popen(

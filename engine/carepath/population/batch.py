@@ -237,12 +237,18 @@ class BatchStats:
         return self.cases / self.seconds if self.seconds else 0.0
 
 
+class _ReadInterrupted(Exception):
+    """Ctrl-C or SIGTERM while the run waited for input (see _Interrupt.reading)."""
+
+
 class _Interrupt:
     """Ctrl-C or SIGTERM sets a flag that the run checks between steps (never an exception at an
-    arbitrary point); a second one aborts at once."""
+    arbitrary point); a second one aborts at once. While the run waits for input (``reading``: an
+    open, idle stdin) the signal also ends the wait, which would otherwise last until the next line."""
 
     def __init__(self) -> None:
         self.flag = False
+        self.reading = False
         self.signum = 0  # the first signal: SIGINT or SIGTERM
         self.previous: dict[int, Any] = {}
 
@@ -257,6 +263,20 @@ class _Interrupt:
         self.signum = self.signum or signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, raise_terminated)
+        if self.reading:
+            raise _ReadInterrupted
+
+    def next_chunk(self, chunks: Iterator[list[Line]]) -> list[Line] | None:
+        """The next chunk; None at the end of the input or when interrupted while reading it (the
+        lines of a chunk not yet sent are not evaluated: the run stops there)."""
+        try:
+            self.reading = True
+            try:
+                return next(chunks, None)
+            finally:
+                self.reading = False
+        except _ReadInterrupted:
+            return None
 
     def __exit__(self, *exc: object) -> None:
         for sig, previous in self.previous.items():
@@ -294,7 +314,7 @@ def _drive(
 
     with _Interrupt() as stop:
         try:
-            for chunk in chunks:
+            while (chunk := stop.next_chunk(chunks)) is not None:
                 if stop.flag:
                     break
                 pending.append((chunk[-1][0], submit(chunk)))
