@@ -19,6 +19,7 @@ class _Plan:
     dx_index: dict[str, tuple[str, ...]]  # ICD prefix -> the dx_ flags it sets
     med_index: dict[str, tuple[tuple[str, ...], bool, str | None]]  # ATC prefix -> (on_ flags, in a count, s_ key)
     after: tuple[tuple[str, str, str], ...]  # a_ key -> the d_ and s_ keys it is the difference of
+    since_start: tuple[tuple[str, str, str, tuple[str, ...]], ...]  # b_ and bp_ keys, observation, the s_ keys of the start
 
 
 def _index(pairs: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, tuple[str, ...]]:
@@ -41,6 +42,7 @@ class Features:
     counts: set[tuple[str, ...]] = field(default_factory=set)
     days_on: set[str] = field(default_factory=set)
     after: set[tuple[str, str]] = field(default_factory=set)  # days_after_start: (observation, ATC prefix)
+    since_start: set[tuple[str, ...]] = field(default_factory=set)  # rise(_pct)_since_start: (observation, ATC prefix, ...)
 
     _plan: _Plan | None = None
 
@@ -69,6 +71,10 @@ class Features:
                 dx_index=_index(dx),
                 med_index=med_index,
                 after=tuple((f"a_{c}_{lang.sanitize(p)}", f"d_{c}", f"s_{p}") for c, p in sorted(self.after)),
+                since_start=tuple(
+                    (lang.Num("srise", a).key, lang.Num("srise_pct", a).key, a[0], tuple(f"s_{p}" for p in a[1:]))
+                    for a in sorted(self.since_start)
+                ),
             )
         return self._plan
 
@@ -89,6 +95,11 @@ class Features:
                     self.after.add((code, prefix))
                     self.observations.add(code)
                     self.days_on.add(prefix)
+                elif n.kind in ("srise", "srise_pct"):  # needs the readings' dates and the drugs' starts
+                    code, *prefixes = n.started
+                    self.since_start.add(n.started)
+                    self.observations.add(code)
+                    self.days_on.update(prefixes)
             elif isinstance(lit, lang.Present) and lit.kind == "obs":
                 self.observations.add(lit.name)
             elif isinstance(lit, lang.Flag):
@@ -124,9 +135,9 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
     facts["h_smi_risk_grade"] = int(case.smi_risk_grade is not None)
     if case.smi_risk_grade is not None:
         facts["smi_risk_grade"] = case.smi_risk_grade
+    by_code: dict[str, list[tuple[date, int, float]]] = {}
     if obs:
         keyed = plan.observations
-        by_code: dict[str, list[tuple[date, int, float]]] = {}
         for i, (code, value, when) in enumerate(obs):
             if code in keyed:
                 by_code.setdefault(code, []).append((when, i, value))
@@ -191,4 +202,26 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
             on, ago = facts.get(s_key), facts.get(d_key)
             if isinstance(on, int) and isinstance(ago, int):
                 facts[key] = on - ago
+        for b_key, bp_key, code, s_keys in plan.since_start:
+            _since_start(facts, b_key, bp_key, by_code.get(code), [first[k] for k in s_keys if k in first])
     return facts
+
+
+def _since_start(
+    facts: dict[str, object], b_key: str, bp_key: str, series: list[tuple[date, int, float]] | None, starts: list[date]
+) -> None:
+    """rise_since_start / rise_pct_since_start: the latest reading against the baseline, the latest
+    reading on or before the (earliest) start; unknown without a start, a baseline or a reading after
+    the start (``series`` is sorted oldest first when it has more than one reading)."""
+    if not starts or not series or len(series) < 2:
+        return
+    start = min(starts)
+    latest = series[-1]
+    if latest[0] <= start:
+        return
+    baseline = next((r for r in reversed(series) if r[0] <= start), None)
+    if baseline is None:
+        return
+    facts[b_key], pct = rises(baseline[2], latest[2])
+    if pct is not None:
+        facts[bp_key] = pct

@@ -16,6 +16,8 @@ from .validate import CheckedPathway
 
 _WORDS = [
     (r"\bcount_taking\(([^)]*)\)", r"number of classes taken among \1"),
+    (r"\brise_pct_since_start\((\w+), ([^)]*)\)", r"rise in \1 since the baseline before starting \2, in % of it"),
+    (r"\brise_since_start\((\w+), ([^)]*)\)", r"rise in \1 since the baseline before starting \2"),
     (r"\bdays_after_start\((\w+), (\w+)\)", r"days from starting \2 to the latest \1"),
     (r"\bdays_on\(([^)]*)\)", r"days on \1"),
     (r"\bdays_since\(([^)]*)\)", r"age in days of the latest \1"),

@@ -73,7 +73,8 @@ SYMBOL = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "!=": "≠"}
 @dataclass(frozen=True)
 class Num:
     """A numeric quantity read from the facts: ``kind`` is obs, prev, rise, rise_pct, days, field, count,
-    days_on, after (days_after_start: arg is (observation, ATC))."""
+    days_on, after (days_after_start: arg is (observation, ATC)), srise and srise_pct (rise_since_start
+    and rise_pct_since_start: arg is (observation, ATC, ...))."""
 
     kind: str
     arg: str | tuple[str, ...]
@@ -98,7 +99,25 @@ class Num:
         if self.kind == "after":
             code, prefix = self.pair
             return f"a_{code}_{sanitize(prefix)}"
+        if self.kind in ("srise", "srise_pct"):
+            code, *prefixes = self.started
+            return ("bp_" if self.kind == "srise_pct" else "b_") + "_".join([code, *(sanitize(p) for p in prefixes)])
         return f"s_{sanitize(str(self.arg))}"
+
+    @property
+    def started(self) -> tuple[str, ...]:
+        """rise_since_start's and rise_pct_since_start's (observation, ATC prefix, ...)."""
+        assert isinstance(self.arg, tuple) and len(self.arg) >= 2, self
+        return self.arg
+
+    @property
+    def code(self) -> str | None:
+        """The observation this quantity reads, if any."""
+        if self.kind in ("obs", "prev", "rise", "rise_pct", "days"):
+            return str(self.arg)
+        if self.kind in ("after", "srise", "srise_pct"):
+            return str(self.arg[0])
+        return None
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -126,6 +145,9 @@ class Num:
             return f"count_taking({', '.join(self.arg)})"
         if self.kind == "after":
             return "days_after_start({}, {})".format(*self.pair)
+        if self.kind in ("srise", "srise_pct"):
+            name = "rise_since_start" if self.kind == "srise" else "rise_pct_since_start"
+            return f"{name}({', '.join(self.started)})"
         return f"days_on({self.arg})"
 
 
@@ -251,6 +273,8 @@ CALLS = {
     "count_taking",
     "days_on",
     "days_after_start",
+    "rise_since_start",
+    "rise_pct_since_start",
 }
 
 
@@ -417,10 +441,10 @@ class _Parser:
             self._peeked = None
         unit_at = m.start("unit") if m is not None else start
         if unit is not None:
-            if num.kind == "rise":  # a difference: an offset conversion (HbA1c mmol/mol) would be wrong
+            if num.kind in ("rise", "srise"):  # a difference: an offset conversion (HbA1c mmol/mol) would be wrong
                 if od is not None and unit != od.unit:
                     self.err(unit_at, f"{num.text()} is compared in {od.code}'s own unit {od.unit!r}, not {unit!r}")
-            elif num.kind == "rise_pct":
+            elif num.kind in ("rise_pct", "srise_pct"):
                 if unit != "%":
                     self.err(unit_at, f"{num.text()} is a percentage: write the number alone or with '%', not {unit!r}")
             elif num.kind in ("obs", "prev"):
@@ -533,6 +557,15 @@ class _Parser:
             if not _ATC.match(args[1][0]):
                 self.err(args[1][1], f"{args[1][0]!r} is not an ATC code or prefix")
             return self.comparison(Num("after", (args[0][0], args[1][0])), start, None)
+        if name in ("rise_since_start", "rise_pct_since_start"):
+            if len(args) < 2:
+                raise ParseError(start, f"{name}() takes an observation and at least one ATC code, got {len(args)} argument(s)")
+            od = self.obs(args[0][0], args[0][1])
+            for code, off in args[1:]:
+                if not _ATC.match(code):
+                    self.err(off, f"{code!r} is not an ATC code or prefix")
+            kind = "srise" if name == "rise_since_start" else "srise_pct"
+            return self.comparison(Num(kind, (args[0][0], *sorted({a for a, _ in args[1:]}))), start, od)
         if name in ("days_since", "previous", "rise", "rise_pct"):
             arity(1)
             od = self.obs(args[0][0], args[0][1])
@@ -714,11 +747,12 @@ def describer(lit: Literal, vocab: Vocabulary) -> Callable[[Facts], str]:
     if isinstance(lit, Cmp):
         key = lit.num.key
         unit = ""
-        if lit.num.kind in ("obs", "prev", "rise") and isinstance(lit.num.arg, str) and lit.num.arg in vocab.observations:
-            unit = " " + vocab.observations[lit.num.arg].unit
+        code = lit.num.code
+        if lit.num.kind in ("obs", "prev", "rise", "srise") and code in vocab.observations:
+            unit = " " + vocab.observations[str(code)].unit
         elif lit.num.kind in ("days", "days_on", "after"):
             unit = " days"
-        elif lit.num.kind == "rise_pct":
+        elif lit.num.kind in ("rise_pct", "srise_pct"):
             unit = "%"
         head, tail = lit.num.text(), f"{SYMBOL[lit.op]} {num_text(lit.value)}"
 

@@ -187,11 +187,12 @@ def _dnf(e: Expr) -> list[list[lang.Literal]] | None:
 
 
 def _domain(num: lang.Num, vocab: Vocabulary) -> tuple[float, float]:
-    if num.kind in ("obs", "prev", "rise", "rise_pct") and isinstance(num.arg, str) and num.arg in vocab.observations:
-        od = vocab.observations[num.arg]
-        if num.kind == "rise":
+    code = num.code
+    if num.kind in ("obs", "prev", "rise", "rise_pct", "srise", "srise_pct") and code in vocab.observations:
+        od = vocab.observations[str(code)]
+        if num.kind in ("rise", "srise"):
             return od.lo - od.hi, od.hi - od.lo
-        if num.kind == "rise_pct":
+        if num.kind in ("rise_pct", "srise_pct"):
             return -100.0, (100.0 * (od.hi - od.lo) / od.lo if od.lo > 0 else math.inf)
         return od.lo, od.hi
     if num.kind == "field":
@@ -216,10 +217,9 @@ def _consistent(term: list[lang.Literal], vocab: Vocabulary) -> bool:
     for lit in term:
         if isinstance(lit, Cmp):
             key = lit.num.key
-            if lit.num.kind in ("obs", "prev", "rise", "rise_pct", "days", "field") and not known(f"h_{lit.num.arg}"):
+            needs = lit.num.code if lit.num.kind != "field" else str(lit.num.arg)
+            if needs is not None and not known(f"h_{needs}"):
                 return False  # a comparison needs the value on record
-            if lit.num.kind == "after" and not known(f"h_{lit.num.pair[0]}"):
-                return False
             lo, hi = _domain(lit.num, vocab)
             b = bounds.setdefault(key, [lo, False, hi, False])
             v = lit.value

@@ -259,3 +259,44 @@ def test_days_after_start_arguments_and_unit_are_checked() -> None:
     _, errors = lang.parse("days_after_start(potassium, C09) > 1 mmol/L", VOCAB)
     assert "is in days" in str(errors[0])
     assert not lang.parse("days_after_start(potassium, C09) >= 7 days", VOCAB)[1]
+
+
+def test_rise_since_start_measures_from_the_last_reading_before_the_drug() -> None:
+    """A slow drift (400 -> 430 -> 465) never rises 60 since the previous reading, but does since the
+    baseline taken before the drug was started; without a baseline or an on-treatment reading: unknown."""
+    from carepath.case import validate_case
+    from carepath.derive import Features, derive
+
+    e = parse("rise_since_start(qtc, N05AX, N05AH) > 60")
+    pct = parse("rise_pct_since_start(qtc, N05AH, N05AX) >= 16")
+    assert isinstance(e, lang.Cmp) and isinstance(pct, lang.Cmp)
+    assert e.num.key == "b_qtc_N05AH_N05AX" and e.num.text() == "rise_since_start(qtc, N05AH, N05AX)"  # prefixes sorted
+    assert pct.num.key == "bp_qtc_N05AH_N05AX"
+    feat = Features()
+    feat.add(e)
+    feat.add(pct)
+    base = {"patient_id": "p", "as_of": "2026-11-24", "setting": "community", "conditions": [], "allergies": [], "findings": []}
+
+    def facts(readings: list[tuple[float, str]], starts: list[str | None]) -> dict[str, object]:
+        obs = [{"code": "qtc", "value": v, "unit": "ms", "date": d} for v, d in readings]
+        meds = [{"atc": atc, "since": s} for atc, s in zip(("N05AX08", "N05AH03"), starts, strict=False)]
+        case, o = validate_case({**base, "observations": obs, "medications": meds}, VOCAB)
+        return derive(case, o, feat)
+
+    drift = [(465.0, "2026-11-20"), (430.0, "2026-06-01"), (400.0, "2025-10-01"), (380.0, "2024-01-01")]
+    f = facts(drift, ["2025-10-15"])
+    assert f["b_qtc_N05AH_N05AX"] == 65.0 and lang.eval3(e, f) is True  # from 400, the last reading before the start
+    assert f["bp_qtc_N05AH_N05AX"] == 16.25 and lang.eval3(pct, f) is True
+    assert lang.describe(e, f, VOCAB) == "rise_since_start(qtc, N05AH, N05AX) 65 ms > 60"
+    assert facts(drift, ["2025-10-01"])["b_qtc_N05AH_N05AX"] == 65.0  # a reading on the day of the start is the baseline
+    assert facts(drift, ["2026-06-01", "2025-10-15"])["b_qtc_N05AH_N05AX"] == 65.0  # earliest start
+    assert lang.eval3(e, facts(drift, ["2023-01-01"])) is None  # no reading before the start: no baseline
+    assert lang.eval3(e, facts(drift, ["2026-11-21"])) is None  # no reading since the start
+    assert lang.eval3(e, facts(drift, [None])) is None  # start unknown
+    assert lang.eval3(e, facts(drift, [])) is None  # not taking
+    assert lang.eval3(e, facts(drift[:1], ["2025-10-15"])) is None  # one reading
+    _, errors = lang.parse("rise_since_start(qtc, N5) > 60", VOCAB)
+    assert "not an ATC code" in str(errors[0])
+    with pytest.raises(lang.ParseError, match="at least one ATC code"):
+        lang.parse("rise_pct_since_start(bmi) > 5", VOCAB)
+    assert "is a percentage" in str(lang.parse("rise_pct_since_start(bmi, N05A) >= 5 kg/m2", VOCAB)[1][0])

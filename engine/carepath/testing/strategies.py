@@ -230,6 +230,9 @@ class CaseSpace:
                         elif n.kind == "after":  # a reading's date against a start: steered by _steer_after
                             p_obs.append(n.pair[0])
                             atc.add(n.pair[1])
+                        elif n.kind in ("srise", "srise_pct"):  # steered by _steer_since_start
+                            p_obs.append(n.started[0])
+                            atc.update(n.started[1:])
                     elif isinstance(lit, Present) and lit.kind == "obs":
                         p_obs.append(lit.name)
                     elif isinstance(lit, Flag):
@@ -522,6 +525,8 @@ class CaseSpace:
             return rs[i][1] if len(rs) > i else None
         if n.kind == "field":
             return {"age": d.age, "smi_risk_grade": d.smi}.get(str(n.arg))
+        if n.kind in ("srise", "srise_pct"):
+            return self._since_start(d, n)
         if n.kind == "after":
             rs = d.readings.get(n.pair[0]) or []
             on = self._num(d, lang.Num("days_on", n.pair[1]))
@@ -591,6 +596,54 @@ class CaseSpace:
         elif od.lo <= rs[0][1] - v <= od.hi:
             rs[1][1] = _rnd(rs[0][1] - v, step)
 
+    @staticmethod
+    def _since_start(d: _Draft, n: lang.Num) -> float | None:
+        """rise(_pct)_since_start on a draft, as derive computes it on the emitted case (which lists
+        a code's readings oldest first, so of two on the same day the first in the draft is later)."""
+        code, *prefixes = n.started
+        rs = d.readings.get(code) or []
+        starts = [m[1] for m in d.meds if m[1] is not None and str(m[0]).startswith(tuple(prefixes))]
+        if not starts or len(rs) < 2:
+            return None
+        start = max(starts)  # days ago of the earliest start
+        chron = [r for _, r in sorted(enumerate(rs), key=lambda t: (-t[1][0], -t[0]))]  # oldest first
+        latest = chron[-1]
+        if latest[0] >= start:  # no reading after the start
+            return None
+        base = next((r for r in reversed(chron) if r[0] >= start), None)
+        if base is None:
+            return None
+        rise, pct = rises(base[1], latest[1])
+        return rise if n.kind == "srise" else pct
+
+    def _steer_since_start(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
+        """A drug of the class started S days ago, a baseline reading on or before that day and the
+        latest after it (every other reading older than the baseline), then the two values steered
+        as for rise()."""
+        code, *prefixes = lit.num.started
+        if code not in self.vocab.observations:
+            return
+        mine = [m for m in d.meds if str(m[0]).startswith(tuple(prefixes))]
+        if not mine:
+            mine = [[draw(self._sample(complete_atc(draw(self._sample(prefixes))))), None]]
+            d.meds.append(mine[0])
+        start = int(draw(self._sample([s for s in self.since if s >= 1] or [28])))
+        for m in mine:
+            m[1] = start
+        rs = d.readings.setdefault(code, [])
+        while len(rs) < 2:
+            if code not in self.values:  # read only by an invariant given: harvest lazily
+                od = self.vocab.observations[code]
+                self.values[code] = (od.lo, od.hi)
+                self.steps[code] = 0.1
+            rs.append(self._reading(draw, code))
+        rs[0][0] = float(draw(self._sample([0, start // 2, start - 1])))
+        rs[1][0] = float(start + draw(self._sample([0, 7, 30])))
+        for r in rs[2:]:
+            r[0] = max(r[0], rs[1][0])
+        kind = "rise" if lit.num.kind == "srise" else "rise_pct"
+        self._steer_rise(draw, d, Cmp(lang.Num(kind, code), lit.op, lit.value, lit.unit, lit.span))
+
     def _steer_after(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
         """days_after_start(code, ATC) op x: the latest reading dated that many days after the
         earliest start of a matching drug (negative: before it), keeping both on or before as_of."""
@@ -626,6 +679,8 @@ class CaseSpace:
             self._steer_rise(draw, d, lit)
         elif n.kind == "after":
             self._steer_after(draw, d, lit)
+        elif n.kind in ("srise", "srise_pct"):
+            self._steer_since_start(draw, d, lit)
         elif n.kind in ("obs", "prev", "days"):
             code = str(n.arg)
             if code not in self.vocab.observations:
