@@ -179,6 +179,7 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
         med_index = plan.med_index
         counted: set[str] = set()
         first: dict[str, date] = {}
+        undated: set[str] = set()  # s_ keys with a matching drug whose start is not known
         for m in case.medications:
             a, since = m.atc, m.since
             for k in range(len(a) + 1):
@@ -190,7 +191,10 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
                     facts[key] = 1
                 if in_count:
                     counted.add(a[:k])
-                if start_key is not None and since is not None:
+                if start_key is not None:
+                    if since is None:
+                        undated.add(start_key)
+                        continue
                     was = first.get(start_key)
                     if was is None or since < was:
                         first[start_key] = since
@@ -203,7 +207,8 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
             if isinstance(on, int) and isinstance(ago, int):
                 facts[key] = on - ago
         for b_key, bp_key, code, s_keys in plan.since_start:
-            _since_start(facts, b_key, bp_key, by_code.get(code), [first[k] for k in s_keys if k in first])
+            if not undated.intersection(s_keys):  # a drug of the classes with no start: its baseline is not known
+                _since_start(facts, b_key, bp_key, by_code.get(code), [first[k] for k in s_keys if k in first])
     return facts
 
 
@@ -212,7 +217,9 @@ def _since_start(
 ) -> None:
     """rise_since_start / rise_pct_since_start: the latest reading against the baseline, the latest
     reading on or before the (earliest) start; unknown without a start, a baseline or a reading after
-    the start (``series`` is sorted oldest first when it has more than one reading)."""
+    the start, and (the caller) when any current drug of the classes has no start date, since the
+    baseline must come before all of them (``series`` is sorted oldest first when it has more than
+    one reading)."""
     if not starts or not series or len(series) < 2:
         return
     start = min(starts)

@@ -293,6 +293,8 @@ def test_rise_since_start_measures_from_the_last_reading_before_the_drug() -> No
     assert lang.eval3(e, facts(drift, ["2023-01-01"])) is None  # no reading before the start: no baseline
     assert lang.eval3(e, facts(drift, ["2026-11-21"])) is None  # no reading since the start
     assert lang.eval3(e, facts(drift, [None])) is None  # start unknown
+    # a second drug of the classes with no start date: the baseline may be on treatment, so unknown
+    assert lang.eval3(e, facts(drift, ["2025-10-15", None])) is None
     assert lang.eval3(e, facts(drift, [])) is None  # not taking
     assert lang.eval3(e, facts(drift[:1], ["2025-10-15"])) is None  # one reading
     _, errors = lang.parse("rise_since_start(qtc, N5) > 60", VOCAB)

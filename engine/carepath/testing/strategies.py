@@ -602,10 +602,10 @@ class CaseSpace:
         a code's readings oldest first, so of two on the same day the first in the draft is later)."""
         code, *prefixes = n.started
         rs = d.readings.get(code) or []
-        starts = [m[1] for m in d.meds if m[1] is not None and str(m[0]).startswith(tuple(prefixes))]
-        if not starts or len(rs) < 2:
+        starts = [m[1] for m in d.meds if str(m[0]).startswith(tuple(prefixes))]
+        if not starts or None in starts or len(rs) < 2:  # a drug with no start: no known baseline
             return None
-        start = max(starts)  # days ago of the earliest start
+        start = max(x for x in starts if x is not None)  # days ago of the earliest start
         chron = [r for _, r in sorted(enumerate(rs), key=lambda t: (-t[1][0], -t[0]))]  # oldest first
         latest = chron[-1]
         if latest[0] >= start:  # no reading after the start
@@ -617,9 +617,10 @@ class CaseSpace:
         return rise if n.kind == "srise" else pct
 
     def _steer_since_start(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
-        """A drug of the class started S days ago, a baseline reading on or before that day and the
-        latest after it (every other reading older than the baseline), then the two values steered
-        as for rise()."""
+        """A drug of the class started S days ago, a baseline reading on or before that day, the latest
+        after it, sometimes a reading in between (so that the baseline is not the previous reading)
+        and every other reading older than the baseline; then the baseline and the latest steered as
+        rise() steers two readings."""
         code, *prefixes = lit.num.started
         if code not in self.vocab.observations:
             return
@@ -637,12 +638,22 @@ class CaseSpace:
                 self.values[code] = (od.lo, od.hi)
                 self.steps[code] = 0.1
             rs.append(self._reading(draw, code))
-        rs[0][0] = float(draw(self._sample([0, start // 2, start - 1])))
-        rs[1][0] = float(start + draw(self._sample([0, 7, 30])))
+        latest, base = rs[0], rs[1]
+        latest[0] = float(draw(self._sample([0, start // 2, start - 1])))
+        base[0] = float(start + draw(self._sample([0, 7, 30])))
         for r in rs[2:]:
-            r[0] = max(r[0], rs[1][0])
+            r[0] = max(r[0], base[0])
+        between = latest[0] + 1 < start and draw(_BOOL)
         kind = "rise" if lit.num.kind == "srise" else "rise_pct"
-        self._steer_rise(draw, d, Cmp(lang.Num(kind, code), lit.op, lit.value, lit.unit, lit.span))
+        d.readings[code] = [latest, base]  # _steer_rise edits the values of the first two readings
+        try:
+            self._steer_rise(draw, d, Cmp(lang.Num(kind, code), lit.op, lit.value, lit.unit, lit.span))
+        finally:
+            d.readings[code] = rs
+        if between:  # on treatment, halfway in time and value: rise() alone now sees only part of it
+            step = self.steps.get(code, 0.1)
+            mid = [float((latest[0] + start) // 2), _rnd((base[1] + latest[1]) / 2, step)]
+            rs.insert(1, mid)
 
     def _steer_after(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
         """days_after_start(code, ATC) op x: the latest reading dated that many days after the
