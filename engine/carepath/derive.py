@@ -178,7 +178,8 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
     if case.medications:
         med_index = plan.med_index
         counted: set[str] = set()
-        first: dict[str, date] = {}
+        latest: dict[str, date] = {}  # s_ key -> the most recent start of a matching drug (days_on)
+        earliest: dict[str, date] = {}  # ... and the first (the baseline of rise_since_start is before it)
         undated: set[str] = set()  # s_ keys with a matching drug whose start is not known
         for m in case.medications:
             a, since = m.atc, m.since
@@ -195,20 +196,24 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
                     if since is None:
                         undated.add(start_key)
                         continue
-                    was = first.get(start_key)
+                    was = latest.get(start_key)
+                    if was is None or since > was:
+                        latest[start_key] = since
+                    was = earliest.get(start_key)
                     if was is None or since < was:
-                        first[start_key] = since
+                        earliest[start_key] = since
         for key, group in plan.counts:
             facts[key] = sum(1 for p in group if p in counted)
-        for key, since in first.items():
-            facts[key] = (as_of - since).days
+        for key, since in latest.items():  # a drug of the class with no start: when the last start was is unknown
+            if key not in undated:
+                facts[key] = (as_of - since).days
         for key, d_key, s_key in plan.after:  # reading date - start date; unknown without either
             on, ago = facts.get(s_key), facts.get(d_key)
             if isinstance(on, int) and isinstance(ago, int):
                 facts[key] = on - ago
         for b_key, bp_key, code, s_keys in plan.since_start:
             if not undated.intersection(s_keys):  # a drug of the classes with no start: its baseline is not known
-                _since_start(facts, b_key, bp_key, by_code.get(code), [first[k] for k in s_keys if k in first])
+                _since_start(facts, b_key, bp_key, by_code.get(code), [earliest[k] for k in s_keys if k in earliest])
     return facts
 
 

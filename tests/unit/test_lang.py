@@ -240,9 +240,10 @@ def test_days_after_start_dates_the_latest_reading_against_the_drug_start() -> N
     assert same_day["a_potassium_C09"] == 0 and lang.eval3(e, same_day) is True
     after = facts(["2026-11-12", "2026-11-21"], ["2026-11-14"])  # the latest reading decides
     assert after["a_potassium_C09"] == 7 and lang.eval3(e, after) is False
-    # the earliest start of the class counts, as days_on does
+    # the latest start of the class counts, as for days_on: an ARB added on 22 November is not covered
+    # by a K+ from the 21st, whatever was started before
     two = facts(["2026-11-21"], ["2026-11-14", "2026-11-22"])
-    assert two["a_potassium_C09"] == 7
+    assert two["a_potassium_C09"] == -1 and lang.eval3(e, two) is True
     # unknown, never "checked": no reading, not taking, or no start date
     assert lang.eval3(e, facts([], ["2026-11-14"])) is None
     assert lang.eval3(e, facts(["2026-11-21"], [])) is None
@@ -302,3 +303,26 @@ def test_rise_since_start_measures_from_the_last_reading_before_the_drug() -> No
     with pytest.raises(lang.ParseError, match="at least one ATC code"):
         lang.parse("rise_pct_since_start(bmi) > 5", VOCAB)
     assert "is a percentage" in str(lang.parse("rise_pct_since_start(bmi, N05A) >= 5 kg/m2", VOCAB)[1][0])
+
+
+def test_days_on_counts_from_the_latest_start_in_the_class() -> None:
+    """A drug added to a class already taken restarts the clock (no titration, recheck or down-referral
+    on the strength of the older drug); a drug of the class with no start makes it unknown."""
+    from carepath.case import validate_case
+    from carepath.derive import Features, derive
+
+    e = parse("days_on(C09) >= 28")
+    feat = Features()
+    feat.add(e)
+    base = {"patient_id": "p", "as_of": "2026-11-24", "setting": "community", "conditions": [], "allergies": [], "findings": []}
+
+    def facts(starts: list[str | None]) -> dict[str, object]:
+        meds = [{"atc": atc, "since": s} for atc, s in zip(("C09AA05", "C09CA01"), starts, strict=False)]
+        case, o = validate_case({**base, "observations": [], "medications": meds}, VOCAB)
+        return derive(case, o, feat)
+
+    assert facts(["2024-01-01"])["s_C09"] == 1058 and lang.eval3(e, facts(["2024-01-01"])) is True
+    added = facts(["2024-01-01", "2026-11-14"])  # an ARB added 10 days ago
+    assert added["s_C09"] == 10 and lang.eval3(e, added) is False
+    assert lang.eval3(e, facts(["2024-01-01", None])) is None
+    assert lang.eval3(e, facts([None])) is None

@@ -533,8 +533,10 @@ class CaseSpace:
             return None if on is None or not rs else on - rs[0][0]
         if n.kind == "count":
             return float(sum(1 for g in n.arg if any(str(m[0]).startswith(g) for m in d.meds)))
-        starts = [m[1] for m in d.meds if str(m[0]).startswith(str(n.arg)) and m[1] is not None]
-        return float(max(starts)) if starts else None
+        starts = [m[1] for m in d.meds if str(m[0]).startswith(str(n.arg))]
+        if not starts or None in starts:  # the latest start, unknown if any matching drug has no start
+            return None
+        return float(min(x for x in starts if x is not None))
 
     def _apply(
         self,
@@ -657,7 +659,7 @@ class CaseSpace:
 
     def _steer_after(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
         """days_after_start(code, ATC) op x: the latest reading dated that many days after the
-        earliest start of a matching drug (negative: before it), keeping both on or before as_of."""
+        latest start of a matching drug (negative: before it), keeping both on or before as_of."""
         code, prefix = lit.num.pair
         if code not in self.vocab.observations:
             return
@@ -679,7 +681,7 @@ class CaseSpace:
         if on - v < 0:  # the reading would be after as_of: start the drug earlier
             on = int(v)
         for m in mine:
-            m[1] = on  # every matching drug started that day, so the earliest start is the one steered
+            m[1] = on  # every matching drug started that day, so the latest start is the one steered
         rs[0][0] = on - v
         for r in rs[1:]:
             r[0] = max(r[0], on - v)
