@@ -4,8 +4,9 @@ Policy, in order (README "Conflict policy"):
 1. Up-referrals only from ``community``, down-referrals only from ``hospital``, and no
    down-referral when any rule finds the patient unstable: an emergency or priority up-referral
    criterion met (in hospital too), a drug to stop, or a critical alert.
-2. An emergency up-referral beats everything: it suppresses starting/titrating drugs,
-   tests and every other referral (stop/avoid, alerts and the follow-up stay).
+2. An emergency up-referral criterion beats everything, in hospital too (where the referral
+   itself is not made): it suppresses starting/titrating drugs, tests and every other referral
+   (stop/avoid, alerts and the follow-up stay).
 3. At most one referral: the most urgent (emergency > priority > routine > down), then the
    higher rule priority, then pathway and rule order. Never up and down together.
 4. ``avoid``/``stop`` beats ``start``/``add``/``titrate``/``switch`` of an overlapping ATC
@@ -192,6 +193,7 @@ def decide(
     if "referral" in kinds:
         # 1. referral direction by setting; a down-referral only for a patient no rule finds unstable
         kept: list[_Rec] = []
+        emergency = [r for r in recs if r.kind == "referral" and r.body.get("urgency") == "emergency" and r.body["direction"] == "up"]
         for r in recs:
             if r.kind == "referral":
                 d = r.body["direction"]
@@ -208,8 +210,7 @@ def decide(
                         continue
             kept.append(r)
         recs = kept
-        # 2. emergency beats everything
-        emergency = [r for r in recs if r.kind == "referral" and r.body.get("urgency") == "emergency"]
+        # 2. an emergency criterion beats everything, whether or not its referral was made (brief B8.4)
         if emergency:
             kept = []
             for r in recs:
