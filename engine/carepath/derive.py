@@ -60,7 +60,7 @@ class Features:
             zero_keys = [k[0] for k in observations.values()] + [*finding_keys.values()] + [k for k, _ in (*dx, *on, *allergy, *counts)]
             on_index = _index(on)
             in_count = {p for _, g in counts for p in g}
-            started = {p: f"s_{p}" for p in sorted(self.days_on)}
+            started = {p: lang.Num("days_on", p).key for p in sorted(self.days_on)}
             med_index = {p: (on_index.get(p, ()), p in in_count, started.get(p)) for p in {*on_index, *in_count, *started}}
             self._plan = _Plan(
                 allergy=allergy,
@@ -70,9 +70,9 @@ class Features:
                 zeros=dict.fromkeys(zero_keys, 0),
                 dx_index=_index(dx),
                 med_index=med_index,
-                after=tuple((f"a_{c}_{lang.sanitize(p)}", f"d_{c}", f"s_{p}") for c, p in sorted(self.after)),
+                after=tuple((lang.Num("after", (c, p)).key, f"d_{c}", started[p]) for c, p in sorted(self.after)),
                 since_start=tuple(
-                    (lang.Num("srise", a).key, lang.Num("srise_pct", a).key, a[0], tuple(f"s_{p}" for p in a[1:]))
+                    (lang.Num("srise", a).key, lang.Num("srise_pct", a).key, a[0], tuple(started[p] for p in a[1:]))
                     for a in sorted(self.since_start)
                 ),
             )

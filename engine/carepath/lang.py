@@ -422,6 +422,12 @@ class _Parser:
             self.err(offset, f"unknown observation {name!r}" + did_you_mean(name, self.vocab.observations))
         return od
 
+    def codes(self, args: list[tuple[str, int]], pattern: re.Pattern[str], label: str) -> None:
+        """Report each argument that is not an ICD-10 / ATC code or prefix (``label``)."""
+        for code, off in args:
+            if not pattern.match(code):
+                self.err(off, f"{code!r} is not an {label} code or prefix")
+
     def comparison(self, num: Num, start: int, od: ObsDef | None) -> Expr:
         tok = self.peek()
         if tok[0] != "op":
@@ -554,16 +560,13 @@ class _Parser:
         if name == "days_after_start":
             arity(2)
             self.obs(args[0][0], args[0][1])
-            if not _ATC.match(args[1][0]):
-                self.err(args[1][1], f"{args[1][0]!r} is not an ATC code or prefix")
+            self.codes(args[1:], _ATC, "ATC")
             return self.comparison(Num("after", (args[0][0], args[1][0])), start, None)
         if name in ("rise_since_start", "rise_pct_since_start"):
             if len(args) < 2:
                 raise ParseError(start, f"{name}() takes an observation and at least one ATC code, got {len(args)} argument(s)")
             od = self.obs(args[0][0], args[0][1])
-            for code, off in args[1:]:
-                if not _ATC.match(code):
-                    self.err(off, f"{code!r} is not an ATC code or prefix")
+            self.codes(args[1:], _ATC, "ATC")
             kind = "srise" if name == "rise_since_start" else "srise_pct"
             return self.comparison(Num(kind, (args[0][0], *sorted({a for a, _ in args[1:]}))), start, od)
         if name in ("days_since", "previous", "rise", "rise_pct"):
@@ -580,9 +583,7 @@ class _Parser:
             raise ParseError(start, f"{name}() needs at least one code")
         pattern = _ICD if name == "diagnosed" else _ATC
         label = "ICD-10" if name == "diagnosed" else "ATC"
-        for code, off in args:
-            if not pattern.match(code):
-                self.err(off, f"{code!r} is not an {label} code or prefix")
+        self.codes(args, pattern, label)
         if name == "count_taking":
             return self.comparison(Num("count", tuple(sorted({a for a, _ in args}))), start, None)
         if name == "days_on":

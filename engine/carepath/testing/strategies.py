@@ -598,6 +598,21 @@ class CaseSpace:
         elif od.lo <= rs[0][1] - v <= od.hi:
             rs[1][1] = _rnd(rs[0][1] - v, step)
 
+    def _harvest(self, code: str, *values: float) -> None:
+        """Candidate values for an observation read only by an invariant's given: made lazily."""
+        if code not in self.values:
+            self.values[code] = values
+            self.steps[code] = 0.1
+
+    def _taking(self, draw: st.DrawFn, d: _Draft, prefixes: tuple[str, ...]) -> list[list[Any]]:
+        """The draft's drugs matching any of the ATC prefixes; one is added when there is none."""
+        mine = [m for m in d.meds if str(m[0]).startswith(prefixes)]
+        if not mine:
+            prefix = prefixes[0] if len(prefixes) == 1 else draw(self._sample(prefixes))
+            mine = [[draw(self._sample(complete_atc(prefix))), None]]
+            d.meds.append(mine[0])
+        return mine
+
     @staticmethod
     def _since_start(d: _Draft, n: lang.Num) -> float | None:
         """rise(_pct)_since_start on a draft, as derive computes it on the emitted case (which lists
@@ -626,19 +641,13 @@ class CaseSpace:
         code, *prefixes = lit.num.started
         if code not in self.vocab.observations:
             return
-        mine = [m for m in d.meds if str(m[0]).startswith(tuple(prefixes))]
-        if not mine:
-            mine = [[draw(self._sample(complete_atc(draw(self._sample(prefixes))))), None]]
-            d.meds.append(mine[0])
+        mine = self._taking(draw, d, tuple(prefixes))
         start = int(draw(self._sample([s for s in self.since if s >= 1] or [28])))
         for m in mine:
             m[1] = start
         rs = d.readings.setdefault(code, [])
         while len(rs) < 2:
-            if code not in self.values:  # read only by an invariant given: harvest lazily
-                od = self.vocab.observations[code]
-                self.values[code] = (od.lo, od.hi)
-                self.steps[code] = 0.1
+            self._harvest(code, self.vocab.observations[code].lo, self.vocab.observations[code].hi)
             rs.append(self._reading(draw, code))
         latest, base = rs[0], rs[1]
         latest[0] = float(draw(self._sample([0, start // 2, start - 1])))
@@ -666,16 +675,10 @@ class CaseSpace:
         v = self._pick(draw, [-30, -1, 0, 1, 7, lit.value - 1, lit.value, lit.value + 1], lit.op, lit.value)
         if v is None:
             return
-        mine = [m for m in d.meds if str(m[0]).startswith(prefix)]
-        if not mine:
-            mine = [[draw(self._sample(complete_atc(prefix))), None]]
-            d.meds.append(mine[0])
+        mine = self._taking(draw, d, (prefix,))
         rs = d.readings.setdefault(code, [])
         if not rs:
-            if code not in self.values:  # read only by an invariant given: harvest lazily
-                od = self.vocab.observations[code]
-                self.values[code] = (od.lo, od.hi)
-                self.steps[code] = 0.1
+            self._harvest(code, self.vocab.observations[code].lo, self.vocab.observations[code].hi)
             rs.append(self._reading(draw, code))
         on = int(draw(self._sample(self.since)))
         if on - v < 0:  # the reading would be after as_of: start the drug earlier
@@ -698,9 +701,7 @@ class CaseSpace:
             code = str(n.arg)
             if code not in self.vocab.observations:
                 return
-            if code not in self.values:  # read only by an invariant given: harvest lazily
-                self.values[code] = (x,)
-                self.steps[code] = 0.1
+            self._harvest(code, x)
             rs = d.readings.setdefault(code, [])
             if not rs:
                 rs.append(self._reading(draw, code))
@@ -743,10 +744,7 @@ class CaseSpace:
             v = self._pick(draw, [*self.since, x - 1, x, x + 1], op, x)
             if v is None or v < 0:
                 return
-            mine = [m for m in d.meds if str(m[0]).startswith(prefix)]
-            if not mine:
-                mine = [[draw(self._sample(complete_atc(prefix))), None]]
-                d.meds.append(mine[0])
+            mine = self._taking(draw, d, (prefix,))
             for m in mine:
                 m[1] = int(v)
 
