@@ -12,6 +12,7 @@ One output line per non-blank input line: the decision, or an error record
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import os
@@ -95,6 +96,7 @@ def _init_local_worker(pathways: str | None, parent: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it finishes or cancels the chunks and ends the pool
     die_with_parent(parent)
     _ENGINE = Engine.from_directory(pathways)
+    gc.freeze()  # the compiled engine lives as long as the process: keep it out of every collection
 
 
 def die_with_parent(parent: int) -> None:

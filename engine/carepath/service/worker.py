@@ -10,6 +10,7 @@ Messages are pickled tuples framed as multiprocessing.connection frames them (a 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
@@ -150,6 +151,7 @@ def main(conn: Connection, pathways: str | None) -> None:
         return
     conn.send_bytes(pickle.dumps((0, READY, pathway_info(engine), None)))
     worker = Worker(engine, pathways)
+    gc.freeze()  # the compiled engine lives as long as the process: keep it out of every collection
     # Buffered reads: jobs that arrived together come in with one read; one write per reply.
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     rfile = sock.makefile("rb", buffering=1 << 16)
