@@ -25,7 +25,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import Any, cast
 
 from carepath.service import worker as worker_mod
 
@@ -97,8 +97,7 @@ class _Wire(asyncio.Protocol):
         self.out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
         self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:

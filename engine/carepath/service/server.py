@@ -505,5 +505,16 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def serve(**kwargs: Any) -> int:
+    """Run the service on uvloop where it is installed (not on Windows; CAREPATH_LOOP=asyncio turns it
+    off): the front end's work is routing bytes between sockets, and uvloop's transports and callbacks
+    cut its CPU per call by about a fifth (bench/bench_grpc.py)."""
     configure_logging()
-    return asyncio.run(Service(**kwargs).run())
+    service = Service(**kwargs)
+    if os.environ.get("CAREPATH_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(service.run())
+    return asyncio.run(service.run())
