@@ -191,7 +191,12 @@ def main() -> int:
         help="examples/case.json every time (the stream: the tests' varied cases), or 2,000 distinct synthetic patients (both)",
     )
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--pathways", default=str(ROOT / "tests" / "fixtures" / "pathways"))
+    ap.add_argument(
+        "--pathways",
+        default=str(ROOT / "pathways"),
+        help="the pathway set served (default: the bundled pathways, as `carepath serve` runs them; "
+        "tests/fixtures/pathways is a small test set: the service with little engine work)",
+    )
     args = ap.parse_args()
     seconds = 0.5 if args.quick else 1.0
     n_stream = 500 if args.quick else 5000

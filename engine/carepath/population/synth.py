@@ -312,6 +312,10 @@ def synth_case(rng: random.Random, i: int, seed: int, as_of: date, exams: frozen
             b.add("anc", _clip(r.gauss(4.0, 1.3), 0.3, 12), "10^9/L", b.age_days(30, 0.15))
         if r.random() < 0.5:
             b.add("qtc", _clip(r.gauss(425, 22), 340, 560, 0), "ms", b.age_days(365, 0.3))
+        if any(m["atc"].startswith("N05A") and not m["atc"].startswith("N05AN") for m in meds) and r.random() < 0.4:
+            b.add("waist", _clip(r.gauss(92 if sex == "male" else 85, 11), 55, 160, 0), "cm", b.age_days(365, 0.3))
+        if sex != "male" and any(m["atc"] == "N03AG01" for m in meds) and r.random() < 0.6:
+            findings.append("valproate_ppp_documented")  # the Pregnancy Prevention Programme on record
         if r.random() < 0.5:
             b.add("alt", _clip(r.lognormvariate(3.1, 0.45), 5, 400, 0), "U/L", b.age_days(365, 0.3))
         if r.random() < 0.15:
