@@ -45,3 +45,24 @@ def test_case_failure_message_names_the_first_violation_and_counts_the_rest() ->
     assert f.code == grpc.StatusCode.INVALID_ARGUMENT
     assert f.message == "invalid case: conditions[0]: bad (and 1 more)"
     assert f.violations == (("conditions[0]", "bad"), ("conditions[1]", "bad"))
+
+
+def test_jobs_pack_onto_the_first_worker_with_room_then_go_to_the_least_loaded() -> None:
+    """Generation.pick packs (a busy worker reads the next job without being woken), never past
+    PACK cases while another worker has room, and skips dead workers."""
+    from carepath.service.pool import PACK, Generation, Pool, _Proc
+
+    gen = Generation(Pool(None, 3), 1, None, 3)
+    a, b, c = (_Proc(gen, i, alive=True) for i in range(3))
+    gen.workers = [a, b, c]
+    assert gen.pick() is a
+    a.load = PACK - 1
+    assert gen.pick() is a  # still room: packed
+    a.load = PACK
+    assert gen.pick() is b  # full: the next worker with room
+    a.load, b.load, c.load = PACK + 2, PACK + 3, PACK + 1
+    assert gen.pick() is c  # none has room: the least loaded
+    c.alive = False
+    assert gen.pick() is a  # a dead worker is never picked
+    a.alive = b.alive = False
+    assert gen.pick() is None
