@@ -40,16 +40,29 @@ def to_durable(e: Expr) -> Json:
     raise TypeError(f"not in negation normal form: {e!r}")
 
 
-def fact_keys(e: Expr) -> set[str]:
-    keys: set[str] = set()
-    for lit in lang.literals(e):
-        if isinstance(lit, Cmp):
-            keys.add(lit.num.key)
-        elif isinstance(lit, Enum):
-            keys.add(lit.field)
-        else:
-            keys.add(lit.key)
-    return keys
+def fact_tests(conditions: list[Expr]) -> dict[str, frozenset[object] | None]:
+    """Each fact key the conditions read, with the values their patterns can match (None: any).
+
+    durable-rules walks every property of a posted fact at each alpha node it reaches, so a
+    property no pattern can match (a flag that is 0 where every rule tests it for 1) only costs
+    time: Engine._post leaves such properties out. Numbers are always kept (comparisons).
+    """
+    tests: dict[str, set[object] | None] = {}
+    for cond in conditions:
+        for lit in lang.literals(lang.nnf(cond)):
+            values: set[object] | None
+            if isinstance(lit, Cmp):
+                key, values = lit.num.key, None
+            elif isinstance(lit, Enum):
+                key, values = lit.field, set(lit.values)
+            else:
+                key, values = lit.key, {int(lit.value)}
+            if key not in tests:
+                tests[key] = values
+            else:
+                known = tests[key]
+                tests[key] = None if known is None or values is None else known | values
+    return {k: None if v is None else frozenset(v) for k, v in tests.items()}
 
 
 _ruleset_counter = itertools.count(1)

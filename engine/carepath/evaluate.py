@@ -54,7 +54,8 @@ class _Compiled:
     pathway: CheckedPathway
     ruleset: str
     handle: int  # the ruleset in durable-rules' C engine
-    keys: tuple[str, ...]
+    any_keys: tuple[str, ...]  # fact keys posted whatever their value (numbers)
+    valued: tuple[tuple[str, frozenset[object]], ...]  # ... posted only with a value some pattern tests
     applies: comp.Program
     programs: list[comp.Program]
     subs: list[tuple[str, comp.Program]]  # sub-conditions factored out of over-long patterns
@@ -78,13 +79,14 @@ class Engine:
             name, definition = comp.durable_ruleset(conds, subs)
             self._host.set_rulesets(definition)
             handle = self._host.get_ruleset(name)._handle
-            keys = set().union(*(comp.fact_keys(lang.nnf(c)) for c in conds)) if conds else set()
+            tests = comp.fact_tests(conds)
             self._compiled.append(
                 _Compiled(
                     cp,
                     name,
                     handle,
-                    tuple(sorted(keys)),
+                    tuple(sorted(k for k, v in tests.items() if v is None)),
+                    tuple(sorted((k, v) for k, v in tests.items() if v is not None)),
                     comp.reference(cp.applies),
                     [comp.reference(c) for c in conds],
                     [(key, comp.reference(e)) for key, e in subs],
@@ -129,11 +131,14 @@ class Engine:
         The loop is durable-rules' own action loop (Ruleset.do_actions) without its Python
         closure objects and JSON round trips: an action only needs the rule's name.
         """
-        fact: dict[str, object] = {k: facts[k] for k in c.keys if k in facts}
-        for key, prog in c.subs:
-            t = prog(facts)
-            if t is not None:
-                fact[key] = int(t)
+        fact: dict[str, object] = {k: facts[k] for k in c.any_keys if k in facts}
+        for k, want in c.valued:  # a value no pattern tests for would only cost (comp.fact_tests)
+            v = facts.get(k)
+            if v is not None and v in want:
+                fact[k] = v
+        for key, prog in c.subs:  # sub-conditions are only ever tested for TRUE
+            if prog(facts) is True:
+                fact[key] = 1
         fact["sid"] = _SID
         fact["id"] = "case"
         fact["cp"] = 1

@@ -282,6 +282,28 @@ def test_posting_into_every_ruleset_fires_the_same_rules() -> None:
         assert [(i, ks) for i, _, ks in lean] == [(i, ks) for i, _, ks in full]
 
 
+def test_facts_post_only_the_values_some_pattern_tests() -> None:
+    """Engine._post leaves out a flag value no pattern tests for (comp.fact_tests): the rules that
+    fire must be those the reference backend finds on every fact, and the pruning must bite."""
+    from carepath import compile as comp
+    from carepath import lang
+    from carepath.population.synth import synth_lines
+
+    vocab = lang.Vocabulary({}, frozenset({"chest_pain", "dyspnoea"}))
+    expr, errors = lang.parse("finding(chest_pain) and not finding(dyspnoea)", vocab)
+    assert not errors
+    tests = comp.fact_tests([expr])
+    assert sorted(tests.items()) == [("f_chest_pain", frozenset({1})), ("f_dyspnoea", frozenset({0}))]
+    bundled = Engine.from_directory(None)
+    pruned = 0
+    for line in synth_lines(300, 11):
+        _, facts = bundled.prepare(json.loads(line))
+        got = bundled.fire(facts, every_ruleset=True)
+        assert [(i, ks) for i, _, ks in got] == [(i, ks) for i, _, ks in bundled.fire(facts, backend="reference")]
+        pruned += sum(1 for c in bundled._compiled for k, want in c.valued if k in facts and facts[k] not in want)
+    assert pruned > 300 * 10
+
+
 def test_down_referral_needs_every_pathway_to_find_the_patient_stable() -> None:
     """Policy 1: a stop, a critical alert or an emergency/priority up-referral criterion from any
     pathway keeps a hospital patient from being down-referred by another (brief A8.3, D1)."""
