@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -161,52 +160,59 @@ Program = Callable[[lang.Facts], Truth]
 
 
 def reference(e: Expr) -> Program:
-    """Kleene evaluation of the original AST (not the NNF), compiled to one Python function.
-
-    Truth is coded 0 (false), 1 (unknown), 2 (true), so AND is min, OR is max and NOT is 2 - x:
-    the generated function is one expression of builtin calls and inline tests, about five times
-    as fast as a tree of closures (it runs for every case: enrolment, sub-conditions, reasons).
-    lang.eval3 is the interpreted definition it must agree with (tests/unit/test_lang.py). Past
-    Python's limit on nested parentheses (deeper than a checked pathway may nest) it is used itself.
-    """
-    consts: list[object] = []
-    src = f"def program(f):\n    g = f.get\n    return _TRUTH[{_code(e, consts)}]\n"
-    namespace: dict[str, Any] = {"_TRUTH": (False, None, True), "_K": consts}
-    try:
-        exec(compile(src, "<carepath condition>", "exec"), namespace)  # source made here from a checked AST
-    except (SyntaxError, RecursionError, MemoryError):
-        return lambda f: lang.eval3(e, f)
-    program: Program = namespace["program"]
-    return program
-
-
-def _const(value: object, consts: list[object]) -> str:
-    consts.append(value)
-    return f"_K[{len(consts) - 1}]"
-
-
-def _code(e: Expr, consts: list[object]) -> str:
-    """``e`` as a Python expression of truth codes 0/1/2 over ``g`` (the facts' get)."""
+    """Kleene evaluation of the original AST (not the NNF), compiled to closures."""
     if isinstance(e, Cmp):
-        value = repr(e.value) if isinstance(e.value, float) and math.isfinite(e.value) else _const(e.value, consts)
-        return f"(1 if (v := g({e.num.key!r})) is None else 2 if float(v) {e.op} {value} else 0)"
+        key, value, test = e.num.key, e.value, lang._CMP[e.op]
+
+        def cmp(f: lang.Facts) -> Truth:
+            v = f.get(key)
+            return None if v is None else test(float(v), value)  # type: ignore[arg-type]
+
+        return cmp
     if isinstance(e, Enum):
-        return f"(1 if (v := g({e.field!r})) is None else 2 if v in {_const(e.values, consts)} else 0)"
+        fld, values = e.field, e.values
+
+        def enum(f: lang.Facts) -> Truth:
+            v = f.get(fld)
+            return None if v is None else v in values
+
+        return enum
     if isinstance(e, Flag):
-        yes, no = (2, 0) if e.value else (0, 2)
-        return f"(1 if (v := g({e.key!r})) is None else {yes} if v else {no})"
+        key, want = e.key, e.value
+
+        def flag(f: lang.Facts) -> Truth:
+            v = f.get(key)
+            return None if v is None else bool(v) == want
+
+        return flag
     if isinstance(e, Present):
-        yes, no = (2, 0) if e.value else (0, 2)
-        return f"({yes} if g({e.key!r}) else {no})"
+        key, want = e.key, e.value
+        return lambda f: bool(f.get(key)) == want
     if isinstance(e, Not):
-        return f"(2 - {_code(e.item, consts)})"
-    if isinstance(e, (And, Or)):
-        if not e.items:
-            return "2" if isinstance(e, And) else "0"
-        parts = [_code(i, consts) for i in e.items]
-        return parts[0] if len(parts) == 1 else f"{'min' if isinstance(e, And) else 'max'}({', '.join(parts)})"
+        inner = reference(e.item)
+
+        def neg(f: lang.Facts) -> Truth:
+            t = inner(f)
+            return None if t is None else not t
+
+        return neg
+    if isinstance(e, And):
+        parts = [reference(i) for i in e.items]
+
+        def conj(f: lang.Facts) -> Truth:
+            return lang.all3(p(f) for p in parts)
+
+        return conj
+    if isinstance(e, Or):
+        parts = [reference(i) for i in e.items]
+
+        def disj(f: lang.Facts) -> Truth:
+            return lang.any3(p(f) for p in parts)
+
+        return disj
     assert isinstance(e, Const)
-    return "2" if e.value else "0"
+    value = e.value
+    return lambda f: value
 
 
 def reasoner(e: Expr, vocab: lang.Vocabulary) -> Callable[[lang.Facts], list[str]]:
