@@ -80,8 +80,21 @@ def test_committee_style_assert_never(pathways: Pathways) -> None:
 
 
 def test_check_cli_passes_on_bundled(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["check", "--profile", "dev", "--examples", "30", "--no-coverage", "--out", str(tmp_path)]) == 0
-    assert "all invariants hold" in capsys.readouterr().out
+    # one pathway (--pathway): every YAML invariant of all three is its own test item above, and the
+    # built-ins run over all three in test_builtin_invariants_hold_incl_differential
+    assert main(["check", "--pathway", "smi", "--examples", "30", "--no-coverage", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "all invariants hold" in out
+    searched = {line.split()[1].split(":")[0] for line in out.splitlines() if line.startswith(("ok ", "FAIL "))}
+    assert searched == {"smi"}, searched
+    smi_invariants = [name for name in DECLARED if name.startswith("smi:")]
+    assert all(name in out for name in smi_invariants)
+
+
+def test_check_cli_names_the_known_pathways_for_an_unknown_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--pathway", "asthma", "--no-coverage"]) == 2
+    err = capsys.readouterr().err
+    assert "asthma" in err and "diabetes" in err and "smi" in err, err
 
 
 def test_stable_down_names_a_down_referral_beside_a_stop(pathways: Pathways) -> None:

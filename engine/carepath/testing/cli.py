@@ -13,6 +13,7 @@ DEFAULT_OUT = ".hypothesis/counterexamples"
 
 def _check_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pathways", metavar="DIR", help="pathway directory (default: the bundled pathways/)")
+    p.add_argument("--pathway", metavar="ID", help="check only this pathway (its built-in and YAML invariants); default: all")
     p.add_argument("--profile", choices=["dev", "ci", "thorough"], default="ci", help="example budget (dev 200, ci 1000, thorough 10000)")
     p.add_argument("--examples", type=int, metavar="N", help="examples per pathway (overrides the profile)")
     p.add_argument("--seed", type=int, metavar="S", help="Hypothesis seed (default: a fixed seed; 'random' runs use --seed -1)")
@@ -29,9 +30,17 @@ def _check(args: argparse.Namespace) -> int:
     from .runner import DEFAULT_SEED, check_engine
 
     engine = Engine.from_directory(args.pathways)
+    if args.pathway is not None:
+        engine.pathway(args.pathway)  # an unknown id: UnknownPathwayError, which names the known ones
     seed = DEFAULT_SEED if args.seed is None else (None if args.seed < 0 else args.seed)
     report = check_engine(
-        engine, profile=args.profile, examples=args.examples, seed=seed, out_dir=Path(args.out), pathways_arg=args.pathways
+        engine,
+        profile=args.profile,
+        examples=args.examples,
+        seed=seed,
+        out_dir=Path(args.out),
+        pathways_arg=args.pathways,
+        focus=args.pathway,
     )
     if args.json:
         sys.stdout.write(

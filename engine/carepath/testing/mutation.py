@@ -25,7 +25,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -688,7 +688,7 @@ def run_mutation(
     scen_dir = Path(scenarios) if scenarios is not None else default_scenarios(root)
     scens = iter_scenarios(scen_dir) if scen_dir is not None and scen_dir.exists() else []
 
-    def killer(replace: dict[str, Data], focus: str | None) -> tuple[MutantResult, Engine | None]:
+    def killer(replace: dict[str, Data], focus: str | Collection[str] | None) -> tuple[MutantResult, Engine | None]:
         def res(kind: str | None, name: str, detail: str, names: list[str] | None = None) -> MutantResult:
             return MutantResult(placeholder, kind, name, detail, 0.0, names or [])
 
@@ -722,7 +722,8 @@ def run_mutation(
         return res(None, "", "no check failed"), engine
 
     placeholder = Mutant("baseline", "", "baseline", "the unmutated pathways", "", lambda d: None)
-    base, base_engine = killer(dict(originals), None)
+    # the baseline: the unmutated pathways pass every check the mutants will meet (their pathways' searches)
+    base, base_engine = killer(dict(originals), None if mutants is None else {m.pathway for m in mutants})
     results: list[MutantResult] = []
     if base.kind is None and base_engine is not None:
         for m in mutants if mutants is not None else make_mutants(root):

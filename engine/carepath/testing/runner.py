@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,7 +197,7 @@ def check_engine(
     only: Sequence[str] | None = None,
     yaml_searches: bool = True,
     space: CaseSpace | None = None,
-    focus: str | None = None,
+    focus: str | Collection[str] | None = None,
     top_up: bool = True,
     yaml_examples: int | None = None,
     backend: str = "durable",
@@ -206,7 +206,9 @@ def check_engine(
 
     ``backend="reference"`` evaluates with the reference evaluator (faster; the differential
     invariant is then off, since it compares durable-rules against that evaluator).
+    ``focus`` limits the searches to one pathway id, or to several.
     """
+    ids = None if focus is None else {focus} if isinstance(focus, str) else set(focus)
     cfg = profile_settings(profile, examples, database)
     n = cfg.max_examples
     checker = Checker(engine, only=only, backend=backend)
@@ -215,7 +217,7 @@ def check_engine(
     searches: list[SearchResult] = []
 
     for p in engine.pathways:
-        if focus is not None and p.id != focus:
+        if ids is not None and p.id not in ids:
             continue
 
         def body(case: dict[str, Any], draw: Callable[[st.SearchStrategy[Any]], Any], pid: str = p.id) -> None:
@@ -243,7 +245,7 @@ def check_engine(
     if yaml_searches:
         yn = yaml_examples if yaml_examples is not None else max(50, n // 5)
         for inv in checker.yaml:
-            if focus is not None and inv.pathway.id != focus:
+            if ids is not None and inv.pathway.id not in ids:
                 continue
             searches.append(_yaml_search(checker, space, inv, settings(cfg, max_examples=yn), seed))
 
@@ -251,7 +253,7 @@ def check_engine(
         for s in searches:
             if s.violation is not None:
                 s.files, s.replay = _write(s.violation, s.name, out_dir, pathways_arg)
-    coverage = {p.id: {r.rule.id: fired.get(r.rule.id, 0) for r in p.rules} for p in engine.pathways if focus in (None, p.id)}
+    coverage = {p.id: {r.rule.id: fired.get(r.rule.id, 0) for r in p.rules} for p in engine.pathways if ids is None or p.id in ids}
     return CheckReport(profile, seed, searches, coverage)
 
 
