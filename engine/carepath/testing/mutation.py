@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 from ..errors import CaseError, PathwayError
 from ..evaluate import Engine, bundled_pathways
-from ..load import load_text
+from ..load import Located, load_text
 from ..scenarios import Scenario, check, iter_scenarios
 from ..validate import CheckedPathway, check_set, find_dictionary, load_vocabulary, pathway_files
 from .runner import DEFAULT_SEED, check_engine, profile_settings
@@ -553,18 +553,38 @@ def make_mutants(pathways: Path | str | None = None) -> list[Mutant]:
     return out
 
 
-def _check_set(sources: list[tuple[Path, str]], root: Path, replace: dict[str, Data]) -> tuple[list[CheckedPathway], list[str]]:
-    base = load_vocabulary(find_dictionary([f for f, _ in sources], root))
-    locs = []
-    for f, text in sources:
-        if f.name in replace:
-            text = yaml.safe_dump(replace[f.name], sort_keys=False, allow_unicode=True)
-        try:
-            locs.append(load_text(text, str(f)))
-        except PathwayError as exc:
-            return [], [str(d) for d in exc.diagnostics]
-    checked, diags = check_set(locs, base)
-    return checked, [str(d) for d in diags]
+class _SetChecker:
+    """Validates the pathway set with some files replaced by (mutated) data, as a fresh load would.
+
+    Every replaced file goes through YAML text (yaml.safe_dump, then carepath's loader), so a
+    mutant is validated as written. The vocabulary, and the baseline's loads (``keep``: every file
+    replaced by its unmutated data) are kept: a file a later call does not replace is that load,
+    so a mutant costs one file's dump and load.
+    """
+
+    def __init__(self, sources: list[tuple[Path, str]], root: Path) -> None:
+        self.sources = sources
+        self.base = load_vocabulary(find_dictionary([f for f, _ in sources], root))
+        self.loaded: dict[str, Located] = {}  # file name -> the baseline's load
+
+    def __call__(self, replace: dict[str, Data], keep: bool = False) -> tuple[list[CheckedPathway], list[str]]:
+        locs = []
+        for f, text in self.sources:
+            kept = self.loaded.get(f.name)
+            if f.name not in replace and kept is not None:
+                locs.append(kept)
+                continue
+            if f.name in replace:
+                text = yaml.safe_dump(replace[f.name], sort_keys=False, allow_unicode=True)
+            try:
+                loc = load_text(text, str(f))
+            except PathwayError as exc:
+                return [], [str(d) for d in exc.diagnostics]
+            if keep:
+                self.loaded[f.name] = loc
+            locs.append(loc)
+        checked, diags = check_set(locs, self.base)
+        return checked, [str(d) for d in diags]
 
 
 def default_scenarios(root: Path) -> Path | None:
@@ -687,12 +707,13 @@ def run_mutation(
     originals = {f.name: yaml.safe_load(t) for f, t in sources}
     scen_dir = Path(scenarios) if scenarios is not None else default_scenarios(root)
     scens = iter_scenarios(scen_dir) if scen_dir is not None and scen_dir.exists() else []
+    check_set_with = _SetChecker(sources, root)
 
-    def killer(replace: dict[str, Data], focus: str | Collection[str] | None) -> tuple[MutantResult, Engine | None]:
+    def killer(replace: dict[str, Data], focus: str | Collection[str] | None, keep: bool = False) -> tuple[MutantResult, Engine | None]:
         def res(kind: str | None, name: str, detail: str, names: list[str] | None = None) -> MutantResult:
             return MutantResult(placeholder, kind, name, detail, 0.0, names or [])
 
-        checked, diags = _check_set(sources, root, replace)
+        checked, diags = check_set_with(replace, keep)
         if diags:
             return res("validation", "validate", diags[0]), None
         engine = Engine(checked)
@@ -723,14 +744,14 @@ def run_mutation(
 
     placeholder = Mutant("baseline", "", "baseline", "the unmutated pathways", "", lambda d: None)
     # the baseline: the unmutated pathways pass every check the mutants will meet (their pathways' searches)
-    base, base_engine = killer(dict(originals), None if mutants is None else {m.pathway for m in mutants})
+    base, base_engine = killer(dict(originals), None if mutants is None else {m.pathway for m in mutants}, keep=True)
     results: list[MutantResult] = []
     if base.kind is None and base_engine is not None:
         for m in mutants if mutants is not None else make_mutants(root):
             t0 = time.perf_counter()
             data = copy.deepcopy(originals[m.file])
             m.apply(data)
-            r, engine = killer({**originals, m.file: data}, str(data.get("id")))
+            r, engine = killer({m.file: data}, str(data.get("id")))  # the other files: as the baseline loaded them
             r.mutant = m
             if r.kind is None and engine is not None:
                 diff = observable_difference(
