@@ -30,8 +30,6 @@ def _check(args: argparse.Namespace) -> int:
     from .runner import DEFAULT_SEED, check_engine
 
     engine = Engine.from_directory(args.pathways)
-    if args.pathway is not None:
-        engine.pathway(args.pathway)  # an unknown id: UnknownPathwayError, which names the known ones
     seed = DEFAULT_SEED if args.seed is None else (None if args.seed < 0 else args.seed)
     report = check_engine(
         engine,

@@ -206,9 +206,12 @@ def check_engine(
 
     ``backend="reference"`` evaluates with the reference evaluator (faster; the differential
     invariant is then off, since it compares durable-rules against that evaluator).
-    ``focus`` limits the searches to one pathway id, or to several.
+    ``focus`` limits the searches to one pathway id, or to several (an unknown id raises
+    UnknownPathwayError, which names the known ones, rather than searching nothing).
     """
     ids = None if focus is None else {focus} if isinstance(focus, str) else set(focus)
+    for pid in sorted(ids or ()):
+        engine.pathway(pid)
     cfg = profile_settings(profile, examples, database)
     n = cfg.max_examples
     checker = Checker(engine, only=only, backend=backend)
