@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,11 +54,11 @@ class _Compiled:
     pathway: CheckedPathway
     ruleset: str
     handle: int  # the ruleset in durable-rules' C engine
-    any_keys: tuple[str, ...]  # fact keys posted whatever their value (numbers)
-    valued: tuple[tuple[str, frozenset[object]], ...]  # ... posted only with a value some pattern tests
-    applies: comp.Program
+    build: Callable[[lang.Facts], dict[str, object]]  # the fact posted for a case (comp.fact_builder)
+    valued: tuple[tuple[str, frozenset[object]], ...]  # keys posted only with a value some pattern tests
+    enrols: Callable[[lang.Facts], bool]  # applies_to is TRUE (generated code)
+    applies: comp.Program  # ... the reference evaluation of it
     programs: list[comp.Program]
-    subs: list[tuple[str, comp.Program]]  # sub-conditions factored out of over-long patterns
 
 
 class Engine:
@@ -79,17 +79,13 @@ class Engine:
             name, definition = comp.durable_ruleset(conds, subs)
             self._host.set_rulesets(definition)
             handle = self._host.get_ruleset(name)._handle
-            tests = comp.fact_tests(conds)
+            tests = comp.fact_tests(conds)  # sub-conditions are only ever tested for TRUE: 1 or absent
+            valued = tuple(sorted((k, v) for k, v in tests.items() if v is not None))
+            numbers = tuple(sorted(k for k, v in tests.items() if v is None))
+            build = comp.fact_builder(numbers, valued, subs, {"sid": _SID, "id": "case", "cp": 1})
             self._compiled.append(
                 _Compiled(
-                    cp,
-                    name,
-                    handle,
-                    tuple(sorted(k for k, v in tests.items() if v is None)),
-                    tuple(sorted((k, v) for k, v in tests.items() if v is not None)),
-                    comp.reference(cp.applies),
-                    [comp.reference(c) for c in conds],
-                    [(key, comp.reference(e)) for key, e in subs],
+                    cp, name, handle, build, valued, comp.holds(cp.applies), comp.reference(cp.applies), [comp.reference(c) for c in conds]
                 )
             )
         for compiled in self._compiled:  # rulesets register lazily on the first post: warm them up now
@@ -131,17 +127,7 @@ class Engine:
         The loop is durable-rules' own action loop (Ruleset.do_actions) without its Python
         closure objects and JSON round trips: an action only needs the rule's name.
         """
-        fact: dict[str, object] = {k: facts[k] for k in c.any_keys if k in facts}
-        for k, want in c.valued:  # a value no pattern tests for would only cost (comp.fact_tests)
-            v = facts.get(k)
-            if v is not None and v in want:
-                fact[k] = v
-        for key, prog in c.subs:  # sub-conditions are only ever tested for TRUE
-            if prog(facts) is True:
-                fact[key] = 1
-        fact["sid"] = _SID
-        fact["id"] = "case"
-        fact["cp"] = 1
+        fact = c.build(facts)  # a value no pattern tests for would only cost (comp.fact_tests)
         fired: set[int] = set()
         done = False
         try:
@@ -170,12 +156,15 @@ class Engine:
         baseline the benchmarks compare against); the rules that fire are the same.
         """
         selected = self._select(pathway_ids)
-        return self._fire(facts, selected, backend, None if every_ruleset else self._enrolled(facts, selected))
+        return self._fire(facts, selected, backend, None if every_ruleset else self._enrolled(facts, selected, backend))
 
     @staticmethod
-    def _enrolled(facts: dict[str, object], selected: Selection) -> dict[str, bool]:
-        """Each selected pathway: is its applies_to TRUE for these facts?"""
-        return {c.pathway.id: c.applies(facts) is True for _, c in selected}
+    def _enrolled(facts: dict[str, object], selected: Selection, backend: Backend = "durable") -> dict[str, bool]:
+        """Each selected pathway: is its applies_to TRUE for these facts? (The reference backend
+        asks the reference evaluator, so the differential tests check the generated code.)"""
+        if backend == "reference":
+            return {c.pathway.id: c.applies(facts) is True for _, c in selected}
+        return {c.pathway.id: c.enrols(facts) for _, c in selected}
 
     def _fire(self, facts: dict[str, object], selected: Selection, backend: Backend, enrolled: dict[str, bool] | None) -> Fired:
         """Every rule's condition is ``applies_to AND when``, so a pathway the patient is not
@@ -214,7 +203,7 @@ class Engine:
         return self._decide(case, facts, selected, backend)
 
     def _decide(self, case: Case, facts: dict[str, object], selected: Selection, backend: Backend) -> dict[str, Any]:
-        enrolled = self._enrolled(facts, selected)
+        enrolled = self._enrolled(facts, selected, backend)
         fired = self._fire(facts, selected, backend, enrolled)
         groups: list[tuple[int, CheckedPathway, list[CheckedRule]]] = [
             (i, c.pathway, [c.pathway.rules[k] for k in ks]) for i, c, ks in fired
@@ -241,7 +230,7 @@ class Engine:
         close = 0
         fired = {t["rule"] for t in decision["trace"]}
         for _, c in selected:
-            if c.applies(facts) is not True:
+            if not c.enrols(facts):
                 lines.append(f"* pathway {c.pathway.id}: patient not enrolled ({c.pathway.model.applies_to})")
                 continue
             for cr in c.pathway.rules:

@@ -327,8 +327,43 @@ def test_facts_post_only_the_values_some_pattern_tests() -> None:
         _, facts = bundled.prepare(json.loads(line))
         got = bundled.fire(facts, every_ruleset=True)
         assert [(i, ks) for i, _, ks in got] == [(i, ks) for i, _, ks in bundled.fire(facts, backend="reference")]
-        pruned += sum(1 for c in bundled._compiled for k, want in c.valued if k in facts and facts[k] not in want)
+        for c in bundled._compiled:
+            posted = c.build(facts)
+            left_out = [k for k, want in c.valued if k in facts and facts[k] not in want]
+            assert not set(left_out) & set(posted)
+            assert all(posted[k] == facts[k] for k, _ in c.valued if k in posted)
+            pruned += len(left_out)
     assert pruned > 300 * 10
+
+
+def test_generated_truth_functions_agree_with_the_reference_evaluator() -> None:
+    """comp.holds (generated code: enrolment, factored-out sub-conditions) is TRUE exactly when
+    the reference evaluator says TRUE, for every condition of every bundled pathway, their
+    negations and their NNF sub-expressions, on synthetic patients."""
+    from carepath import compile as comp
+    from carepath import lang
+    from carepath.population.synth import synth_lines
+
+    bundled = Engine.from_directory(None)
+    exprs: list[lang.Expr] = []
+    for p in bundled.pathways:
+        for e in [p.applies, *(r.condition for r in p.rules)]:
+            exprs += [e, lang.Not(e)]
+            stack = [lang.nnf(e)]
+            while stack:
+                x = stack.pop()
+                exprs.append(x)
+                if isinstance(x, (lang.And, lang.Or)):
+                    stack.extend(x.items)
+    pairs = [(comp.holds(e), comp.reference(e)) for e in exprs]
+    truths = {True: 0, False: 0, None: 0}
+    for line in synth_lines(200, 13):
+        _, facts = bundled.prepare(json.loads(line))
+        for fast, ref in pairs:
+            t = ref(facts)
+            truths[t] += 1
+            assert fast(facts) is (t is True)
+    assert min(truths.values()) > 1000  # each truth value met often
 
 
 def test_down_referral_needs_every_pathway_to_find_the_patient_stable() -> None:
