@@ -74,6 +74,22 @@ def test_hostile_yaml_is_a_located_diagnostic(text: str, expected: str) -> None:
     assert diagnostics(text) == [expected]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [alias_bomb(8), "a: &x [*x]\n", "a: &x {<<: *x}\n", "[" * 900 + "]" * 900, BLOCK_2000, VIA_ALIAS, "id: " + "9" * 5000 + "\n"],
+    ids=["alias-bomb", "self-alias", "self-merge", "seq-900", "block-map-2000", "via-alias", "int-5000"],
+)
+def test_the_fast_yaml_parser_keeps_the_bounds(text: str) -> None:
+    """The bounds live in the composer, which both parsers feed: the fast path refuses hostile
+    input itself, at the same place, before anything expands it."""
+    with pytest.raises(load._TooMuch) as fast:
+        load._compose(load._FastLoader(text))
+    with pytest.raises(load._TooMuch) as ref:
+        load._compose(load._Loader(text))
+    where = [(e.value.message, e.value.mark.line, e.value.mark.column) for e in (fast, ref)]
+    assert where[0] == where[1]
+
+
 def test_nesting_at_the_yaml_limit_loads() -> None:
     assert load.load_text("[" * 64 + "]" * 64, "p.yaml").data is not None
 

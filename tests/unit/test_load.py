@@ -1,0 +1,64 @@
+"""The YAML loader: libyaml's parser (fast path) and PyYAML's pure-Python one (reference, and the
+source of error messages) must give the same nodes, positions, styles and data, and the same
+refusals of hostile input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from carepath import load
+
+ROOT = Path(__file__).parents[2]
+YAML_FILES = sorted(p for d in ("pathways", "tests", "examples") for p in (ROOT / d).rglob("*.y*ml"))
+
+
+def nodes(node: yaml.Node | None, out: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    if node is None:
+        return out
+    style = getattr(node, "style", None) or None
+    value = node.value if isinstance(node, yaml.ScalarNode) else None
+    out.append((type(node).__name__, node.tag, node.start_mark.line, node.start_mark.column, style, value))
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            nodes(child, out)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            nodes(k, out)
+            nodes(v, out)
+    return out
+
+
+def outcome(make: Any, text: str) -> tuple[Any, ...]:
+    try:
+        node, data = load._compose(make(text))
+    except yaml.YAMLError as exc:
+        return ("refused", type(exc).__name__)
+    return ("read", nodes(node, []), data)
+
+
+def test_libyaml_is_there() -> None:
+    """PyYAML's wheels ship libyaml: without it every engine build would take ~4x as long."""
+    assert load.CParser is not None
+
+
+def test_both_parsers_agree_on_every_yaml_file_of_the_repository() -> None:
+    assert len(YAML_FILES) > 250  # pathways, scenarios, broken pathways, fixtures
+    refused = 0
+    for path in YAML_FILES:
+        text = path.read_text(encoding="utf-8")
+        fast = outcome(load._FastLoader, text)
+        assert fast == outcome(load._Loader, text), path
+        refused += fast[0] == "refused"
+    assert refused >= 1  # broken_pathways/27-yaml-syntax.yaml
+
+
+def test_a_syntax_error_is_reported_by_the_reference_parser() -> None:
+    """libyaml's messages differ (and carry no snippet): an error is always PyYAML's."""
+    with pytest.raises(Exception) as exc:
+        load.load_text("a: [1, 2\n- b\n", "p.yaml")
+    assert "expected ',' or ']', but got '<stream end>'" in str(exc.value)
+    assert str(exc.value).startswith("p.yaml:3:1: YAML syntax error:")
