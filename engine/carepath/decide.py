@@ -13,6 +13,10 @@ Policy, in order (README "Conflict policy"):
    class, and no drug is started that matches an allergy.
 5. The shortest follow-up wins.
 6. Duplicates (same kind and key fields) merge into one recommendation listing every rule.
+
+The policy reads the rules that fired, the setting and the allergies, never the values the rules
+read: ``make_plan`` applies it once per such shape (the engine keeps the plans), ``render`` fills
+in each case's values and reasons.
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ def values_read(cr: CheckedRule, facts: lang.Facts) -> Values:
 class _Rec:
     """One recommendation on its way through the policy (plain slots: ~20 are made per case)."""
 
-    __slots__ = ("body", "citation", "key", "kind", "label", "order", "priority", "reason", "reasons", "rule", "rules", "values")
+    __slots__ = ("body", "citation", "key", "kind", "label", "order", "priority", "rule", "rules", "src", "srcs")
 
     def __init__(
         self,
@@ -96,16 +100,15 @@ class _Rec:
         order: tuple[int, int],
         priority: int,
         rule: str,
-        reason: str,
         citation: str,
-        values: Values | dict[str, object],
+        src: int,
         label: str,
         key: str,
     ) -> None:
         self.body, self.kind, self.order, self.priority = body, kind, order, priority
-        self.rule, self.reason, self.citation, self.values = rule, reason, citation, values
+        self.rule, self.citation, self.src = rule, citation, src  # src: the rule's place among the fired rules
         self.rules: list[str] = []
-        self.reasons: list[str] = []
+        self.srcs: list[int] = []  # the fired rules merged into it, in order (their values and reasons)
         self.label = label  # the body in a few words, for suppression notes
         self.key = key  # what makes two recommendations duplicates (lang_key)
 
@@ -159,33 +162,109 @@ def read_rule(cr: CheckedRule, prep: _Prepared, facts: lang.Facts) -> tuple[Valu
     return hit
 
 
-def decide(
-    case: Case,
-    facts: lang.Facts,
-    fired: list[tuple[int, CheckedPathway, list[CheckedRule]]],
-    enrolled: dict[str, bool],
-) -> dict[str, Any]:
-    """Build the decision: deterministic for the same case and pathways.
+Fired = list[tuple[int, CheckedPathway, list[CheckedRule]]]  # (pathway index, pathway, the rules that fired)
+PLAN_LIMIT = 4096  # plans kept per engine: bounded memory (a few KB each) whatever the cohort
+
+
+class Plan:
+    """The conflict policy's outcome for one shape of decision: which rules fired (in which
+    pathways), the setting and the allergies decide it all, never the values the rules read. Made
+    once per shape and kept by the engine (about half of a city-sized cohort repeats a shape
+    already seen); ``render`` fills in the values and reasons of each case."""
+
+    __slots__ = ("recs", "rules", "trace")
+
+    def __init__(
+        self,
+        rules: list[tuple[CheckedRule, _Prepared]],
+        trace: list[tuple[str, str, tuple[str, ...] | None]],
+        recs: list[tuple[dict[str, Any], tuple[str, ...], tuple[int, ...]]],
+    ) -> None:
+        self.rules = rules  # each fired rule, in order, with its preparations
+        self.trace = trace  # (pathway id, rule id, suppression notes) for each fired rule
+        self.recs = recs  # (the recommendation but its rules, reason and values; its rules; the fired rules
+        # it draws values and reasons from, in order)
+
+
+def decide(case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, bool], plans: dict[Any, Plan] | None = None) -> dict[str, Any]:
+    """Build the decision: deterministic for the same case and pathways. ``plans`` is the engine's
+    store of plans by shape (None: make the plan afresh)."""
+    allergies = tuple(case.allergies)
+    key = (case.setting, allergies, tuple([(i, tuple([cr.index for cr in rules])) for i, _, rules in fired]))
+    plan = plans.get(key) if plans is not None else None
+    if plan is None:
+        plan = make_plan(case.setting, allergies, fired)
+        if plans is not None:
+            if len(plans) >= PLAN_LIMIT:
+                plans.clear()
+            plans[key] = plan
+    return render(plan, case, facts, fired, enrolled)
+
+
+def render(plan: Plan, case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, bool]) -> dict[str, Any]:
+    """The decision for this case from its plan: the values each fired rule read and its reason."""
+    reads = [read_rule(cr, prep, facts) for cr, prep in plan.rules]
+    trace: list[dict[str, Any]] = []
+    for (pathway, rule, notes), (values, _) in zip(plan.trace, reads, strict=True):
+        entry: dict[str, Any] = {"pathway": pathway, "rule": rule, "values": values}
+        if notes:
+            entry["suppressed"] = list(notes)
+        trace.append(entry)
+    out = []
+    for template, rules, srcs in plan.recs:
+        values, reason = reads[srcs[0]]
+        merged: Values | dict[str, object] = values
+        if len(srcs) > 1:  # duplicates merged: every reason once, and every value any of them read
+            reasons = [reason]
+            for k in srcs[1:]:
+                more, why = reads[k]
+                if why not in reasons:
+                    reasons.append(why)
+                for name, v in more.items():
+                    if name not in merged:
+                        if type(merged) is Values:  # shared: the merged recommendation gets values of its own
+                            merged = dict(merged)
+                        merged[name] = v
+            reason = "; ".join(reasons)
+        rec = dict(template)  # the body, rule and citation, in the decision's key order
+        rec["rules"] = list(rules)
+        rec["reason"] = reason
+        rec["values"] = merged
+        out.append(rec)
+    pathways = [{**cp.identity, "enrolled": enrolled[cp.id]} for _, cp, _ in fired]
+    return {
+        "patient_id": case.patient_id,
+        "as_of": case.as_of.isoformat(),
+        "pathways": sorted(pathways, key=lambda p: str(p["id"])),
+        "recommendations": out,
+        "trace": trace,
+    }
+
+
+def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
+    """Apply the conflict policy to the rules that fired.
 
     Each policy step runs only when what it arbitrates is present; the order of the steps (and so
     of the suppression notes) is the documented one.
     """
     recs: list[_Rec] = []
-    trace: list[dict[str, Any]] = []
+    rules: list[tuple[CheckedRule, _Prepared]] = []
+    ids: list[tuple[str, str]] = []
     notes: dict[str, list[str]] = {}
     kinds: set[str] = set()
-    for p_index, cp, rules in fired:
+    for p_index, cp, fired_rules in fired:
         citations = cp.citation_texts
-        for cr in rules:
+        for cr in fired_rules:
             prep = _prepared(cp, cr)
-            vals, reason = read_rule(cr, prep, facts)
+            src = len(rules)
+            rules.append((cr, prep))
             rid = cr.rule.id
-            trace.append({"pathway": cp.id, "rule": rid, "values": vals})
+            ids.append((cp.id, rid))
             citation = citations[cr.rule.citation]
             order = (p_index, cr.index)
             for body, kind, label, key in prep.bodies:
                 kinds.add(kind)
-                recs.append(_Rec(body, kind, order, cr.rule.priority, rid, reason, citation, vals, label, key))
+                recs.append(_Rec(body, kind, order, cr.rule.priority, rid, citation, src, label, key))
 
     def suppress(r: _Rec, why: str) -> None:
         notes.setdefault(r.rule, []).append(f"{r.label}: {why}")
@@ -197,10 +276,10 @@ def decide(
         for r in recs:
             if r.kind == "referral":
                 d = r.body["direction"]
-                if d == "up" and case.setting != "community":
+                if d == "up" and setting != "community":
                     suppress(r, "up-referral is only made from community")
                     continue
-                if d == "down" and case.setting != "hospital":
+                if d == "down" and setting != "hospital":
                     suppress(r, "down-referral is only made from hospital")
                     continue
                 if d == "down":
@@ -233,7 +312,7 @@ def decide(
     # 4. avoid/stop and allergies beat starts
     if "medication" in kinds:
         blocks = [r for r in recs if r.kind == "medication" and r.body["action"] in ("avoid", "stop")]
-        if blocks or case.allergies:
+        if blocks or allergies:
             kept = []
             for r in recs:
                 if r.kind == "medication" and r.body["action"] in _STARTS:
@@ -242,7 +321,7 @@ def decide(
                     if hit is not None:
                         suppress(r, f"{hit.body['action']} {hit.body['atc']} ({hit.rule}) takes precedence")
                         continue
-                    allergy = next((a for a in case.allergies if atc.startswith(a) or a.startswith(atc)), None)
+                    allergy = next((a for a in allergies if atc.startswith(a) or a.startswith(atc)), None)
                     if allergy is not None:
                         suppress(r, f"patient is allergic to {allergy}")
                         continue
@@ -260,37 +339,17 @@ def decide(
     merged: dict[str, _Rec] = {}
     for r in sorted(recs, key=lambda r: r.order):
         m = merged.get(r.key)
-        if m is not None:
-            if r.rule not in m.rules:
-                m.rules.append(r.rule)
-            if r.reason not in m.reasons:
-                m.reasons.append(r.reason)
-            for k, v in r.values.items():
-                if k not in m.values:
-                    if type(m.values) is Values:  # shared: the merged recommendation gets values of its own
-                        m.values = dict(m.values)
-                    m.values[k] = v
-        else:  # the first of its kind stands for the merged recommendation
-            merged[r.key] = r
-            r.rules.append(r.rule)
-            r.reasons.append(r.reason)
-    out = []
-    for r in sorted(merged.values(), key=_sort_key):
-        out_rec = dict(r.body)
-        out_rec.update(rule=r.rule, rules=r.rules, reason="; ".join(r.reasons), citation=r.citation, values=r.values)
-        out.append(out_rec)
-    if notes:
-        for t in trace:
-            if t["rule"] in notes:
-                t["suppressed"] = notes[t["rule"]]
-    pathways = [{**cp.identity, "enrolled": enrolled[cp.id]} for _, cp, _ in fired]
-    return {
-        "patient_id": case.patient_id,
-        "as_of": case.as_of.isoformat(),
-        "pathways": sorted(pathways, key=lambda p: str(p["id"])),
-        "recommendations": out,
-        "trace": trace,
-    }
+        if m is None:  # the first of its kind stands for the merged recommendation
+            merged[r.key] = m = r
+        if r.rule not in m.rules:
+            m.rules.append(r.rule)
+        m.srcs.append(r.src)
+    out = [
+        ({**r.body, "rule": r.rule, "rules": None, "reason": None, "citation": r.citation, "values": None}, tuple(r.rules), tuple(r.srcs))
+        for r in sorted(merged.values(), key=_sort_key)
+    ]
+    trace = [(pathway, rule, tuple(notes[rule]) if rule in notes else None) for pathway, rule in ids]
+    return Plan(rules, trace, out)
 
 
 def lang_key(body: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from durable.engine import Host
 from . import compile as comp
 from . import lang
 from .case import Case, validate_case
-from .decide import decide, describe_recommendation
+from .decide import Plan, decide, describe_recommendation
 from .derive import Features, derive
 from .errors import PathwayError, UnknownPathwayError
 from .validate import CheckedPathway, CheckedRule, load_vocabulary, validate_paths
@@ -71,6 +71,7 @@ class Engine:
         self.features = Features()
         self._host = _SyncHost()
         self._compiled: list[_Compiled] = []
+        self._plans: dict[Any, Plan] = {}  # decide(): conflict-policy outcomes by decision shape
         for cp in self.pathways:
             conds = [r.condition for r in cp.rules]
             for c in [cp.applies, *conds, *(g for _, g in cp.invariants)]:  # invariants read facts too
@@ -208,7 +209,7 @@ class Engine:
         groups: list[tuple[int, CheckedPathway, list[CheckedRule]]] = [
             (i, c.pathway, [c.pathway.rules[k] for k in ks]) for i, c, ks in fired
         ]
-        return decide(case, facts, groups, enrolled)
+        return decide(case, facts, groups, enrolled, self._plans)
 
     def explain(self, data: Any, pathway_ids: Sequence[str] | None = None) -> str:
         """For a person: why each recommendation was made, and which rules came close and why not."""

@@ -234,9 +234,10 @@ def test_engines_give_back_durable_rules_handles(monkeypatch: pytest.MonkeyPatch
     assert not live, f"{len(live)} of {len(created)} durable-rules ruleset handles were never deleted"
 
 
-def test_memoised_reasons_equal_freshly_written_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    """decide() memoises each rule's values and reason on the facts it reads: a warm memo (even one
-    cleared when full) must give exactly the decision a cold one gives."""
+def test_memoised_reasons_and_plans_equal_freshly_made_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """decide() memoises each rule's values and reason on the facts it reads, and the engine keeps
+    the conflict policy's plan for each shape of decision: warm memos and plans (even ones cleared
+    when full) must give exactly the decision cold ones give, whatever callers do to decisions."""
     from carepath import decide
     from carepath.population.synth import synth_lines
 
@@ -247,12 +248,25 @@ def test_memoised_reasons_equal_freshly_written_ones(monkeypatch: pytest.MonkeyP
     for c in cases:
         for cr in rules:
             cr.memo.clear()
+        bundled._plans.clear()
         cold.append(dumps(bundled.evaluate(c)))
     monkeypatch.setattr(decide, "MEMO_LIMIT", 8)
-    warm = [dumps(bundled.evaluate(c)) for c in cases] + [dumps(bundled.evaluate(c)) for c in cases]
+    monkeypatch.setattr(decide, "PLAN_LIMIT", 16)
+    warm = []
+    for c in cases + cases:
+        got = bundled.evaluate(c)
+        warm.append(dumps(got))
+        for rec in got["recommendations"]:  # a caller changing its decision changes no later one
+            rec["rules"].append("x")
+            rec["kind"] = "x"
+        for t in got["trace"]:
+            t.get("suppressed", []).append("x")
+        got["pathways"][0]["id"] = "x"
     assert warm == cold + cold
     assert max(len(cr.memo) for cr in rules) <= 8
     assert sum(len(cr.memo) for cr in rules) > 0
+    assert 0 < len(bundled._plans) <= 16
+    assert any("suppressed" in t for c in cold for t in json.loads(c)["trace"])
     # The values are the memo's own, shared between decisions: read-only, and what a caller can
     # change (merged recommendations' values, copies) never reaches the memo.
     first = bundled.evaluate(cases[0])
