@@ -56,6 +56,21 @@ def test_both_parsers_agree_on_every_yaml_file_of_the_repository() -> None:
     assert refused >= 1  # broken_pathways/27-yaml-syntax.yaml
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        'a: {x: "血压 ≥ 140", y: 1, z: [é, ü, 2]}\nb: "≥"\n',  # columns count characters, not bytes
+        "a: 1\r\nb:\r\n  - x\r\n  - 'y'\r\n",  # CRLF line ends
+        "\ufeffa: 1\nb: [1, 2]\n",  # a byte-order mark
+        "a: |\n  two\n  lines\nb: >-\n  folded\n  text\nc: 'it''s'\n",  # block and quoted styles
+        "a: &x {k: 1}\nb: *x\nc: {<<: *x, m: 2}\n",  # anchors, aliases, merge keys
+    ],
+    ids=["non-ascii", "crlf", "bom", "styles", "aliases"],
+)
+def test_both_parsers_agree_on_awkward_text(text: str) -> None:
+    assert outcome(load._FastLoader, text) == outcome(load._Loader, text)
+
+
 def test_a_syntax_error_is_reported_by_the_reference_parser() -> None:
     """libyaml's messages differ (and carry no snippet): an error is always PyYAML's."""
     with pytest.raises(Exception) as exc:
