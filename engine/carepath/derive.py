@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import TypeVar
 
 from . import lang
 from .case import Case
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -22,8 +26,9 @@ class _Plan:
     since_start: tuple[tuple[str, str, str, tuple[str, ...]], ...]  # b_ and bp_ keys, observation, the s_ keys of the start
 
 
-def _index(pairs: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, tuple[str, ...]]:
-    out: dict[str, tuple[str, ...]] = {}
+def _index(pairs: Iterable[tuple[T, tuple[str, ...]]]) -> dict[str, tuple[T, ...]]:
+    """Each item under every one of its index keys (prefix -> flags; drug start -> facts)."""
+    out: dict[str, tuple[T, ...]] = {}
     for key, prefixes in pairs:
         for p in prefixes:
             out[p] = (*out.get(p, ()), key)
@@ -70,7 +75,7 @@ class Features:
                 zeros=dict.fromkeys(zero_keys, 0),
                 dx_index=_index(dx),
                 med_index=med_index,
-                after=_after_by_start(sorted((lang.Num("after", (c, p)).key, f"d_{c}", started[p]) for c, p in self.after)),
+                after=_index(((lang.Num("after", (c, p)).key, f"d_{c}"), (started[p],)) for c, p in sorted(self.after)),
                 since_start=tuple(
                     (lang.Num("srise", a).key, lang.Num("srise_pct", a).key, a[0], tuple(started[p] for p in a[1:]))
                     for a in sorted(self.since_start)
@@ -104,15 +109,6 @@ class Features:
                 self.observations.add(lit.name)
             elif isinstance(lit, lang.Flag):
                 {"finding": self.findings, "dx": self.dx, "on": self.on, "allergy": self.allergy}.get(lit.kind, set()).add(lit.arg)
-
-
-def _after_by_start(rows: list[tuple[str, str, str]]) -> dict[str, tuple[tuple[str, str], ...]]:
-    """days_after_start facts grouped by the drug start they are measured from: a case only walks
-    the groups of the drugs it is on (41 of them for the bundled pathways, most not taken)."""
-    out: dict[str, tuple[tuple[str, str], ...]] = {}
-    for key, d_key, s_key in rows:
-        out[s_key] = (*out.get(s_key, ()), (key, d_key))
-    return out
 
 
 def rises(before: float, latest: float) -> tuple[float, float | None]:
