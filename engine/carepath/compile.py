@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from . import lang
@@ -154,6 +154,35 @@ def _noop(c: Any) -> None:
     return None
 
 
+def short_names(keys: Iterable[str]) -> dict[str, str]:
+    """A short name for each fact key a ruleset reads (``k0``, ``k1``, ... in sorted order).
+
+    Fact keys are descriptive and long (``on_A10BD07_A10BD08_...``: up to ~250 characters), and
+    durable-rules parses the posted fact's JSON, hashes every property name and writes the whole
+    fact into the message of every rule that fires, so every character is paid for many times a
+    case. Only the ruleset and the fact posted to it use these names; nothing outside the engine
+    sees them.
+    """
+    return {k: f"k{i}" for i, k in enumerate(sorted(set(keys)))}
+
+
+def rename(pattern: Any, names: Mapping[str, str]) -> Any:
+    """A durable-rules pattern with its fact keys renamed (operators, ``$``-keys, stay)."""
+    if isinstance(pattern, list):
+        return [rename(p, names) for p in pattern]
+    if isinstance(pattern, dict):
+        return {k if k.startswith("$") else names.get(k, k): rename(v, names) for k, v in pattern.items()}
+    return pattern
+
+
+def renamed_ruleset(definition: Json, names: Mapping[str, str]) -> Json:
+    """A durable_ruleset definition whose patterns read the facts under short_names."""
+    return {
+        name: {rule: {**body, "all": [{"m": rename(p["m"], names)} for p in body["all"]]} for rule, body in rules.items()}
+        for name, rules in definition.items()
+    }
+
+
 # ---------------------------------------------------------------- generated code for the hot path
 
 
@@ -192,21 +221,26 @@ def holds(e: Expr) -> Callable[[lang.Facts], bool]:
 
 
 def fact_builder(
-    any_keys: tuple[str, ...], valued: tuple[tuple[str, frozenset[object]], ...], subs: list[tuple[str, Expr]], extra: dict[str, object]
+    any_keys: tuple[str, ...],
+    valued: tuple[tuple[str, frozenset[object]], ...],
+    subs: list[tuple[str, Expr]],
+    extra: dict[str, object],
+    names: Mapping[str, str],
 ) -> Callable[[lang.Facts], dict[str, object]]:
     """The fact durable-rules is given for a case: the numbers under `any_keys` that are known, the
-    `valued` keys whose value some pattern tests for, 1 for each TRUE sub-condition, and `extra`;
-    straight-line generated code, one statement per key (Engine._post)."""
+    `valued` keys whose value some pattern tests for, 1 for each TRUE sub-condition, and `extra`,
+    each under its name in `names` (short_names; `extra` as given); straight-line generated code,
+    one statement per key (Engine._post)."""
     consts: dict[str, object] = {}
     lines = ["def build(f):", "    g = f.get", "    d = {}"]
     for k in any_keys:
-        lines += [f"    v = g({k!r})", f"    if v is not None: d[{k!r}] = v"]
+        lines += [f"    v = g({k!r})", f"    if v is not None: d[{names[k]!r}] = v"]
     for k, want in valued:
         name = f"W{len(consts)}"
         consts[name] = want
-        lines += [f"    v = g({k!r})", f"    if v is not None and v in {name}: d[{k!r}] = v"]
+        lines += [f"    v = g({k!r})", f"    if v is not None and v in {name}: d[{names[k]!r}] = v"]
     for key, e in subs:
-        lines.append(f"    if {_truth_source(lang.nnf(e), consts)}: d[{key!r}] = 1")
+        lines.append(f"    if {_truth_source(lang.nnf(e), consts)}: d[{names[key]!r}] = 1")
     for k, value in extra.items():
         lines.append(f"    d[{k!r}] = {value!r}")
     lines.append("    return d")

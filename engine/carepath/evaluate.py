@@ -56,6 +56,7 @@ class _Compiled:
     handle: int  # the ruleset in durable-rules' C engine
     build: Callable[[lang.Facts], dict[str, object]]  # the fact posted for a case (comp.fact_builder)
     valued: tuple[tuple[str, frozenset[object]], ...]  # keys posted only with a value some pattern tests
+    names: dict[str, str]  # each fact key's name in the ruleset and the posted fact (comp.short_names)
     enrols: Callable[[lang.Facts], bool]  # applies_to is TRUE (generated code)
     applies: comp.Program  # ... the reference evaluation of it
     programs: list[comp.Program]
@@ -78,15 +79,24 @@ class Engine:
                 self.features.add(c)
             subs: list[tuple[str, lang.Expr]] = []
             name, definition = comp.durable_ruleset(conds, subs)
-            self._host.set_rulesets(definition)
-            handle = self._host.get_ruleset(name)._handle
             tests = comp.fact_tests(conds)  # sub-conditions are only ever tested for TRUE: 1 or absent
+            names = comp.short_names([*tests, *(k for k, _ in subs)])
+            self._host.set_rulesets(comp.renamed_ruleset(definition, names))
+            handle = self._host.get_ruleset(name)._handle
             valued = tuple(sorted((k, v) for k, v in tests.items() if v is not None))
             numbers = tuple(sorted(k for k, v in tests.items() if v is None))
-            build = comp.fact_builder(numbers, valued, subs, {"sid": _SID, "id": "case", "cp": 1})
+            build = comp.fact_builder(numbers, valued, subs, {"sid": _SID, "id": "case", "cp": 1}, names)
             self._compiled.append(
                 _Compiled(
-                    cp, name, handle, build, valued, comp.holds(cp.applies), comp.reference(cp.applies), [comp.reference(c) for c in conds]
+                    cp,
+                    name,
+                    handle,
+                    build,
+                    valued,
+                    names,
+                    comp.holds(cp.applies),
+                    comp.reference(cp.applies),
+                    [comp.reference(c) for c in conds],
                 )
             )
         for compiled in self._compiled:  # rulesets register lazily on the first post: warm them up now
