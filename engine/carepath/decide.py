@@ -88,58 +88,64 @@ def values_read(cr: CheckedRule, facts: lang.Facts) -> Values:
     return Values(out)
 
 
+class _Body:
+    """One recommendation a rule makes, with what the policy reads of it worked out once per rule:
+    its kind, priority, rule, citation, its words for suppression notes, its duplicate key, its
+    place in the decision's order and its template there (the body, rule and citation in the
+    decision's key order; the rest is filled in per case)."""
+
+    __slots__ = ("body", "citation", "key", "kind", "label", "order", "priority", "rule", "sort", "template")
+
+    def __init__(self, body: dict[str, Any], order: tuple[int, int], priority: int, rule: str, citation: str) -> None:
+        self.body, self.kind, self.order, self.priority = body, str(body["kind"]), order, priority
+        self.rule, self.citation = rule, citation
+        self.label = describe_recommendation(body)  # the body in a few words, for suppression notes
+        self.key = lang_key(body)  # what makes two recommendations duplicates
+        self.sort = _sort_key(self.kind, body)
+        self.template = {**body, "rule": rule, "rules": None, "reason": None, "citation": citation, "values": None}
+
+
 class _Rec:
-    """One recommendation on its way through the policy (plain slots: ~20 are made per case)."""
+    """One recommendation on its way through the policy (~20 are made per plan): its _Body, the
+    fired rule it comes from and, once merged, the rules and fired rules merged into it."""
 
-    __slots__ = ("body", "citation", "key", "kind", "label", "order", "priority", "rule", "rules", "src", "srcs")
+    __slots__ = ("b", "rules", "src", "srcs")
 
-    def __init__(
-        self,
-        body: dict[str, Any],
-        kind: str,
-        order: tuple[int, int],
-        priority: int,
-        rule: str,
-        citation: str,
-        src: int,
-        label: str,
-        key: str,
-    ) -> None:
-        self.body, self.kind, self.order, self.priority = body, kind, order, priority
-        self.rule, self.citation, self.src = rule, citation, src  # src: the rule's place among the fired rules
+    def __init__(self, b: _Body, src: int) -> None:
+        self.b, self.src = b, src  # src: the rule's place among the fired rules
         self.rules: list[str] = []
         self.srcs: list[int] = []  # the fired rules merged into it, in order (their values and reasons)
-        self.label = label  # the body in a few words, for suppression notes
-        self.key = key  # what makes two recommendations duplicates (lang_key)
 
 
 MEMO_LIMIT = 1024  # per rule: bounded memory whatever the cohort (about 0.4 KB an entry)
 
 
 class _Prepared:
-    """What decide() needs of one rule beyond its CheckedRule, made on its first firing: the
-    recommendation bodies as (body, kind, label, duplicate key), tests with their LOINC code,
-    and the compiled writer of its reason."""
+    """What decide() needs of one rule beyond its CheckedRule, made on its first firing: its
+    recommendations (tests with their LOINC code) and the compiled writer of its reason."""
 
     __slots__ = ("bodies", "words")
 
-    def __init__(self, cp: CheckedPathway, cr: CheckedRule) -> None:
+    def __init__(self, p_index: int, cp: CheckedPathway, cr: CheckedRule) -> None:
         out = []
+        citation = cp.citation_texts[cr.rule.citation]
         for body in cr.bodies:
             if body["kind"] == "test":
                 od = cp.vocab.observations[body["code"]]
                 if od.loinc:
                     body = {**body, "loinc": od.loinc[0]}
-            out.append((body, str(body["kind"]), describe_recommendation(body), lang_key(body)))
-        self.bodies: tuple[tuple[dict[str, Any], str, str, str], ...] = tuple(out)
+            out.append(_Body(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, citation))
+        self.bodies: tuple[_Body, ...] = tuple(out)
         self.words = reasoner(cr.when_nnf, cp.vocab)
 
 
-def _prepared(cp: CheckedPathway, cr: CheckedRule) -> _Prepared:
-    made: dict[int, _Prepared] = cp.decide_cache
-    got = made.get(cr.index)
+def _prepared(p_index: int, cp: CheckedPathway, cr: CheckedRule) -> _Prepared:
+    """``p_index`` is the pathway's place in the engine, which orders recommendations: one per
+    pathway object, as an engine makes its own (the key holds it all the same)."""
+    made: dict[tuple[int, int], _Prepared] = cp.decide_cache
+    got = made.get((p_index, cr.index))
     if got is None:
-        got = made[cr.index] = _Prepared(cp, cr)
+        got = made[(p_index, cr.index)] = _Prepared(p_index, cp, cr)
     return got
 
 
@@ -250,33 +256,27 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
     """
     recs: list[_Rec] = []
     rules: list[tuple[CheckedRule, _Prepared]] = []
-    ids: list[tuple[str, str]] = []
     notes: dict[str, list[str]] = {}
     kinds: set[str] = set()
     for p_index, cp, fired_rules in fired:
-        citations = cp.citation_texts
         for cr in fired_rules:
-            prep = _prepared(cp, cr)
+            prep = _prepared(p_index, cp, cr)
             src = len(rules)
             rules.append((cr, prep))
-            rid = cr.rule.id
-            ids.append((cp.id, rid))
-            citation = citations[cr.rule.citation]
-            order = (p_index, cr.index)
-            for body, kind, label, key in prep.bodies:
-                kinds.add(kind)
-                recs.append(_Rec(body, kind, order, cr.rule.priority, rid, citation, src, label, key))
+            for b in prep.bodies:
+                kinds.add(b.kind)
+                recs.append(_Rec(b, src))
 
     def suppress(r: _Rec, why: str) -> None:
-        notes.setdefault(r.rule, []).append(f"{r.label}: {why}")
+        notes.setdefault(r.b.rule, []).append(f"{r.b.label}: {why}")
 
     if "referral" in kinds:
         # 1. referral direction by setting; a down-referral only for a patient no rule finds unstable
         kept: list[_Rec] = []
-        emergency = [r for r in recs if r.kind == "referral" and r.body.get("urgency") == "emergency" and r.body["direction"] == "up"]
+        emergency = [r for r in recs if r.b.kind == "referral" and r.b.body.get("urgency") == "emergency" and r.b.body["direction"] == "up"]
         for r in recs:
-            if r.kind == "referral":
-                d = r.body["direction"]
+            if r.b.kind == "referral":
+                d = r.b.body["direction"]
                 if d == "up" and setting != "community":
                     suppress(r, "up-referral is only made from community")
                     continue
@@ -284,9 +284,9 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
                     suppress(r, "down-referral is only made from hospital")
                     continue
                 if d == "down":
-                    unstable = next((u for u in recs if _unstable(u)), None)
+                    unstable = next((u for u in recs if _unstable(u.b)), None)
                     if unstable is not None:
-                        suppress(r, f"not stable: {unstable.label} ({unstable.rule})")
+                        suppress(r, f"not stable: {unstable.b.label} ({unstable.b.rule})")
                         continue
             kept.append(r)
         recs = kept
@@ -294,30 +294,34 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
         if emergency:
             kept = []
             for r in recs:
-                if (r.kind == "medication" and r.body["action"] in _STARTS) or r.kind == "test":
-                    suppress(r, f"emergency up-referral ({emergency[0].rule}) takes precedence")
+                if (r.b.kind == "medication" and r.b.body["action"] in _STARTS) or r.b.kind == "test":
+                    suppress(r, f"emergency up-referral ({emergency[0].b.rule}) takes precedence")
                 else:
                     kept.append(r)
             recs = kept
         # 3. at most one referral
         refs = sorted(
-            (r for r in recs if r.kind == "referral"),
-            key=lambda r: (_URGENCY.get(r.body.get("urgency", ""), 3) if r.body["direction"] == "up" else 3, -r.priority, r.order),
+            (r for r in recs if r.b.kind == "referral"),
+            key=lambda r: (
+                _URGENCY.get(r.b.body.get("urgency", ""), 3) if r.b.body["direction"] == "up" else 3,
+                -r.b.priority,
+                r.b.order,
+            ),
         )
         if refs:
-            best = refs[0]
+            best = refs[0].b
             for r in refs[1:]:
-                if r.body != best.body:
+                if r.b.body != best.body:
                     suppress(r, f"one referral per decision: {best.label} ({best.rule}) is more urgent")
-            recs = [r for r in recs if r.kind != "referral" or r.body == best.body]
+            recs = [r for r in recs if r.b.kind != "referral" or r.b.body == best.body]
     # 4. avoid/stop and allergies beat starts
     if "medication" in kinds:
-        blocks = [r for r in recs if r.kind == "medication" and r.body["action"] in ("avoid", "stop")]
+        blocks = [r.b for r in recs if r.b.kind == "medication" and r.b.body["action"] in ("avoid", "stop")]
         if blocks or allergies:
             kept = []
             for r in recs:
-                if r.kind == "medication" and r.body["action"] in _STARTS:
-                    atc = str(r.body["atc"])
+                if r.b.kind == "medication" and r.b.body["action"] in _STARTS:
+                    atc = str(r.b.body["atc"])
                     hit = next((b for b in blocks if atc.startswith(b.body["atc"]) or b.body["atc"].startswith(atc)), None)
                     if hit is not None:
                         suppress(r, f"{hit.body['action']} {hit.body['atc']} ({hit.rule}) takes precedence")
@@ -329,28 +333,27 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
                 kept.append(r)
             recs = kept
     # 5. shortest follow-up
-    fus = [r for r in recs if r.kind == "follow_up"]
-    if len(fus) > 1:
-        fus.sort(key=lambda r: (r.body["days"], r.order))
-        for r in fus[1:]:
-            if r.body != fus[0].body:
-                suppress(r, f"a shorter follow-up ({fus[0].body['days']} days, {fus[0].rule}) wins")
-        recs = [r for r in recs if r.kind != "follow_up" or r.body == fus[0].body]
+    if "follow_up" in kinds:
+        fus = [r for r in recs if r.b.kind == "follow_up"]
+        if len(fus) > 1:
+            fus.sort(key=lambda r: (r.b.body["days"], r.b.order))
+            first = fus[0].b
+            for r in fus[1:]:
+                if r.b.body != first.body:
+                    suppress(r, f"a shorter follow-up ({first.body['days']} days, {first.rule}) wins")
+            recs = [r for r in recs if r.b.kind != "follow_up" or r.b.body == first.body]
     # 6. merge duplicates
     merged: dict[str, _Rec] = {}
-    for r in sorted(recs, key=lambda r: r.order):
-        m = merged.get(r.key)
+    for r in sorted(recs, key=lambda r: r.b.order):
+        m = merged.get(r.b.key)
         if m is None:  # the first of its kind stands for the merged recommendation
-            merged[r.key] = m = r
-        if r.rule not in m.rules:
-            m.rules.append(r.rule)
+            merged[r.b.key] = m = r
+        if r.b.rule not in m.rules:
+            m.rules.append(r.b.rule)
         m.srcs.append(r.src)
-    out = [
-        ({**r.body, "rule": r.rule, "rules": None, "reason": None, "citation": r.citation, "values": None}, tuple(r.rules), tuple(r.srcs))
-        for r in sorted(merged.values(), key=_sort_key)
-    ]
-    trace = [(pathway, rule, tuple(notes[rule]) if rule in notes else None) for pathway, rule in ids]
-    return Plan(rules, trace, out)
+    out = [(r.b.template, tuple(r.rules), tuple(r.srcs)) for r in sorted(merged.values(), key=lambda r: r.b.sort)]
+    trace = [(cp.id, cr.rule.id) for _, cp, fired_rules in fired for cr in fired_rules]
+    return Plan(rules, [(pathway, rule, tuple(notes[rule]) if rule in notes else None) for pathway, rule in trace], out)
 
 
 def lang_key(body: dict[str, Any]) -> str:
@@ -366,7 +369,7 @@ def lang_key(body: dict[str, Any]) -> str:
     return "follow_up"
 
 
-def _unstable(r: _Rec) -> bool:
+def _unstable(r: _Body) -> bool:
     """Does this recommendation say the patient is not stable enough to go down to community care?
 
     An emergency or priority up-referral criterion (in hospital too, where the referral itself is
@@ -395,13 +398,13 @@ def describe_recommendation(r: Mapping[str, Any]) -> str:
     return f"alert [{r.get('severity')}] {r.get('text')}"
 
 
-def _sort_key(r: _Rec) -> tuple[object, ...]:
-    b = r.body
-    k = _KIND_ORDER[r.kind]
-    if r.kind == "alert":
+def _sort_key(kind: str, b: dict[str, Any]) -> tuple[object, ...]:
+    """A recommendation's place in the decision: by kind, then severity or action, then its code."""
+    k = _KIND_ORDER[kind]
+    if kind == "alert":
         return (k, _SEVERITY[b["severity"]], b["text"])
-    if r.kind == "medication":
+    if kind == "medication":
         return (k, _ACTION[b["action"]], b["atc"])
-    if r.kind == "test":
+    if kind == "test":
         return (k, 0, b["code"])
     return (k, 0, "")
