@@ -149,22 +149,20 @@ def _prepared(p_index: int, cp: CheckedPathway, cr: CheckedRule) -> _Prepared:
     return got
 
 
-def read_rule(cr: CheckedRule, prep: _Prepared, facts: lang.Facts) -> tuple[Values, str]:
-    """The values a fired rule read and its reason in words, memoised on the values read.
+def read_rule(cr: CheckedRule, prep: _Prepared, facts: lang.Facts, key: tuple[object, ...]) -> tuple[Values, str]:
+    """The values a fired rule read and its reason in words, for the memo (render looks there first).
 
-    Both are pure functions of the facts under ``cr.read_keys`` (values that compare equal, such
-    as 1 and 1.0, are written the same way); on a city-sized cohort 80-85% of fired rules repeat
-    a combination already seen, so the values and the words are made once per combination. The
-    values are the memo's own (read-only, see Values), shared by the decisions that read them.
+    Both are pure functions of the facts under ``cr.read_keys`` (``key``: values that compare
+    equal, such as 1 and 1.0, are written the same way); on a city-sized cohort 80-85% of fired
+    rules repeat a combination already seen, so the values and the words are made once per
+    combination. The values are the memo's own (read-only, see Values), shared by the decisions
+    that read them.
     """
-    key = tuple(map(facts.get, cr.read_keys))
-    hit: tuple[Values, str] | None = cr.memo.get(key)
-    if hit is None:
-        why = "; ".join(prep.words(facts))
-        hit = (values_read(cr, facts), f"{cr.rule.title}: {why}" if cr.rule.title else why)
-        if len(cr.memo) >= MEMO_LIMIT:
-            cr.memo.clear()
-        cr.memo[key] = hit
+    why = "; ".join(prep.words(facts))
+    hit = (values_read(cr, facts), f"{cr.rule.title}: {why}" if cr.rule.title else why)
+    if len(cr.memo) >= MEMO_LIMIT:
+        cr.memo.clear()
+    cr.memo[key] = hit
     return hit
 
 
@@ -210,7 +208,12 @@ def decide(case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, bool
 
 def render(plan: Plan, case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, bool]) -> dict[str, Any]:
     """The decision for this case from its plan: the values each fired rule read and its reason."""
-    reads = [read_rule(cr, prep, facts) for cr, prep in plan.rules]
+    get = facts.get
+    reads: list[tuple[Values, str]] = []
+    for cr, prep in plan.rules:  # read_rule's memo, looked up here: most fired rules are found in it
+        key = tuple(map(get, cr.read_keys))
+        hit = cr.memo.get(key)
+        reads.append(read_rule(cr, prep, facts, key) if hit is None else hit)
     trace: list[dict[str, Any]] = []
     for (pathway, rule, notes), (values, _) in zip(plan.trace, reads, strict=True):
         entry: dict[str, Any] = {"pathway": pathway, "rule": rule, "values": values}
