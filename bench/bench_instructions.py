@@ -19,7 +19,9 @@ over N synthetic cases (carepath synth, seed 1), after a warm-up pass over N oth
   the durable-rules baseline of bench_batch.py; raw (enrolled): ``Engine.fire``;
 * parse, validate, derive, fire (enrolment and posts), decide, dumps: the stages of one case;
 * evaluate: ``dumps_line(engine.evaluate(parse_json(line)))``, what a batch worker does per line,
-  on N further cases (the stage sections have seen theirs).
+  on N further cases (the stage sections have seen theirs);
+* service worker: what a service worker does with an EvaluateRequest's bytes (decode, evaluate,
+  write the response's bytes), on N further cases.
 
 Printed: instructions per case of each section (millions); this tree's microseconds per case
 (one pass without valgrind, so noisy) and instructions per nanosecond (a section far below the
@@ -44,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ["raw (all)", "raw (enrolled)", "parse", "validate", "derive", "fire", "decide", "dumps", "evaluate"]
+SECTIONS = ["raw (all)", "raw (enrolled)", "parse", "validate", "derive", "fire", "decide", "dumps", "evaluate", "service worker"]
 HELPER = r"""
 #include <valgrind/callgrind.h>
 void cg_on(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
@@ -77,8 +79,14 @@ def child(n: int, pathways: str | None, helper: str | None) -> None:
 
     cg = ctypes.CDLL(helper) if helper else None
     engine = Engine.from_directory(pathways)
-    lines = [line.encode() for line in synth_lines(3 * n, 1)]
-    warm, lines, fresh = lines[:n], lines[n : 2 * n], lines[2 * n :]
+    lines = [line.encode() for line in synth_lines(4 * n, 1)]
+    warm, lines, fresh, requests = lines[:n], lines[n : 2 * n], lines[2 * n : 3 * n], lines[3 * n :]
+    from carepath._proto.v1 import decision_service_pb2 as ds
+    from carepath.service.convert import case_from_dict
+    from carepath.service.worker import Worker
+
+    worker = Worker(engine, pathways)
+    wire = [ds.EvaluateRequest(request_id=f"r{i}", case=case_from_dict(parse_json(x))).SerializeToString() for i, x in enumerate(requests)]
     for line in warm:  # the memos and plan store in the state a running worker has them
         dumps_line(engine.evaluate(parse_json(line)))
     datas = [parse_json(line) for line in lines]
@@ -140,7 +148,11 @@ def child(n: int, pathways: str | None, helper: str | None) -> None:
         for line in fresh:
             dumps_line(engine.evaluate(parse_json(line)))
 
-    bodies = [raw_all, raw_enrolled, parse, validate, derive_all, fire, decide_all, dumps, evaluate]
+    def serve() -> None:  # cases no section has seen, as EvaluateRequest bytes
+        for raw in wire:
+            worker.evaluate(raw, "Evaluate")
+
+    bodies = [raw_all, raw_enrolled, parse, validate, derive_all, fire, decide_all, dumps, evaluate, serve]
     for name, body in zip(SECTIONS, bodies, strict=True):
         section(name, body)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from . import lang
 from .case import Case
@@ -48,14 +48,14 @@ class Values(dict[str, object]):
     values (the memo's own, see read_rule), shared by every decision and recommendation that read
     the same, so it is read-only (copy it with dict() to change it). Copies and pickles are plain
     dicts. ``wire`` caches protobuf encodings for the service (carepath.service.convert): the
-    values by field tag, a whole trace entry by (pathway, rule), and a whole recommendation made by
-    one rule by all of its other fields."""
+    values' items, the values by field tag, a whole trace entry by (pathway, rule), and a whole
+    recommendation made by one rule by all of its other fields (or by its plan's _Body)."""
 
     __slots__ = ("wire",)
 
     def __init__(self, items: dict[str, object]) -> None:
         super().__init__(items)
-        self.wire: dict[object, bytes] = {}
+        self.wire: dict[object, Any] = {}
 
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("a decision's values are shared and read-only: copy them with dict(values) to change them")
@@ -92,9 +92,10 @@ class _Body:
     """One recommendation a rule makes, with what the policy reads of it worked out once per rule:
     its kind, priority, rule, citation, its words for suppression notes, its duplicate key, its
     place in the decision's order and its template there (the body, rule and citation in the
-    decision's key order; the rest is filled in per case)."""
+    decision's key order; the rest is filled in per case). ``wire`` keeps the service's protobuf
+    encodings of its fixed parts, by the rules merged into it (service.convert)."""
 
-    __slots__ = ("body", "citation", "key", "kind", "label", "order", "priority", "rule", "sort", "template")
+    __slots__ = ("body", "citation", "key", "kind", "label", "order", "priority", "rule", "sort", "template", "wire")
 
     def __init__(self, body: dict[str, Any], order: tuple[int, int], priority: int, rule: str, citation: str) -> None:
         self.body, self.kind, self.order, self.priority = body, str(body["kind"]), order, priority
@@ -103,6 +104,7 @@ class _Body:
         self.key = lang_key(body)  # what makes two recommendations duplicates
         self.sort = _sort_key(self.kind, body)
         self.template = {**body, "rule": rule, "rules": None, "reason": None, "citation": citation, "values": None}
+        self.wire: dict[tuple[str, ...], Any] = {}
 
 
 class _Rec:
@@ -177,23 +179,41 @@ class Plan:
     37% of a synthetic cohort's cases, with 1,024 kept); ``render`` fills in each case's values
     and reasons."""
 
-    __slots__ = ("recs", "rules", "trace")
+    __slots__ = ("recs", "rules", "trace", "wire")  # wire: the service's encodings of its pathways, by enrolment
 
     def __init__(
         self,
         rules: list[tuple[CheckedRule, _Prepared]],
         trace: list[tuple[str, str, tuple[str, ...] | None]],
-        recs: list[tuple[dict[str, Any], tuple[str, ...], tuple[int, ...]]],
+        recs: list[tuple[dict[str, Any], tuple[str, ...], tuple[int, ...], _Body]],
     ) -> None:
         self.rules = rules  # each fired rule, in order, with its preparations
         self.trace = trace  # (pathway id, rule id, suppression notes) for each fired rule
         self.recs = recs  # (the recommendation but its rules, reason and values; its rules; the fired rules
-        # it draws values and reasons from, in order)
+        # it draws values and reasons from, in order; the first one's _Body)
+        self.wire: dict[tuple[bool, ...], bytes] = {}
+
+
+class Planned(NamedTuple):
+    """A decision before it is rendered: the case, its plan, what each fired rule read (values and
+    reason) and the enrolment. ``render`` makes the decision of it; the service writes it straight
+    to protobuf (service.convert.planned_response_bytes)."""
+
+    case: Case
+    plan: Plan
+    reads: list[tuple[Values, str]]
+    fired: Fired
+    enrolled: dict[str, bool]
 
 
 def decide(case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, bool], plans: dict[Any, Plan] | None = None) -> dict[str, Any]:
     """Build the decision: deterministic for the same case and pathways. ``plans`` is the engine's
     store of plans by shape (None: make the plan afresh)."""
+    return render(planned(case, facts, fired, enrolled, plans))
+
+
+def planned(case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, bool], plans: dict[Any, Plan] | None = None) -> Planned:
+    """The decision's plan (from the store when its shape was seen) and what each fired rule read."""
     allergies = tuple(case.allergies)
     key = (case.setting, allergies, tuple([(i, tuple([cr.index for cr in rules])) for i, _, rules in fired]))
     plan = plans.get(key) if plans is not None else None
@@ -203,17 +223,38 @@ def decide(case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, bool
             if len(plans) >= PLAN_LIMIT:
                 plans.clear()
             plans[key] = plan
-    return render(plan, case, facts, fired, enrolled)
-
-
-def render(plan: Plan, case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, bool]) -> dict[str, Any]:
-    """The decision for this case from its plan: the values each fired rule read and its reason."""
     get = facts.get
     reads: list[tuple[Values, str]] = []
     for cr, prep in plan.rules:  # read_rule's memo, looked up here: most fired rules are found in it
-        key = tuple(map(get, cr.read_keys))
-        hit = cr.memo.get(key)
-        reads.append(read_rule(cr, prep, facts, key) if hit is None else hit)
+        k = tuple(map(get, cr.read_keys))
+        hit = cr.memo.get(k)
+        reads.append(read_rule(cr, prep, facts, k) if hit is None else hit)
+    return Planned(case, plan, reads, fired, enrolled)
+
+
+def merged_read(reads: list[tuple[Values, str]], srcs: tuple[int, ...]) -> tuple[Values | dict[str, object], str]:
+    """A recommendation's values and reason: its fired rule's, or for duplicates merged, every
+    reason once and every value any of them read (first one wins)."""
+    values, reason = reads[srcs[0]]
+    if len(srcs) == 1:
+        return values, reason
+    merged: Values | dict[str, object] = values
+    reasons = [reason]
+    for k in srcs[1:]:
+        more, why = reads[k]
+        if why not in reasons:
+            reasons.append(why)
+        for name, v in more.items():
+            if name not in merged:
+                if type(merged) is Values:  # shared: the merged recommendation gets values of its own
+                    merged = dict(merged)
+                merged[name] = v
+    return merged, "; ".join(reasons)
+
+
+def render(p: Planned) -> dict[str, Any]:
+    """The decision for this case from its plan: the values each fired rule read and its reason."""
+    plan, reads, case = p.plan, p.reads, p.case
     trace: list[dict[str, Any]] = []
     for (pathway, rule, notes), (values, _) in zip(plan.trace, reads, strict=True):
         entry: dict[str, Any] = {"pathway": pathway, "rule": rule, "values": values}
@@ -221,27 +262,15 @@ def render(plan: Plan, case: Case, facts: lang.Facts, fired: Fired, enrolled: di
             entry["suppressed"] = list(notes)
         trace.append(entry)
     out = []
-    for template, rules, srcs in plan.recs:
-        values, reason = reads[srcs[0]]
-        merged: Values | dict[str, object] = values
-        if len(srcs) > 1:  # duplicates merged: every reason once, and every value any of them read
-            reasons = [reason]
-            for k in srcs[1:]:
-                more, why = reads[k]
-                if why not in reasons:
-                    reasons.append(why)
-                for name, v in more.items():
-                    if name not in merged:
-                        if type(merged) is Values:  # shared: the merged recommendation gets values of its own
-                            merged = dict(merged)
-                        merged[name] = v
-            reason = "; ".join(reasons)
+    for template, rules, srcs, _ in plan.recs:
+        merged, reason = reads[srcs[0]] if len(srcs) == 1 else merged_read(reads, srcs)
         rec = dict(template)  # the body, rule and citation, in the decision's key order
         rec["rules"] = list(rules)
         rec["reason"] = reason
         rec["values"] = merged
         out.append(rec)
-    pathways = [{**cp.identity, "enrolled": enrolled[cp.id]} for _, cp, _ in fired]
+    enrolled = p.enrolled
+    pathways = [{**cp.identity, "enrolled": enrolled[cp.id]} for _, cp, _ in p.fired]
     return {
         "patient_id": case.patient_id,
         "as_of": case.as_of.isoformat(),
@@ -354,7 +383,7 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
         if r.b.rule not in m.rules:
             m.rules.append(r.b.rule)
         m.srcs.append(r.src)
-    out = [(r.b.template, tuple(r.rules), tuple(r.srcs)) for r in sorted(merged.values(), key=lambda r: r.b.sort)]
+    out = [(r.b.template, tuple(r.rules), tuple(r.srcs), r.b) for r in sorted(merged.values(), key=lambda r: r.b.sort)]
     trace = [(cp.id, cr.rule.id) for _, cp, fired_rules in fired for cr in fired_rules]
     return Plan(rules, [(pathway, rule, tuple(notes[rule]) if rule in notes else None) for pathway, rule in trace], out)
 

@@ -16,7 +16,7 @@ from durable.engine import Host
 from . import compile as comp
 from . import lang
 from .case import Case, validate_case
-from .decide import Plan, decide, describe_recommendation
+from .decide import Plan, Planned, describe_recommendation, planned, render
 from .derive import Features, derive
 from .errors import PathwayError, UnknownPathwayError
 from .validate import CheckedPathway, CheckedRule, load_vocabulary, validate_paths
@@ -213,13 +213,23 @@ class Engine:
         case, facts = self.prepare(data)
         return self._decide(case, facts, selected, backend)
 
+    def evaluate_planned(self, data: Any, pathway_ids: Sequence[str] | None = None) -> Planned:
+        """``evaluate`` up to the decision's parts (decide.render makes the decision of them): the
+        service writes these straight to protobuf, without the decision's dicts."""
+        selected = self._select(pathway_ids)
+        case, facts = self.prepare(data)
+        return self._planned(case, facts, selected, "durable")
+
     def _decide(self, case: Case, facts: dict[str, object], selected: Selection, backend: Backend) -> dict[str, Any]:
+        return render(self._planned(case, facts, selected, backend))
+
+    def _planned(self, case: Case, facts: dict[str, object], selected: Selection, backend: Backend) -> Planned:
         enrolled = self._enrolled(facts, selected, backend)
         fired = self._fire(facts, selected, backend, enrolled)
         groups: list[tuple[int, CheckedPathway, list[CheckedRule]]] = [
             (i, c.pathway, [c.pathway.rules[k] for k in ks]) for i, c, ks in fired
         ]
-        return decide(case, facts, groups, enrolled, self._plans)
+        return planned(case, facts, groups, enrolled, self._plans)
 
     def explain(self, data: Any, pathway_ids: Sequence[str] | None = None) -> str:
         """For a person: why each recommendation was made, and which rules came close and why not."""

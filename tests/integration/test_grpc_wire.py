@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
 from grpc_helpers import FIXTURES, ROOT, SAMPLE, varied_case
 
 from carepath._proto.v1 import decision_service_pb2 as ds
-from carepath.decide import Values
+from carepath.decide import Planned, Values, render
 from carepath.evaluate import Engine
+from carepath.population.synth import synth_lines
 from carepath.scenarios import iter_scenarios
-from carepath.service.convert import decision_to_proto, evaluate_response_bytes
+from carepath.service.convert import decision_to_proto, evaluate_response_bytes, planned_response_bytes
 
 
 def reference(rid: str, d: Any) -> bytes:
@@ -50,6 +52,57 @@ def test_same_bytes_as_protobuf_for_real_decisions() -> None:
     # ... and whole recommendations made by one rule, under all of their fields
     single = [r for d in ds_ for r in d["recommendations"] if type(r["values"]) is Values and len(r["rules"]) == 1]
     assert single and all(any(type(k) is tuple and k[:2] == (r["kind"], r["rule"]) for k in r["values"].wire) for r in single)
+
+
+def planned_cases() -> list[tuple[Engine, Any]]:
+    bundled = Engine.from_directory(ROOT / "pathways")
+    fixture = Engine.from_directory(FIXTURES)
+    out: list[tuple[Engine, Any]] = [(fixture, SAMPLE), (bundled, SAMPLE)]
+    out += [(e, varied_case(i)) for i in range(60) for e in (bundled, fixture)]
+    out += [(bundled, sc.case) for sc in iter_scenarios(ROOT / "tests" / "scenarios")]
+    out += [(bundled, json.loads(line)) for line in synth_lines(1500, 12)]
+    return out
+
+
+def test_planned_bytes_are_the_rendered_decisions_bytes() -> None:
+    """The worker writes a decision's bytes from its plan, without the decision's dicts: byte for
+    byte what protobuf writes for the rendered decision, the first time a plan, a rule's values or
+    an enrolment is seen and again from what was kept of them."""
+    compared = 0
+    for _ in range(2):  # the second round from the kept parts
+        for i, (engine, case) in enumerate(planned_cases()):
+            try:
+                planned = engine.evaluate_planned(case)
+            except Exception:  # scenarios that expect an error have no decision
+                continue
+            decision = render(planned)
+            assert planned_response_bytes(f"r{i}", planned) == reference(f"r{i}", decision)
+            assert engine.evaluate(case) == decision
+            assert planned.plan.wire  # written from the plan, not by the fallback
+            compared += 1
+    assert compared > 3000
+
+
+def test_planned_bytes_fall_back_to_the_rendered_path_on_anything_unexpected() -> None:
+    """A plan whose recommendation carries a field the protos lack, or an out-of-range value, is
+    written (or refused) exactly as the rendered decision is."""
+    engine = Engine.from_directory(ROOT / "pathways")
+    planned = engine.evaluate_planned(SAMPLE)
+    template, rules, srcs, body = planned.plan.recs[0]
+    for odd in ({**template, "extra": 1}, {**template, "kind": "nonsense"}):
+        plan = copy.copy(planned.plan)
+        plan.recs = [(odd, rules, srcs, body), *planned.plan.recs[1:]]
+        plan.wire = {}
+        moved = Planned(planned.case, plan, planned.reads, planned.fired, planned.enrolled)
+        try:
+            want: bytes | str = reference("r", render(moved))
+        except Exception as exc:
+            want = type(exc).__name__
+        try:
+            got: bytes | str = planned_response_bytes("r", moved)
+        except Exception as exc:
+            got = type(exc).__name__
+        assert got == want
 
 
 def test_kept_entries_are_told_apart_by_every_field() -> None:

@@ -9,7 +9,7 @@ from datetime import date
 from typing import Any
 
 from carepath._proto.v1 import case_pb2, decision_pb2
-from carepath.decide import Values
+from carepath.decide import Planned, Values, merged_read, render
 
 SETTINGS = {"community": case_pb2.SETTING_COMMUNITY, "hospital": case_pb2.SETTING_HOSPITAL}
 SEXES = {"female": case_pb2.SEX_FEMALE, "male": case_pb2.SEX_MALE, "other": case_pb2.SEX_OTHER, "unknown": case_pb2.SEX_UNKNOWN}
@@ -352,49 +352,55 @@ def _sub(tag: bytes, body: bytes) -> bytes:
 
 
 class _Name:
-    """A NamedValue's name as encoded, and the constant encodings it can take, for one field tag."""
+    """A NamedValue's name as encoded, and the constant encodings it can take (each with its
+    length, without the field tag: the same values go under two tags, trace and recommendation)."""
 
-    __slots__ = ("double", "false", "name", "null", "tag", "true")
+    __slots__ = ("double", "false", "name", "null", "true")
 
-    def __init__(self, tag: bytes, k: str) -> None:
-        self.tag = tag
+    def __init__(self, k: str) -> None:
         self.name = name = b"" if k == "" else _text(b"\x0a", k)
         n = len(name)
-        self.double = tag + _uvarint(n + 11) + name + b"\x12\x09\x21"  # + the 8 bytes of the double
-        self.true = tag + _uvarint(n + 4) + name + _TRUE
-        self.false = tag + _uvarint(n + 4) + name + _FALSE
-        self.null = tag + _uvarint(n + 4) + name + _NULL
+        self.double = _uvarint(n + 11) + name + b"\x12\x09\x21"  # + the 8 bytes of the double
+        self.true = _uvarint(n + 4) + name + _TRUE
+        self.false = _uvarint(n + 4) + name + _FALSE
+        self.null = _uvarint(n + 4) + name + _NULL
 
 
 # names come from the pathways' conditions (not from cases): a bounded memo of their encodings
-_NAMES: dict[bytes, dict[str, _Name]] = {b"\x1a": {}, b"\x52": {}}
+_NAMES: dict[str, _Name] = {}
 _MEMO_MAX = 65536
+_ITEMS = "items"  # Values.wire key: the values' NamedValue items, without their tags
 
 
 def _values(tag: bytes, values: object) -> bytes:
     """A decision's values as repeated NamedValue fields. The engine's values are shared Values
     objects (one per combination a rule read, read-only): their bytes are written once, kept on
-    the object."""
+    the object (the items once, and under each tag)."""
     t = type(values)
     if t is Values:
-        wire: dict[bytes, bytes] = values.wire  # type: ignore[attr-defined]
-        out = wire.get(tag)
+        wire: dict[object, Any] = values.wire  # type: ignore[attr-defined]
+        out: bytes | None = wire.get(tag)
         if out is None:
-            out = wire[tag] = _encode_values(tag, values)
+            items = wire.get(_ITEMS)
+            if items is None:
+                items = wire[_ITEMS] = _value_items(values)
+            out = wire[tag] = tag + tag.join(items) if items else b""
         return out
     if t is not dict:
         raise _Unexpected
-    return _encode_values(tag, values)
+    items = _value_items(values)
+    return tag + tag.join(items) if items else b""
 
 
-def _encode_values(tag: bytes, values: Any) -> bytes:
+def _value_items(values: Any) -> list[bytes]:
+    """Each value as a NamedValue with its length: one field each once its tag goes before it."""
     parts: list[bytes] = []
     append = parts.append
-    names = _NAMES[tag]
+    names = _NAMES
     for k, v in values.items():
         nm = names.get(k)
         if nm is None:
-            nm = _Name(tag, k)
+            nm = _Name(k)
             if len(names) < _MEMO_MAX:
                 names[k] = nm
         t = type(v)
@@ -404,15 +410,15 @@ def _encode_values(tag: bytes, values: Any) -> bytes:
             append(nm.true if v else nm.false)
         elif t is int:
             nv = nm.name + b"\x12" + _SMALL_INT[v] if 0 <= v < 0x80 else nm.name + _sub(b"\x12", b"\x18" + _ivarint(v, 64))
-            append(tag + _uvarint(len(nv)) + nv)
+            append(_uvarint(len(nv)) + nv)
         elif t is str:
             nv = nm.name + _sub(b"\x12", _text(b"\x2a", v))
-            append(tag + _uvarint(len(nv)) + nv)
+            append(_uvarint(len(nv)) + nv)
         elif v is None:
             append(nm.null)
         else:
             raise _Unexpected
-    return b"".join(parts)
+    return parts
 
 
 _SMALL_INT = [b"\x02\x18" + bytes([n]) for n in range(0x80)]  # ScalarValue{int_value: n}, n < 128, with its length
@@ -555,3 +561,76 @@ def evaluate_response_bytes(request_id: str, d: Mapping[str, Any]) -> bytes:
 
     out: bytes = decision_service_pb2.EvaluateResponse(request_id=request_id, decision=decision_to_proto(d)).SerializeToString()
     return out
+
+
+def planned_response_bytes(request_id: str, p: Planned) -> bytes:
+    """evaluate_response_bytes(request_id, render(p)), byte for byte, without making the decision's
+    dicts: the fixed parts of a recommendation (kind, detail, rule, rules, citation) are encoded
+    once and kept on the rule's _Body, the pathways once per enrolment on the plan, the rest from
+    the values and reasons the rules read (kept on the shared values, as there). Anything
+    unexpected goes the long way, through render."""
+    try:
+        return _opt(b"\x0a", request_id) + _sub(b"\x12", _planned_bytes(p))
+    except (_Unexpected, KeyError, TypeError, ValueError, UnicodeError):
+        return evaluate_response_bytes(request_id, render(p))
+
+
+def _planned_bytes(p: Planned) -> bytes:
+    plan, reads, case = p.plan, p.reads, p.case
+    wire = plan.wire
+    parts = [_opt(b"\x0a", case.patient_id), _opt(b"\x12", case.as_of.isoformat())]
+    enrolment = tuple([p.enrolled[cp.id] for _, cp, _ in p.fired])
+    pathways = wire.get(enrolment)
+    if pathways is None:
+        pathways = wire[enrolment] = _pathways_bytes(p)
+    parts.append(pathways)
+    for template, rules, srcs, body in plan.recs:
+        fixed = body.wire.get(rules)
+        if fixed is None:
+            fixed = body.wire[rules] = _fixed_rec(template, rules)
+        head, citation = fixed
+        if len(srcs) == 1:  # one rule's recommendation: a function of its body and the shared values
+            values, reason = reads[srcs[0]]
+            entry = values.wire.get(body)
+            if entry is None:
+                entry = values.wire[body] = _sub(b"\x22", head + _opt(b"\x42", reason) + citation + _values(b"\x52", values))
+        else:
+            merged, reason = merged_read(reads, srcs)
+            entry = _sub(b"\x22", head + _opt(b"\x42", reason) + citation + _values(b"\x52", merged))
+        parts.append(entry)
+    for (pathway, rule, notes), (values, _) in zip(plan.trace, reads, strict=True):
+        where = (pathway, rule)
+        if not notes:  # as _decision_bytes keeps them
+            entry = values.wire.get(where)
+            if entry is not None:
+                parts.append(entry)
+                continue
+        head = _TRACE_HEADS.get(where)
+        if head is None:
+            head = _opt(b"\x0a", pathway) + _opt(b"\x12", rule)
+            if len(_TRACE_HEADS) < _MEMO_MAX:
+                _TRACE_HEADS[where] = head
+        tail = _strings(b"\x22", list(notes), const=True) if notes else b""
+        entry = _sub(b"\x2a", head + _values(b"\x1a", values) + tail)
+        if not notes:
+            values.wire[where] = entry
+        parts.append(entry)
+    return b"".join(parts)
+
+
+def _pathways_bytes(p: Planned) -> bytes:
+    out = []
+    for _, cp, _ in sorted(p.fired, key=lambda f: str(f[1].id)):
+        ident = cp.identity
+        body = _const(b"\x0a", ident["id"]) + _const(b"\x12", ident["version"]) + _const(b"\x1a", ident["sha256"])
+        out.append(_sub(b"\x1a", body + (b"\x20\x01" if p.enrolled[cp.id] else b"")))
+    return b"".join(out)
+
+
+def _fixed_rec(template: dict[str, Any], rules: tuple[str, ...]) -> tuple[bytes, bytes]:
+    """A plan's recommendation up to its reason (detail, rule, rules), and its citation."""
+    kind = template.get("kind")
+    if type(kind) is not str or kind not in _DETAIL_TAGS or not _REC_NEEDED <= template.keys() <= _REC_ALLOWED[kind]:
+        raise _Unexpected
+    head = _sub(_DETAIL_TAGS[kind], _detail(kind, template)) + _const(b"\x32", template["rule"])
+    return head + _strings(b"\x3a", list(rules), const=True), _const(b"\x4a", template["citation"])

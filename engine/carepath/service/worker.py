@@ -31,7 +31,7 @@ from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath.case import parse_json
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
 from carepath.evaluate import Engine, bundled_pathways
-from carepath.service.convert import case_to_dict, evaluate_response_bytes
+from carepath.service.convert import case_to_dict, planned_response_bytes
 from carepath.validate import find_dictionary, load_vocabulary, pathway_files, validate_source
 
 # statuses a worker replies with (mapped to gRPC codes in carepath.service.status)
@@ -116,8 +116,8 @@ class Worker:
                 raise CaseError([FieldViolation("case", "required field is missing (set case or case_json)")])
             if isinstance(data, dict) and isinstance(data.get("patient_id"), str):
                 patient = data["patient_id"][:128]
-            decision = self.engine.evaluate(data, list(req.pathway_ids) or None)
-            return OK, evaluate_response_bytes(rid, decision), (rid, patient)
+            planned = self.engine.evaluate_planned(data, list(req.pathway_ids) or None)
+            return OK, planned_response_bytes(rid, planned), (rid, patient)
         except CaseError as exc:
             return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, patient)
         except UnknownPathwayError as exc:
