@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -15,12 +16,13 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
-from grpc_helpers import FIXTURES, SAMPLE, Server, serving
+from grpc_helpers import FIXTURES, SAMPLE, Server, serving, varied_case
 from grpc_status import rpc_status
 
 from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath._proto.v1 import pathway_service_pb2 as ps
 from carepath.client import CarepathClient
+from carepath.service.convert import case_from_dict
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -233,6 +235,54 @@ def test_undecodable_pathway_request_is_invalid_argument(channel: grpc.Channel, 
     assert [p.id for p in call(channel, PATHWAY + "ListPathways", ps.ListPathwaysRequest(), ps.ListPathwaysResponse).pathways] == [
         "mini_htn"
     ]
+
+
+# ---------------------------------------------------------------- 7: mutated EvaluateRequests
+
+
+def mutated(seed: int, count: int) -> Iterator[bytes]:
+    """Real EvaluateRequests (Case messages and case JSON) with bytes flipped, cut, inserted, dropped
+    or spliced from another request: what a broken client or a corrupting proxy sends."""
+    rng = random.Random(seed)
+    base = [ds.EvaluateRequest(request_id=f"r{i}", case=case_from_dict(varied_case(i))).SerializeToString() for i in range(12)]
+    for i in range(4):
+        as_json = ds.EvaluateRequest(request_id=f"j{i}", case_json=json.dumps(varied_case(i)), pathway_ids=["mini_htn"])
+        base.append(as_json.SerializeToString())
+    for _ in range(count):
+        b = bytearray(rng.choice(base))
+        op = rng.randrange(5)
+        i = rng.randrange(len(b))
+        if op == 0:
+            for _ in range(rng.randint(1, 8)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        elif op == 1:
+            del b[i:]
+        elif op == 2:
+            b[i:i] = rng.randbytes(rng.randint(1, 20))
+        elif op == 3:
+            del b[i : i + rng.randint(1, 50)]
+        else:
+            other = rng.choice(base)
+            b = b[:i] + other[rng.randrange(len(other)) :]
+        yield bytes(b)
+
+
+def test_mutated_requests_get_a_verdict_and_no_worker_dies(server: Server, channel: grpc.Channel) -> None:
+    """Every mutated request gets OK, INVALID_ARGUMENT or NOT_FOUND (an unknown pathway): never
+    INTERNAL, UNKNOWN, UNAVAILABLE or a hang, and no worker dies."""
+    fn = channel.unary_unary(DECISION + "Evaluate")
+    codes: dict[str, int] = {}
+    for raw in mutated(seed=7, count=600):
+        try:
+            fn(raw, timeout=30)
+            code = "OK"
+        except grpc.RpcError as exc:
+            code = exc.code().name  # type: ignore[attr-defined]
+        codes[code] = codes.get(code, 0) + 1
+    assert set(codes) <= {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}, codes
+    assert codes.get("INVALID_ARGUMENT", 0) > 300 and codes.get("OK", 0) > 0, codes  # the mutations reach both
+    assert not server.events("worker_died")
+    still_serving(channel)
 
 
 # ---------------------------------------------------------------- 4: a stream outlives the per-batch cap
