@@ -524,30 +524,35 @@ def _decision_bytes(d: Mapping[str, Any]) -> bytes:
     for t in trace:
         if type(t) is not dict or not _TRACE_NEEDED <= t.keys() <= _TRACE_ALLOWED:
             raise _Unexpected
-        where = (t["pathway"], t["rule"])
         values = t["values"]
-        plain = len(t) == 3 and type(values) is Values
-        if plain:  # the whole entry is a function of where it is and the shared values: kept on them
-            entry = values.wire.get(where)
-            if entry is not None:
-                parts.append(entry)
-                continue
-        head = _TRACE_HEADS.get(where)
-        if head is None:
-            head = _opt(b"\x0a", t["pathway"]) + _opt(b"\x12", t["rule"])
-            if len(_TRACE_HEADS) < _MEMO_MAX:
-                _TRACE_HEADS[where] = head
-        body = head + _values(b"\x1a", values)
-        if "suppressed" in t:
-            body += _strings(b"\x22", t["suppressed"], const=True)  # notes are made of the pathways' words
-        entry = _sub(b"\x2a", body)
-        if plain:
-            values.wire[where] = entry
-        parts.append(entry)
+        notes = t.get("suppressed", _ABSENT)
+        parts.append(_trace_entry(t["pathway"], t["rule"], values, notes, len(t) == 3 and type(values) is Values))
     return b"".join(parts)
 
 
-_TRACE_HEADS: dict[tuple[str, str], bytes] = {}  # a trace entry's pathway and rule, encoded (from the pathways)
+def _trace_entry(pathway: object, rule: object, values: Any, notes: object, keep: bool) -> bytes:
+    """A trace entry (``notes`` _ABSENT: none). ``keep``: no suppression notes and shared values,
+    so the whole entry is a function of where it is and the values: kept on them."""
+    where = (pathway, rule)
+    if keep:
+        entry: bytes | None = values.wire.get(where)
+        if entry is not None:
+            return entry
+    head = _TRACE_HEADS.get(where)
+    if head is None:
+        head = _opt(b"\x0a", pathway) + _opt(b"\x12", rule)
+        if len(_TRACE_HEADS) < _MEMO_MAX:
+            _TRACE_HEADS[where] = head
+    body = head + _values(b"\x1a", values)
+    if notes is not _ABSENT:
+        body += _strings(b"\x22", notes, const=True)  # notes are made of the pathways' words
+    entry = _sub(b"\x2a", body)
+    if keep:
+        values.wire[where] = entry
+    return entry
+
+
+_TRACE_HEADS: dict[tuple[object, object], bytes] = {}  # a trace entry's pathway and rule, encoded (from the pathways)
 _ABSENT = object()  # a detail field left out (not the same recommendation as one set to None)
 
 
@@ -599,22 +604,7 @@ def _planned_bytes(p: Planned) -> bytes:
             entry = _sub(b"\x22", head + _opt(b"\x42", reason) + citation + _values(b"\x52", merged))
         parts.append(entry)
     for (pathway, rule, notes), (values, _) in zip(plan.trace, reads, strict=True):
-        where = (pathway, rule)
-        if not notes:  # as _decision_bytes keeps them
-            entry = values.wire.get(where)
-            if entry is not None:
-                parts.append(entry)
-                continue
-        head = _TRACE_HEADS.get(where)
-        if head is None:
-            head = _opt(b"\x0a", pathway) + _opt(b"\x12", rule)
-            if len(_TRACE_HEADS) < _MEMO_MAX:
-                _TRACE_HEADS[where] = head
-        tail = _strings(b"\x22", list(notes), const=True) if notes else b""
-        entry = _sub(b"\x2a", head + _values(b"\x1a", values) + tail)
-        if not notes:
-            values.wire[where] = entry
-        parts.append(entry)
+        parts.append(_trace_entry(pathway, rule, values, list(notes) if notes else _ABSENT, not notes))
     return b"".join(parts)
 
 
