@@ -236,6 +236,10 @@ def fact_builder(
     for k in any_keys:
         lines += [f"    v = g({k!r})", f"    if v is not None: d[{names[k]!r}] = v"]
     for k, want in valued:
+        if want and all(type(w) in (int, str) for w in want):  # a literal tuple: no global to look up
+            wanted = "(" + "".join(f"{w!r}, " for w in sorted(want, key=repr)) + ")"  # None is never in it
+            lines.append(f"    if (v := g({k!r})) in {wanted}: d[{names[k]!r}] = v")
+            continue
         name = f"W{len(consts)}"
         consts[name] = want
         lines += [f"    v = g({k!r})", f"    if v is not None and v in {name}: d[{names[k]!r}] = v"]
