@@ -107,18 +107,6 @@ class _Body:
         self.wire: dict[tuple[str, ...], Any] = {}
 
 
-class _Rec:
-    """One recommendation on its way through the policy (~20 are made per plan): its _Body, the
-    fired rule it comes from and, once merged, the rules and fired rules merged into it."""
-
-    __slots__ = ("b", "rules", "src", "srcs")
-
-    def __init__(self, b: _Body, src: int) -> None:
-        self.b, self.src = b, src  # src: the rule's place among the fired rules
-        self.rules: list[str] = []
-        self.srcs: list[int] = []  # the fired rules merged into it, in order (their values and reasons)
-
-
 MEMO_LIMIT = 1024  # per rule: bounded memory whatever the cohort (about 0.4 KB an entry)
 
 
@@ -141,13 +129,14 @@ class _Prepared:
         self.words = reasoner(cr.when_nnf, cp.vocab)
 
 
-def _prepared(p_index: int, cp: CheckedPathway, cr: CheckedRule) -> _Prepared:
-    """``p_index`` is the pathway's place in the engine, which orders recommendations: one per
-    pathway object, as an engine makes its own (the key holds it all the same)."""
-    made: dict[tuple[int, int], _Prepared] = cp.decide_cache
-    got = made.get((p_index, cr.index))
+def _prepared_rules(p_index: int, cp: CheckedPathway) -> list[_Prepared | None]:
+    """The pathway's rules' preparations, by rule index, each made on the rule's first firing.
+    ``p_index`` is the pathway's place in the engine, which orders recommendations (an engine
+    makes its own pathway objects; the cache is keyed by it all the same)."""
+    made: dict[int, list[_Prepared | None]] = cp.decide_cache
+    got = made.get(p_index)
     if got is None:
-        got = made[(p_index, cr.index)] = _Prepared(p_index, cp, cr)
+        got = made[p_index] = [None] * len(cp.rules)
     return got
 
 
@@ -284,41 +273,49 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
     """Apply the conflict policy to the rules that fired.
 
     Each policy step runs only when what it arbitrates is present; the order of the steps (and so
-    of the suppression notes) is the documented one.
+    of the suppression notes) is the documented one. A recommendation on its way through the
+    policy is its rule's _Body and the rule's place among the fired rules (plain tuples: ~20 are
+    made per plan).
     """
-    recs: list[_Rec] = []
+    recs: list[tuple[_Body, int]] = []
     rules: list[tuple[CheckedRule, _Prepared]] = []
+    trace: list[tuple[str, str]] = []
     notes: dict[str, list[str]] = {}
     kinds: set[str] = set()
     for p_index, cp, fired_rules in fired:
+        made = _prepared_rules(p_index, cp)
         for cr in fired_rules:
-            prep = _prepared(p_index, cp, cr)
+            prep = made[cr.index]
+            if prep is None:
+                prep = made[cr.index] = _Prepared(p_index, cp, cr)
             src = len(rules)
             rules.append((cr, prep))
+            trace.append((cp.id, cr.rule.id))
             for b in prep.bodies:
                 kinds.add(b.kind)
-                recs.append(_Rec(b, src))
+                recs.append((b, src))
 
-    def suppress(r: _Rec, why: str) -> None:
-        notes.setdefault(r.b.rule, []).append(f"{r.b.label}: {why}")
+    def suppress(b: _Body, why: str) -> None:
+        notes.setdefault(b.rule, []).append(f"{b.label}: {why}")
 
     if "referral" in kinds:
         # 1. referral direction by setting; a down-referral only for a patient no rule finds unstable
-        kept: list[_Rec] = []
-        emergency = [r for r in recs if r.b.kind == "referral" and r.b.body.get("urgency") == "emergency" and r.b.body["direction"] == "up"]
+        kept: list[tuple[_Body, int]] = []
+        emergency = [b for b, _ in recs if b.kind == "referral" and b.body.get("urgency") == "emergency" and b.body["direction"] == "up"]
         for r in recs:
-            if r.b.kind == "referral":
-                d = r.b.body["direction"]
+            b = r[0]
+            if b.kind == "referral":
+                d = b.body["direction"]
                 if d == "up" and setting != "community":
-                    suppress(r, "up-referral is only made from community")
+                    suppress(b, "up-referral is only made from community")
                     continue
                 if d == "down" and setting != "hospital":
-                    suppress(r, "down-referral is only made from hospital")
+                    suppress(b, "down-referral is only made from hospital")
                     continue
                 if d == "down":
-                    unstable = next((u for u in recs if _unstable(u.b)), None)
+                    unstable = next((u for u, _ in recs if _unstable(u)), None)
                     if unstable is not None:
-                        suppress(r, f"not stable: {unstable.b.label} ({unstable.b.rule})")
+                        suppress(b, f"not stable: {unstable.label} ({unstable.rule})")
                         continue
             kept.append(r)
         recs = kept
@@ -326,65 +323,63 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
         if emergency:
             kept = []
             for r in recs:
-                if (r.b.kind == "medication" and r.b.body["action"] in _STARTS) or r.b.kind == "test":
-                    suppress(r, f"emergency up-referral ({emergency[0].b.rule}) takes precedence")
+                b = r[0]
+                if (b.kind == "medication" and b.body["action"] in _STARTS) or b.kind == "test":
+                    suppress(b, f"emergency up-referral ({emergency[0].rule}) takes precedence")
                 else:
                     kept.append(r)
             recs = kept
         # 3. at most one referral
         refs = sorted(
-            (r for r in recs if r.b.kind == "referral"),
-            key=lambda r: (
-                _URGENCY.get(r.b.body.get("urgency", ""), 3) if r.b.body["direction"] == "up" else 3,
-                -r.b.priority,
-                r.b.order,
-            ),
+            (b for b, _ in recs if b.kind == "referral"),
+            key=lambda b: (_URGENCY.get(b.body.get("urgency", ""), 3) if b.body["direction"] == "up" else 3, -b.priority, b.order),
         )
         if refs:
-            best = refs[0].b
-            for r in refs[1:]:
-                if r.b.body != best.body:
-                    suppress(r, f"one referral per decision: {best.label} ({best.rule}) is more urgent")
-            recs = [r for r in recs if r.b.kind != "referral" or r.b.body == best.body]
+            best = refs[0]
+            for b in refs[1:]:
+                if b.body != best.body:
+                    suppress(b, f"one referral per decision: {best.label} ({best.rule}) is more urgent")
+            recs = [r for r in recs if r[0].kind != "referral" or r[0].body == best.body]
     # 4. avoid/stop and allergies beat starts
     if "medication" in kinds:
-        blocks = [r.b for r in recs if r.b.kind == "medication" and r.b.body["action"] in ("avoid", "stop")]
+        blocks = [b for b, _ in recs if b.kind == "medication" and b.body["action"] in ("avoid", "stop")]
         if blocks or allergies:
             kept = []
             for r in recs:
-                if r.b.kind == "medication" and r.b.body["action"] in _STARTS:
-                    atc = str(r.b.body["atc"])
-                    hit = next((b for b in blocks if atc.startswith(b.body["atc"]) or b.body["atc"].startswith(atc)), None)
+                b = r[0]
+                if b.kind == "medication" and b.body["action"] in _STARTS:
+                    atc = str(b.body["atc"])
+                    hit = next((k for k in blocks if atc.startswith(k.body["atc"]) or k.body["atc"].startswith(atc)), None)
                     if hit is not None:
-                        suppress(r, f"{hit.body['action']} {hit.body['atc']} ({hit.rule}) takes precedence")
+                        suppress(b, f"{hit.body['action']} {hit.body['atc']} ({hit.rule}) takes precedence")
                         continue
                     allergy = next((a for a in allergies if atc.startswith(a) or a.startswith(atc)), None)
                     if allergy is not None:
-                        suppress(r, f"patient is allergic to {allergy}")
+                        suppress(b, f"patient is allergic to {allergy}")
                         continue
                 kept.append(r)
             recs = kept
     # 5. shortest follow-up
     if "follow_up" in kinds:
-        fus = [r for r in recs if r.b.kind == "follow_up"]
+        fus = [b for b, _ in recs if b.kind == "follow_up"]
         if len(fus) > 1:
-            fus.sort(key=lambda r: (r.b.body["days"], r.b.order))
-            first = fus[0].b
-            for r in fus[1:]:
-                if r.b.body != first.body:
-                    suppress(r, f"a shorter follow-up ({first.body['days']} days, {first.rule}) wins")
-            recs = [r for r in recs if r.b.kind != "follow_up" or r.b.body == first.body]
-    # 6. merge duplicates
-    merged: dict[str, _Rec] = {}
-    for r in sorted(recs, key=lambda r: r.b.order):
-        m = merged.get(r.b.key)
-        if m is None:  # the first of its kind stands for the merged recommendation
-            merged[r.b.key] = m = r
-        if r.b.rule not in m.rules:
-            m.rules.append(r.b.rule)
-        m.srcs.append(r.src)
-    out = [(r.b.template, tuple(r.rules), tuple(r.srcs), r.b) for r in sorted(merged.values(), key=lambda r: r.b.sort)]
-    trace = [(cp.id, cr.rule.id) for _, cp, fired_rules in fired for cr in fired_rules]
+            fus.sort(key=lambda b: (b.body["days"], b.order))
+            first = fus[0]
+            for b in fus[1:]:
+                if b.body != first.body:
+                    suppress(b, f"a shorter follow-up ({first.body['days']} days, {first.rule}) wins")
+            recs = [r for r in recs if r[0].kind != "follow_up" or r[0].body == first.body]
+    # 6. merge duplicates: the first of a kind stands for them, listing every rule and fired rule
+    merged: dict[str, tuple[_Body, list[str], list[int]]] = {}
+    for b, src in sorted(recs, key=lambda r: r[0].order):
+        m = merged.get(b.key)
+        if m is None:
+            merged[b.key] = (b, [b.rule], [src])
+            continue
+        if b.rule not in m[1]:
+            m[1].append(b.rule)
+        m[2].append(src)
+    out = [(b.template, tuple(names), tuple(srcs), b) for b, names, srcs in sorted(merged.values(), key=lambda m: m[0].sort)]
     return Plan(rules, [(pathway, rule, tuple(notes[rule]) if rule in notes else None) for pathway, rule in trace], out)
 
 

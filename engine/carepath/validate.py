@@ -65,8 +65,8 @@ class CheckedPathway:
         return {"id": self.id, "version": self.version, "sha256": self.sha256}
 
     @cached_property
-    def decide_cache(self) -> dict[tuple[int, int], Any]:
-        """decide()'s per-rule preparations, made on a rule's first firing ((pathway place, rule index) -> them)."""
+    def decide_cache(self) -> dict[int, Any]:
+        """decide()'s per-rule preparations, made on a rule's first firing (by the pathway's place in the engine, then rule index)."""
         return {}
 
     @cached_property
