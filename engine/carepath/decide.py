@@ -49,7 +49,7 @@ class Values(dict[str, object]):
     the same, so it is read-only (copy it with dict() to change it). Copies and pickles are plain
     dicts. ``wire`` caches protobuf encodings for the service (carepath.service.convert): the
     values' items, the values by field tag, a whole trace entry by (pathway, rule), and a whole
-    recommendation made by one rule by all of its other fields (or by its plan's _Body)."""
+    recommendation made by one rule by all of its other fields (or by the rule's _Body)."""
 
     __slots__ = ("wire",)
 
