@@ -58,7 +58,12 @@ def build_helper(tmp: Path) -> Path:
     src, lib = tmp / "cg.c", tmp / "cg.so"
     src.write_text(HELPER)
     cc = os.environ.get("CC", "cc")
-    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    try:
+        proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)], capture_output=True, text=True)
+    except OSError as exc:
+        raise SystemExit(f"cannot run the C compiler {cc!r} ({exc}); set CC or install gcc") from None
+    if proc.returncode != 0:
+        raise SystemExit(f"cannot build the callgrind helper (needs <valgrind/callgrind.h>, Debian: valgrind):\n{proc.stderr}")
     return lib
 
 
