@@ -167,12 +167,11 @@ def run(label: str, pythonpath: str, n: int, pathways: str, helper: Path, tmp: P
     the misses I1mr D1mr D1mw ILmr DLmr DLmw)."""
     out = tmp / f"cg-{re.sub(r'[^A-Za-z0-9]', '_', label)}"
     out.mkdir()
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=pythonpath, CAREPATH_PATHWAYS=pathways)
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p"]
     if cache:
         cmd.append("--cache-sim=yes")
-    cmd += [sys.executable, __file__, "--child", "--cases", str(n), "--pathways", pathways, "--helper", str(helper)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cmd += [*_child(n, pathways), "--helper", str(helper)]
+    proc = subprocess.run(cmd, env=_env(pythonpath, pathways), capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{label}: the callgrind run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     counts: dict[str, dict[str, int]] = {}
@@ -189,11 +188,19 @@ def run(label: str, pythonpath: str, n: int, pathways: str, helper: Path, tmp: P
     return counts
 
 
+def _child(n: int, pathways: str) -> list[str]:
+    return [sys.executable, __file__, "--child", "--cases", str(n), "--pathways", pathways]
+
+
+def _env(pythonpath: str, pathways: str) -> dict[str, str]:
+    """The same hash seed for every run (set and dict orders, so the same instructions), and the
+    revision's engine first on the path."""
+    return dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=pythonpath, CAREPATH_PATHWAYS=pathways)
+
+
 def wall(pythonpath: str, n: int, pathways: str) -> dict[str, float]:
     """The same sections without valgrind: microseconds per case, one pass each."""
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=pythonpath, CAREPATH_PATHWAYS=pathways)
-    cmd = [sys.executable, __file__, "--child", "--cases", str(n), "--pathways", pathways]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(_child(n, pathways), env=_env(pythonpath, pathways), capture_output=True, text=True, check=True).stdout
     return {name: float(us) for name, us in (line.split("\t") for line in out.splitlines() if "\t" in line)}
 
 
@@ -203,11 +210,7 @@ def checkout(rev: str, tmp: Path) -> Path:
     dest.mkdir()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "engine/carepath"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    # the generated protobuf modules are not in git: take this tree's
-    proto = ROOT / "engine" / "carepath" / "_proto"
-    if proto.exists() and not (dest / "engine" / "carepath" / "_proto" / "v1" / "case_pb2.py").exists():
-        shutil.copytree(proto, dest / "engine" / "carepath" / "_proto", dirs_exist_ok=True)
-    return dest / "engine"
+    return dest / "engine"  # the generated protobuf modules are in git: REV's own come along
 
 
 def main() -> int:

@@ -90,16 +90,16 @@ def values_read(cr: CheckedRule, facts: lang.Facts) -> Values:
 
 class _Body:
     """One recommendation a rule makes, with what the policy reads of it worked out once per rule:
-    its kind, priority, rule, citation, its words for suppression notes, its duplicate key, its
-    place in the decision's order and its template there (the body, rule and citation in the
-    decision's key order; the rest is filled in per case). ``wire`` keeps the service's protobuf
+    its kind, priority, rule, its words for suppression notes, its duplicate key, its place in
+    the decision's order and its template there (the body, rule and citation in the decision's
+    key order; the rest is filled in per case). ``wire`` keeps the service's protobuf
     encodings of its fixed parts, by the rules merged into it (service.convert)."""
 
-    __slots__ = ("body", "citation", "key", "kind", "label", "order", "priority", "rule", "sort", "template", "wire")
+    __slots__ = ("body", "key", "kind", "label", "order", "priority", "rule", "sort", "template", "wire")
 
     def __init__(self, body: dict[str, Any], order: tuple[int, int], priority: int, rule: str, citation: str) -> None:
         self.body, self.kind, self.order, self.priority = body, str(body["kind"]), order, priority
-        self.rule, self.citation = rule, citation
+        self.rule = rule
         self.label = describe_recommendation(body)  # the body in a few words, for suppression notes
         self.key = lang_key(body)  # what makes two recommendations duplicates
         self.sort = _sort_key(self.kind, body)
@@ -174,12 +174,12 @@ class Plan:
         self,
         rules: list[tuple[CheckedRule, _Prepared]],
         trace: list[tuple[str, str, tuple[str, ...] | None]],
-        recs: list[tuple[dict[str, Any], tuple[str, ...], tuple[int, ...], _Body]],
+        recs: list[tuple[_Body, tuple[str, ...], tuple[int, ...]]],
     ) -> None:
         self.rules = rules  # each fired rule, in order, with its preparations
         self.trace = trace  # (pathway id, rule id, suppression notes) for each fired rule
-        self.recs = recs  # (the recommendation but its rules, reason and values; its rules; the fired rules
-        # it draws values and reasons from, in order; the first one's _Body)
+        self.recs = recs  # (the _Body standing for the recommendation; its rules; the fired rules it draws
+        # values and reasons from, in order)
         self.wire: dict[tuple[bool, ...], bytes] = {}
 
 
@@ -251,9 +251,9 @@ def render(p: Planned) -> dict[str, Any]:
             entry["suppressed"] = list(notes)
         trace.append(entry)
     out = []
-    for template, rules, srcs, _ in plan.recs:
+    for body, rules, srcs in plan.recs:
         merged, reason = reads[srcs[0]] if len(srcs) == 1 else merged_read(reads, srcs)
-        rec = dict(template)  # the body, rule and citation, in the decision's key order
+        rec = dict(body.template)  # the body, rule and citation, in the decision's key order
         rec["rules"] = list(rules)
         rec["reason"] = reason
         rec["values"] = merged
@@ -379,7 +379,7 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
         if b.rule not in m[1]:
             m[1].append(b.rule)
         m[2].append(src)
-    out = [(b.template, tuple(names), tuple(srcs), b) for b, names, srcs in sorted(merged.values(), key=lambda m: m[0].sort)]
+    out = [(b, tuple(names), tuple(srcs)) for b, names, srcs in sorted(merged.values(), key=lambda m: m[0].sort)]
     return Plan(rules, [(pathway, rule, tuple(notes[rule]) if rule in notes else None) for pathway, rule in trace], out)
 
 

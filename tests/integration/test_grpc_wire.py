@@ -88,10 +88,12 @@ def test_planned_bytes_fall_back_to_the_rendered_path_on_anything_unexpected() -
     written (or refused) exactly as the rendered decision is."""
     engine = Engine.from_directory(ROOT / "pathways")
     planned = engine.evaluate_planned(SAMPLE)
-    template, rules, srcs, body = planned.plan.recs[0]
-    for odd in ({**template, "extra": 1}, {**template, "kind": "nonsense"}):
+    body, rules, srcs = planned.plan.recs[0]
+    for template in ({**body.template, "extra": 1}, {**body.template, "kind": "nonsense"}):
+        odd = copy.copy(body)
+        odd.template, odd.wire = template, {}
         plan = copy.copy(planned.plan)
-        plan.recs = [(odd, rules, srcs, body), *planned.plan.recs[1:]]
+        plan.recs = [(odd, rules, srcs), *planned.plan.recs[1:]]
         plan.wire = {}
         moved = Planned(planned.case, plan, planned.reads, planned.fired, planned.enrolled)
         assert outcome(planned_response_bytes, "r", moved) == outcome(lambda rid, p: reference(rid, render(p)), "r", moved)

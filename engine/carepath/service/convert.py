@@ -451,7 +451,7 @@ _DECISION_KEYS = frozenset({"patient_id", "as_of", "pathways", "recommendations"
 _PATHWAY_KEYS = frozenset({"id", "version", "sha256", "enrolled"})
 
 
-def _detail(kind: str, r: dict[str, Any]) -> bytes:
+def _detail(kind: str, r: Mapping[str, Any]) -> bytes:
     names = _DETAIL_FIELDS[kind]
     if kind == "follow_up":
         days = r.get("days", 0)
@@ -470,6 +470,32 @@ def _detail(kind: str, r: dict[str, Any]) -> bytes:
 _STRING_TAGS = (b"\x0a", b"\x12", b"\x1a")
 
 
+def _pathway_entry(identity: Mapping[str, Any], enrolled: bool) -> bytes:
+    """A decision's pathway: id, version, sha256 and whether the patient is enrolled."""
+    body = _const(b"\x0a", identity["id"]) + _const(b"\x12", identity["version"]) + _const(b"\x1a", identity["sha256"])
+    return _sub(b"\x1a", body + (b"\x20\x01" if enrolled else b""))
+
+
+def _rec_kind(r: Mapping[str, Any]) -> str:
+    """A recommendation's kind, when it is one the protos carry with only the fields they have."""
+    kind = r.get("kind")
+    if type(kind) is not str or kind not in _DETAIL_TAGS or not _REC_NEEDED <= r.keys() <= _REC_ALLOWED[kind]:
+        raise _Unexpected
+    return kind
+
+
+def _rec_fixed(kind: str, r: Mapping[str, Any], rules: object) -> tuple[bytes, bytes]:
+    """A recommendation up to its reason (detail, rule, rules), and its citation."""
+    head = _sub(_DETAIL_TAGS[kind], _detail(kind, r)) + _const(b"\x32", r["rule"]) + _strings(b"\x3a", rules, const=True)
+    return head, _const(b"\x4a", r["citation"])
+
+
+def _rec_entry(fixed: tuple[bytes, bytes], reason: object, values: object) -> bytes:
+    """A whole recommendation: its fixed parts (_rec_fixed) around its reason, then its values."""
+    head, citation = fixed
+    return _sub(b"\x22", head + _opt(b"\x42", reason) + citation + _values(b"\x52", values))
+
+
 def _decision_bytes(d: Mapping[str, Any]) -> bytes:
     if type(d) is not dict or d.keys() != _DECISION_KEYS:
         raise _Unexpected
@@ -480,21 +506,14 @@ def _decision_bytes(d: Mapping[str, Any]) -> bytes:
     for p in pathways:
         if type(p) is not dict or p.keys() != _PATHWAY_KEYS or type(p["enrolled"]) is not bool:
             raise _Unexpected
-        enrolled = b"\x20\x01" if p["enrolled"] else b""
-        body = _const(b"\x0a", p["id"]) + _const(b"\x12", p["version"]) + _const(b"\x1a", p["sha256"]) + enrolled
-        parts.append(_sub(b"\x1a", body))
+        parts.append(_pathway_entry(p, p["enrolled"]))
     recs = d["recommendations"]
     if type(recs) is not list:
         raise _Unexpected
     for r in recs:
         if type(r) is not dict:
             raise _Unexpected
-        kind = r.get("kind")
-        if type(kind) is not str or kind not in _DETAIL_TAGS:
-            raise _Unexpected
-        tag = _DETAIL_TAGS[kind]
-        if not _REC_NEEDED <= r.keys() <= _REC_ALLOWED[kind]:
-            raise _Unexpected
+        kind = _rec_kind(r)
         values, rules, rule = r["values"], r["rules"], r["rule"]
         key = None
         if type(values) is Values and type(rules) is list and len(rules) == 1 and rules[0] == rule:
@@ -504,17 +523,7 @@ def _decision_bytes(d: Mapping[str, Any]) -> bytes:
             if entry is not None:
                 parts.append(entry)
                 continue
-        body = b"".join(
-            (
-                _sub(tag, _detail(kind, r)),
-                _const(b"\x32", rule),
-                _strings(b"\x3a", rules, const=True),
-                _opt(b"\x42", r["reason"]),
-                _const(b"\x4a", r["citation"]),
-                _values(b"\x52", values),
-            )
-        )
-        entry = _sub(b"\x22", body)
+        entry = _rec_entry(_rec_fixed(kind, r, rules), r["reason"], values)
         if key is not None:
             values.wire[key] = entry
         parts.append(entry)
@@ -589,19 +598,19 @@ def _planned_bytes(p: Planned) -> bytes:
     if pathways is None:
         pathways = wire[enrolment] = _pathways_bytes(p)
     parts.append(pathways)
-    for template, rules, srcs, body in plan.recs:
+    for body, rules, srcs in plan.recs:
         fixed = body.wire.get(rules)
         if fixed is None:
-            fixed = body.wire[rules] = _fixed_rec(template, rules)
-        head, citation = fixed
+            template = body.template
+            fixed = body.wire[rules] = _rec_fixed(_rec_kind(template), template, list(rules))
         if len(srcs) == 1:  # one rule's recommendation: a function of its body and the shared values
             values, reason = reads[srcs[0]]
             entry = values.wire.get(body)
             if entry is None:
-                entry = values.wire[body] = _sub(b"\x22", head + _opt(b"\x42", reason) + citation + _values(b"\x52", values))
+                entry = values.wire[body] = _rec_entry(fixed, reason, values)
         else:
             merged, reason = merged_read(reads, srcs)
-            entry = _sub(b"\x22", head + _opt(b"\x42", reason) + citation + _values(b"\x52", merged))
+            entry = _rec_entry(fixed, reason, merged)
         parts.append(entry)
     for (pathway, rule, notes), (values, _) in zip(plan.trace, reads, strict=True):
         parts.append(_trace_entry(pathway, rule, values, list(notes) if notes else _ABSENT, not notes))
@@ -609,18 +618,5 @@ def _planned_bytes(p: Planned) -> bytes:
 
 
 def _pathways_bytes(p: Planned) -> bytes:
-    out = []
-    for _, cp, _ in sorted(p.fired, key=lambda f: str(f[1].id)):
-        ident = cp.identity
-        body = _const(b"\x0a", ident["id"]) + _const(b"\x12", ident["version"]) + _const(b"\x1a", ident["sha256"])
-        out.append(_sub(b"\x1a", body + (b"\x20\x01" if p.enrolled[cp.id] else b"")))
-    return b"".join(out)
-
-
-def _fixed_rec(template: dict[str, Any], rules: tuple[str, ...]) -> tuple[bytes, bytes]:
-    """A plan's recommendation up to its reason (detail, rule, rules), and its citation."""
-    kind = template.get("kind")
-    if type(kind) is not str or kind not in _DETAIL_TAGS or not _REC_NEEDED <= template.keys() <= _REC_ALLOWED[kind]:
-        raise _Unexpected
-    head = _sub(_DETAIL_TAGS[kind], _detail(kind, template)) + _const(b"\x32", template["rule"])
-    return head + _strings(b"\x3a", list(rules), const=True), _const(b"\x4a", template["citation"])
+    fired = sorted(p.fired, key=lambda f: str(f[1].id))
+    return b"".join([_pathway_entry(cp.identity, p.enrolled[cp.id]) for _, cp, _ in fired])
