@@ -17,11 +17,13 @@ import gc
 import json
 import statistics
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from carepath.evaluate import Engine
+from carepath.scenarios import iter_scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,13 +31,8 @@ EXAMPLE: dict[str, Any] = json.loads((ROOT / "examples" / "case.json").read_text
 
 
 def load_cases() -> list[dict[str, Any]]:
-    cases: list[dict[str, Any]] = []
-    try:
-        from carepath.scenarios import iter_scenarios  # type: ignore[attr-defined]
-
-        cases = [s.case for s in iter_scenarios(ROOT / "tests" / "scenarios")]
-    except Exception:  # scenarios not available: fall back to the contract's example
-        cases = []
+    """The golden scenarios' cases (the contract's example if there are none)."""
+    cases = [s.case for s in iter_scenarios(ROOT / "tests" / "scenarios")]
     return cases or [EXAMPLE]
 
 
@@ -102,7 +99,11 @@ def cold(engine: Engine, cases: list[dict[str, Any]], facts: list[dict[str, obje
     gc.disable()
     for i in range(n):
         c, f = cases[i % len(cases)], facts[i % len(facts)]
-        runs = (partial(engine.fire, f, every_ruleset=True), partial(engine.fire, f), partial(engine.evaluate, c))
+        runs: tuple[Callable[[], object], ...] = (
+            partial(engine.fire, f, every_ruleset=True),
+            partial(engine.fire, f),
+            partial(engine.evaluate, c),
+        )
         for k, run in enumerate(runs):
             junk[::64] = zeros  # one write to every cache line
             t0 = time.perf_counter()

@@ -96,7 +96,7 @@ async def drive(
     cycling through ``payloads`` for ``seconds``."""
     lat: list[float] = []
     async with grpc.aio.insecure_channel(target) as ch:
-        call = ch.unary_unary(method)
+        call = ch.unary_unary(method, request_serializer=None, response_deserializer=None)
         for p in payloads[:50]:  # warm up
             await call(p, timeout=10)
         end = time.perf_counter() + seconds
@@ -145,7 +145,7 @@ async def stream(target: str, cases: list[dict[str, Any]], n: int, pid: int) -> 
     """cases/s and the server's CPU ms per case, for n cases (``cases`` cycled) in one EvaluateStream."""
     reqs = [ds.EvaluateStreamRequest(request_id=str(i), case=case_from_dict(cases[i % len(cases)])).SerializeToString() for i in range(n)]
     async with grpc.aio.insecure_channel(target) as ch:
-        call = ch.stream_stream("/carepath.v1.DecisionService/EvaluateStream")
+        call = ch.stream_stream("/carepath.v1.DecisionService/EvaluateStream", request_serializer=None, response_deserializer=None)
         cpu0 = tree_cpu(pid)
         t0 = time.perf_counter()
         got = 0

@@ -125,7 +125,7 @@ def _fits(pattern: Json) -> bool:
     """
     import json
 
-    import durable_rules_engine as dre  # type: ignore[import-not-found]
+    import durable_rules_engine as dre
 
     name = f"carepath_probe_{next(_ruleset_counter)}"
     try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import durable_rules_engine as _dre  # type: ignore[import-not-found]
+import durable_rules_engine as _dre
 import orjson
 from durable.engine import Host
 

@@ -23,7 +23,7 @@ SAMPLE: dict[str, Any] = json.loads((ROOT / "examples" / "case.json").read_text(
 
 def varied_case(i: int) -> dict[str, Any]:
     """A deterministic spread of cases over the fixture pathway's branches."""
-    c = json.loads(json.dumps(SAMPLE))
+    c: dict[str, Any] = json.loads(json.dumps(SAMPLE))
     c["patient_id"] = f"p-{i:05d}"
     c["setting"] = "hospital" if i % 3 == 0 else "community"
     c["pregnant"] = [False, True, None][i % 3]

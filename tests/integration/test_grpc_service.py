@@ -145,16 +145,16 @@ def test_deadline_exceeded(client: CarepathClient) -> None:
 def test_message_size_limit(client: CarepathClient) -> None:
     with pytest.raises(grpc.RpcError) as info:
         client._evaluate(ds.EvaluateRequest(case_json="x" * (5 * 1024 * 1024)), timeout=10)
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.evaluate(SAMPLE)["patient_id"] == "p-0001"  # still serving
 
 
 def test_garbage_bytes_do_not_crash_a_worker(server: Server, client: CarepathClient) -> None:
     channel = grpc.insecure_channel(server.target)
-    raw = channel.unary_unary("/carepath.v1.DecisionService/Evaluate")
+    raw = channel.unary_unary("/carepath.v1.DecisionService/Evaluate", request_serializer=None, response_deserializer=None)
     with pytest.raises(grpc.RpcError) as info:
         raw(b"\xff\xff\xff\x07garbage", timeout=10)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     channel.close()
     assert client.evaluate(SAMPLE)["patient_id"] == "p-0001"
     assert not server.events("worker_died")
@@ -196,7 +196,12 @@ def test_health_not_serving_then_serving(tmp_path: Path) -> None:
     s = Server(tmp_path)
     try:
         seen = [_health(s.target)]
-        wait_for(lambda: seen.append(_health(s.target)) or seen[-1] == health_pb2.HealthCheckResponse.SERVING, 60, "SERVING")
+
+        def serving() -> bool:
+            seen.append(_health(s.target))
+            return bool(seen[-1] == health_pb2.HealthCheckResponse.SERVING)
+
+        wait_for(serving, 60, "SERVING")
         assert seen[0] == health_pb2.HealthCheckResponse.NOT_SERVING
         assert seen[-1] == health_pb2.HealthCheckResponse.SERVING
     finally:
@@ -393,7 +398,8 @@ def test_the_example_request_json_is_the_example_case(server: Server, engine: En
 
     req = json_format.Parse((ROOT / "examples" / "request.json").read_text(encoding="utf-8"), ds.EvaluateRequest())
     with grpc.insecure_channel(server.target) as ch:
-        raw = ch.unary_unary("/carepath.v1.DecisionService/Evaluate")(req.SerializeToString(), timeout=30)
+        call = ch.unary_unary("/carepath.v1.DecisionService/Evaluate", request_serializer=None, response_deserializer=None)
+        raw = call(req.SerializeToString(), timeout=30)
     resp = ds.EvaluateResponse.FromString(raw)
     assert resp.request_id == req.request_id
     assert dumps(decision_to_dict(resp.decision)) == dumps(engine.evaluate(json.loads((ROOT / "examples" / "case.json").read_text())))

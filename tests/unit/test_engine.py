@@ -201,7 +201,7 @@ def test_engines_give_back_durable_rules_handles(monkeypatch: pytest.MonkeyPatch
     # (building 1,100 engines showed the same thing in 98 s of the suite).
     import gc
 
-    import durable_rules_engine as dre  # type: ignore[import-not-found]
+    import durable_rules_engine as dre
 
     from carepath.validate import validate_paths
 

@@ -207,7 +207,7 @@ def test_rise_pct_is_the_rise_as_a_percentage_of_the_previous_reading() -> None:
         {"code": "bmi", "value": 25.2, "unit": "kg/m2", "date": "2026-11-20"},
         {"code": "bmi", "value": 24.0, "unit": "kg/m2", "date": "2026-05-01"},
     ]
-    base = {"patient_id": "p", "as_of": "2026-11-24", "setting": "community"}
+    base: dict[str, object] = {"patient_id": "p", "as_of": "2026-11-24", "setting": "community"}
     base |= {"conditions": [], "medications": [], "allergies": [], "findings": []}
     case, o = validate_case({**base, "observations": obs}, VOCAB)
     facts = derive(case, o, feat)
