@@ -28,6 +28,7 @@ from grpc_status import rpc_status
 from carepath._proto.v1 import case_pb2, decision_pb2
 from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath._proto.v1 import pathway_service_pb2 as ps
+from carepath.contract import Decision
 from carepath.errors import CarepathError, CaseError, Diagnostic, FieldViolation
 from carepath.service.convert import NotRepresentable, case_from_dict, decision_to_dict
 
@@ -51,7 +52,7 @@ class Result:
     """One case of evaluate_many: a decision or an error, with its request id."""
 
     request_id: str
-    decision: dict[str, Any] | None
+    decision: Decision | None
     error: CarepathError | None
 
 
@@ -184,8 +185,9 @@ class CarepathClient:
 
     def evaluate(
         self, case: CaseInput, *, pathway_ids: Sequence[str] | None = None, request_id: str = "", timeout: float | None = None
-    ) -> dict[str, Any]:
-        """The decision for one case, in the contract's JSON form (identical to Engine.evaluate)."""
+    ) -> Decision:
+        """The decision for one case, in the contract's JSON form (identical to Engine.evaluate);
+        typed as carepath.contract.Decision."""
         return decision_to_dict(self.evaluate_proto(case, pathway_ids=pathway_ids, request_id=request_id, timeout=timeout))
 
     def evaluate_many(

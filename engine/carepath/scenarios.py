@@ -8,6 +8,7 @@ never go stale; :func:`load_scenario` turns them into ISO dates.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -152,7 +153,7 @@ def _summary(rec: dict[str, Any]) -> str:
     return _show({k: rec[k] for k in keys if k in rec} | {"rule": rec.get("rule")})
 
 
-def check(scenario: Scenario, decision: dict[str, Any]) -> list[str]:
+def check(scenario: Scenario, decision: Mapping[str, Any]) -> list[str]:
     """Failure messages (empty when the decision meets every expectation)."""
     recs: list[dict[str, Any]] = list(decision.get("recommendations") or [])
     failures: list[str] = []
@@ -166,6 +167,6 @@ def check(scenario: Scenario, decision: dict[str, Any]) -> list[str]:
     return failures
 
 
-def fired_rules(decision: dict[str, Any]) -> set[tuple[str, str]]:
+def fired_rules(decision: Mapping[str, Any]) -> set[tuple[str, str]]:
     """(pathway, rule) for every rule that fired, from the decision's trace."""
     return {(str(t["pathway"]), str(t["rule"])) for t in decision.get("trace") or []}

@@ -6,9 +6,10 @@ import math
 import struct
 from collections.abc import Mapping
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from carepath._proto.v1 import case_pb2, decision_pb2
+from carepath.contract import Decision
 from carepath.decide import Planned, Values, merged_read, render
 
 SETTINGS = {"community": case_pb2.SETTING_COMMUNITY, "hospital": case_pb2.SETTING_HOSPITAL}
@@ -250,7 +251,7 @@ def decision_to_proto(d: Mapping[str, Any]) -> decision_pb2.Decision:
     return decision_pb2.Decision(patient_id=d["patient_id"], as_of=d["as_of"], pathways=d["pathways"], recommendations=recs, trace=trace)
 
 
-def decision_to_dict(pb: decision_pb2.Decision) -> dict[str, Any]:
+def decision_to_dict(pb: decision_pb2.Decision) -> Decision:
     """The engine's decision dict, key for key and in the same order (so JSON output is byte-identical)."""
     recs: list[dict[str, Any]] = []
     for rec in pb.recommendations:
@@ -279,13 +280,14 @@ def decision_to_dict(pb: decision_pb2.Decision) -> dict[str, Any]:
         if t.suppressed:
             entry["suppressed"] = list(t.suppressed)
         trace.append(entry)
-    return {
+    decision = {
         "patient_id": pb.patient_id,
         "as_of": pb.as_of,
         "pathways": [{"id": p.id, "version": p.version, "sha256": p.sha256, "enrolled": p.enrolled} for p in pb.pathways],
         "recommendations": recs,
         "trace": trace,
     }
+    return cast(Decision, decision)  # built key by key from the message above (tests/unit/test_contract.py)
 
 
 # ------------------------------------------------- decision -> wire bytes
