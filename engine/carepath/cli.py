@@ -162,19 +162,28 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _schema_setup(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--case", action="store_true", help="print the case schema instead")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--case", action="store_true", help="print the case schema instead")
+    which.add_argument("--decision", action="store_true", help="print the decision schema instead (what evaluate and the service return)")
 
 
 @command("schema", _schema_setup)
 def _schema(args: argparse.Namespace) -> int:
-    """Print the JSON Schema of the pathway format (or --case)."""
+    """Print the JSON Schema of the pathway format (or --case, --decision)."""
+    from pydantic import TypeAdapter
+
     from .case import Case
+    from .contract import Decision
     from .model import Pathway
 
-    model = Case if args.case else Pathway
-    schema = model.model_json_schema()
+    if args.decision:
+        schema, title = TypeAdapter(Decision).json_schema(), "carepath decision"
+    elif args.case:
+        schema, title = Case.model_json_schema(), "carepath case"
+    else:
+        schema, title = Pathway.model_json_schema(), "carepath pathway"
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "carepath case" if args.case else "carepath pathway"
+    schema["title"] = title
     sys.stdout.write(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
     return 0
 
