@@ -9,7 +9,8 @@ turns, so a slow spell of the machine hits both; calls/s is the median over roun
 p50, p99, the server's CPU time per call (its process and children, workers included; Linux only:
 a steadier number than calls/s on a shared machine) and the ratio carepath/echo; then "floor":
 carepath on the sample case without its diagnoses (enrolled in no pathway: validated and derived,
-nothing posted, a small decision), which is what the service costs around the engine; then stream
+nothing posted, a small decision), which is what the service costs around the engine, and
+carepath/floor, the share of the service's own rate that the engine's work leaves; then stream
 throughput (cases/s, and the server's CPU per case) over DecisionService.EvaluateStream: the
 tests' varied cases (heavier: ~22 rules fire per case), or with --cases synthetic the synthetic
 patients (~9 rules per case).
@@ -231,8 +232,8 @@ def main() -> int:
             f"workers={args.workers}  pathways={args.pathways}  cases={args.cases} ({len(payloads)} distinct)  "
             f"{args.rounds} interleaved rounds of {seconds:g}s per server and cell  cpus={os.cpu_count()}"
         )
-        print(f"{'':>7} | {'echo':^29} | {'carepath':^29} | {'':>5} | {'floor':^29} |")
-        print(f"{'callers':>7} | {HEAD} | {HEAD} | ratio | {HEAD} | ratio")
+        print(f"{'':>7} | {'echo':^29} | {'carepath':^29} | {'':>5} | {'floor':^29} | {'':>5} | carepath")
+        print(f"{'callers':>7} | {HEAD} | {HEAD} | ratio | {HEAD} | ratio | / floor")
         for callers in (1, 4, 16):
             assert echo.pid is not None
             e, c, f = Cell(), Cell(), Cell()
@@ -240,7 +241,8 @@ def main() -> int:
                 e.add(asyncio.run(drive(echo_target, ECHO, payloads, callers, seconds, echo.pid)))
                 c.add(asyncio.run(drive(care_target, EVALUATE, payloads, callers, seconds, care.pid)))
                 f.add(asyncio.run(drive(care_target, EVALUATE, floor, callers, seconds, care.pid)))
-            print(f"{callers:>7} | {e.row()} | {c.row()} | {c.rate / e.rate:>5.2f} | {f.row()} | {f.rate / e.rate:>5.2f}")
+            ratios = f"{c.rate / e.rate:>5.2f} | {f.row()} | {f.rate / e.rate:>5.2f} | {c.rate / f.rate:>5.2f}"
+            print(f"{callers:>7} | {e.row()} | {c.row()} | {ratios}")
         rate, cpu = asyncio.run(stream(care_target, streamed, n_stream, care.pid))
         print(f"stream: {rate:.0f} cases/s, server cpu {cpu:.3f} ms/case ({n_stream} {stream_name} cases, one EvaluateStream)")
     finally:
