@@ -144,7 +144,25 @@ def _evaluate_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explain", action="store_true", help="explain the decision for a person instead of JSON")
     p.add_argument("--pathway", action="append", dest="pathway_ids", metavar="ID", help="only these pathways (repeatable)")
     p.add_argument("--backend", choices=["durable", "reference"], default="durable", help=argparse.SUPPRESS)
+    site_arg(p)
     p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, or - for stdin")
+
+
+def site_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--site",
+        metavar="FILE",
+        help="site profile YAML (what this site can do: site_has() in conditions); default: a site with no optional capability",
+    )
+
+
+def load_site_arg(path: str | None) -> Any:
+    """The --site profile (carepath.site.Site), or None for the default."""
+    if path is None:
+        return None
+    from .site import load_site
+
+    return load_site(path)
 
 
 @command("evaluate", _evaluate_setup)
@@ -152,7 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     """Evaluate a case; print the decision JSON (or --explain)."""
     from .evaluate import Engine
 
-    engine = Engine.from_directory(args.pathways)
+    engine = Engine.from_directory(args.pathways, load_site_arg(args.site))
     case = read_case(args.case)
     if args.explain:
         sys.stdout.write(engine.explain(case, args.pathway_ids))

@@ -19,6 +19,7 @@ from .case import Case, validate_case
 from .decide import Plan, Planned, describe_recommendation, planned, render
 from .derive import Features, derive
 from .errors import PathwayError, UnknownPathwayError
+from .site import DEFAULT_SITE, Site
 from .validate import CheckedPathway, CheckedRule, load_vocabulary, validate_paths
 
 Backend = Literal["durable", "reference"]
@@ -60,16 +61,23 @@ class _Compiled:
     enrols: Callable[[lang.Facts], bool]  # applies_to is TRUE (generated code)
     applies: comp.Program  # ... the reference evaluation of it
     programs: list[comp.Program]
+    everyone: bool  # some rule has scope everyone: the ruleset is asked whatever the enrolment
 
 
 class Engine:
     """Validated, compiled pathways. Not thread-safe (durable-rules is not): one per process."""
 
-    def __init__(self, pathways: Sequence[CheckedPathway]) -> None:
+    def __init__(self, pathways: Sequence[CheckedPathway], site: Site | None = None) -> None:
         active = [p for p in pathways if p.model.status != "retired"]
         self.pathways: list[CheckedPathway] = sorted(active, key=lambda p: p.id)
         self.vocab = _merged_vocab(self.pathways)
-        self.features = Features()
+        self.site = site or DEFAULT_SITE  # what the site can do: site_has() reads it (one site per engine)
+        self.site.check(self.vocab)
+        self.features = Features(
+            current={c: od.current for c, od in self.vocab.observations.items() if od.current is not None},
+            site=self.site.capabilities,
+            visit_reading=self.vocab.visit_reading,
+        )
         self._host = _SyncHost()
         self._compiled: list[_Compiled] = []
         self._plans: dict[Any, Plan] = {}  # decide(): conflict-policy outcomes by decision shape
@@ -97,6 +105,7 @@ class Engine:
                     comp.holds(cp.applies),
                     comp.reference(cp.applies),
                     [comp.reference(c) for c in conds],
+                    any(r.rule.scope == "everyone" for r in cp.rules),
                 )
             )
         for compiled in self._compiled:  # rulesets register lazily on the first post: warm them up now
@@ -105,15 +114,15 @@ class Engine:
         weakref.finalize(self, _delete_rulesets, [c.handle for c in self._compiled])
 
     @classmethod
-    def from_directory(cls, path: Path | str | None = None) -> Engine:
-        return cls.from_paths([path or bundled_pathways()])
+    def from_directory(cls, path: Path | str | None = None, site: Site | None = None) -> Engine:
+        return cls.from_paths([path or bundled_pathways()], site)
 
     @classmethod
-    def from_paths(cls, paths: Iterable[Path | str]) -> Engine:
+    def from_paths(cls, paths: Iterable[Path | str], site: Site | None = None) -> Engine:
         checked, diags = validate_paths(list(paths), bundled_pathways())
         if diags:
             raise PathwayError(diags)
-        return cls(checked)
+        return cls(checked, site)
 
     def pathway(self, pathway_id: str) -> CheckedPathway:
         for p in self.pathways:
@@ -186,7 +195,7 @@ class Engine:
         out = []
         for i, c in selected:
             if backend == "durable":
-                fired = self._post(c, facts) if enrolled is None or enrolled[c.pathway.id] else []
+                fired = self._post(c, facts) if enrolled is None or enrolled[c.pathway.id] or c.everyone else []
             else:
                 fired = [k for k, prog in enumerate(c.programs) if prog(facts) is True]
             out.append((i, c, fired))
@@ -251,17 +260,21 @@ class Engine:
         close = 0
         fired = {t["rule"] for t in decision["trace"]}
         for _, c in selected:
-            if not c.enrols(facts):
+            enrolled = c.enrols(facts)
+            if not enrolled:
                 lines.append(f"* pathway {c.pathway.id}: patient not enrolled ({c.pathway.model.applies_to})")
-                continue
+                if not c.everyone:
+                    continue
             for cr in c.pathway.rules:
-                if cr.rule.id in fired:
+                if cr.rule.id in fired or not (enrolled or cr.rule.scope == "everyone"):
                     continue
                 blocks = lang.blocking(cr.when, facts)
                 if 0 < len(blocks) <= 2:
                     close += 1
                     why = "; ".join(
-                        f"{lang.describe(lit, facts, c.pathway.vocab)} is {'unknown' if t is None else 'not met'}" for lit, t in blocks
+                        lang.staleness(lit, facts, c.pathway.vocab)
+                        or f"{lang.describe(lit, facts, c.pathway.vocab)} is {'unknown' if t is None else 'not met'}"
+                        for lit, t in blocks
                     )
                     lines.append(f"* {cr.rule.id}: {why}")
         if not close:
@@ -272,12 +285,14 @@ class Engine:
 def _merged_vocab(pathways: Sequence[CheckedPathway]) -> lang.Vocabulary:
     obs: dict[str, lang.ObsDef] = {}
     findings: frozenset[str] = frozenset()
+    capabilities: dict[str, str] = {}
     for p in pathways:
         obs.update(p.vocab.observations)
         findings |= p.vocab.findings
+        capabilities.update(p.vocab.capabilities)
     if not pathways:
         return load_vocabulary(bundled_pathways() / "dictionary.yaml")
-    return lang.Vocabulary(obs, findings)
+    return lang.Vocabulary(obs, findings, capabilities=capabilities, visit_reading=pathways[0].vocab.visit_reading)
 
 
 def _delete_rulesets(handles: list[int]) -> None:
