@@ -119,20 +119,34 @@ def _pathways_arg(p: argparse.ArgumentParser) -> None:
 
 def _validate_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help="pathway files or directories (default: bundled pathways/)")
+    p.add_argument("--strict", action="store_true", help="readability warnings are errors (exit 1)")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 @command("validate", _validate_setup)
 def _validate(args: argparse.Namespace) -> int:
-    """Validate pathway files; exit 0 when clean, 1 with errors."""
+    """Validate pathway files; exit 0 when clean (warnings allowed unless --strict), 1 with errors."""
+    from dataclasses import replace
+
     from .evaluate import bundled_pathways
+    from .readability import warnings
     from .validate import validate_paths
 
     paths = args.paths or [bundled_pathways()]
     checked, diags = validate_paths(paths, bundled_pathways())
-    for d in diags:
+    warned = warnings(checked)  # readability, on the pathways that validated
+    if args.strict:
+        diags, warned = sorted(diags + [replace(w, severity="error") for w in warned]), []
+    for d in sorted(diags + warned):
         print(d, file=sys.stderr)
+    if diags or warned:
+        counts = [_count(len(diags), "error")] if diags else []
+        counts += [_count(len(warned), "warning")] if warned else []
+        print(", ".join(counts), file=sys.stderr)
     if diags:
-        print(f"{len(diags)} error{'s' if len(diags) != 1 else ''}", file=sys.stderr)
         return 1
     for cp in checked:
         print(f"ok  {cp.file}: {cp.id} {cp.version}, {len(cp.rules)} rules, sha256 {cp.sha256[:12]}")
