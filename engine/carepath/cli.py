@@ -48,6 +48,17 @@ def worker_count(text: str) -> int:
     return n
 
 
+def count_arg(text: str) -> int:
+    """argparse type for a count (--near): a whole number, 0 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
 def iso_date(text: str) -> date:
     """argparse type for a date option (--as-of): YYYY-MM-DD, and a day the calendar has."""
     try:
@@ -156,6 +167,13 @@ def _validate(args: argparse.Namespace) -> int:
 def _evaluate_setup(p: argparse.ArgumentParser) -> None:
     _pathways_arg(p)
     p.add_argument("--explain", action="store_true", help="explain the decision for a person instead of JSON")
+    p.add_argument(
+        "--near",
+        type=count_arg,
+        default=5,  # evaluate.NEAR (not imported here: the engine is slow to import)
+        metavar="N",
+        help="with --explain: list the N rules that came closest to firing (default 5; 0: only how many)",
+    )
     p.add_argument("--pathway", action="append", dest="pathway_ids", metavar="ID", help="only these pathways (repeatable)")
     p.add_argument("--backend", choices=["durable", "reference"], default="durable", help=argparse.SUPPRESS)
     p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, or - for stdin")
@@ -169,7 +187,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     engine = Engine.from_directory(args.pathways)
     case = read_case(args.case)
     if args.explain:
-        sys.stdout.write(engine.explain(case, args.pathway_ids))
+        sys.stdout.write(engine.explain(case, args.pathway_ids, near=args.near))
     else:
         sys.stdout.write(dumps(engine.evaluate(case, args.pathway_ids, backend=args.backend)))
     return 0

@@ -273,3 +273,41 @@ def test_the_bundled_pathways_violations_only_go_down() -> None:
     assert not gone, "fewer readability violations than the ceiling: lower CEILING in tests/unit/test_readability.py to " + repr(
         {k: now.get(k, 0) for k in gone}
     )
+
+
+# ---------------------------------------------------------------- evaluate --explain: the closest rules only
+
+
+def came_close(text: str) -> list[str]:
+    return text.split("Rules that came close but did not fire:\n", 1)[1].splitlines()
+
+
+def test_explain_lists_the_closest_rules_first_and_says_how_many_more() -> None:
+    import json
+
+    from carepath.evaluate import NEAR, Engine
+
+    engine = Engine.from_directory(ROOT / "pathways")
+    case = json.loads((ROOT / "examples" / "case.json").read_text(encoding="utf-8"))
+    every = [ln for ln in came_close(engine.explain(case, near=1000)) if not ln.startswith("* pathway ")]
+    assert len(every) > NEAR + 2
+    terms = [ln.count(" is not met") + ln.count(" is unknown") for ln in every]
+    assert terms == sorted(terms) and terms[0] == 1 and terms[-1] == 2  # fewest false or unknown terms first
+    shown = came_close(engine.explain(case))
+    assert shown[0].startswith("* pathway smi: patient not enrolled")  # said as before, not counted
+    assert shown[1:] == [*every[:NEAR], f"* and {len(every) - NEAR} more (--near {len(every)} lists them all)"]
+    assert came_close(engine.explain(case, near=0))[1:] == [f"* and {len(every)} more (--near {len(every)} lists them all)"]
+    # ties keep pathway and rule order
+    ones = [ln.split(":")[0][2:] for ln, n in zip(every, terms, strict=True) if n == 1]
+    order = [cr.rule.id for cp in engine.pathways for cr in cp.rules]
+    assert ones == sorted(ones, key=order.index)
+
+
+def test_explain_near_on_the_command_line() -> None:
+    case = str(ROOT / "examples" / "case.json")
+    r = run("evaluate", "--explain", "--near", "2", case)
+    assert r.returncode == 0, r.stderr
+    lines = came_close(r.stdout)
+    assert len(lines) == 4 and lines[-1].startswith("* and ") and "more (--near" in lines[-1]
+    r = run("evaluate", "--explain", "--near", "-1", case)
+    assert r.returncode == 2 and "--near: must be 0 or more, got -1" in r.stderr
