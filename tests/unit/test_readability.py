@@ -311,3 +311,33 @@ def test_explain_near_on_the_command_line() -> None:
     assert len(lines) == 4 and lines[-1].startswith("* and ") and "more (--near" in lines[-1]
     r = run("evaluate", "--explain", "--near", "-1", case)
     assert r.returncode == 2 and "--near: must be 0 or more, got -1" in r.stderr
+
+
+# ---------------------------------------------------------------- review pages: definitions linked by name
+
+
+def test_review_pages_link_each_use_of_a_definition_to_its_anchor(tmp_path: Path) -> None:
+    import re
+
+    from carepath.docs import render
+
+    defs = {"above": "sbp >= 140 or dbp >= 90", "community": "setting == community", "worse": "above and dbp >= 100"}
+    whens = ["above and age > 3", "setting == hospital and worse", "not community and due(egfr, 365)", "not (above)", "sex is not female"]
+    pathway(tmp_path, whens, defs, applies_to="diagnosed(I10) and not community")
+    checked, diags = validate_paths([tmp_path], tmp_path)
+    assert not diags
+    page = render(checked[0])
+    assert "- **who is in it:** diagnosed I10 and not [community](#def-community)" in page
+    assert '| <a id="def-above"></a>`above` | sbp ≥ 140 or dbp ≥ 90 |' in page
+    assert '| <a id="def-community"></a>`community` | setting is community |' in page  # a value compared with, not a use
+    assert '| <a id="def-worse"></a>`worse` | [above](#def-above) and dbp ≥ 100 |' in page
+    rows = [ln for ln in page.splitlines() if ln.startswith("| `r.n")]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "[above](#def-above) and age > 3",
+        "setting is hospital and [worse](#def-worse)",
+        "not [community](#def-community) and egfr missing or older than 365 days",
+        "not ([above](#def-above))",
+        "sex is not female",
+    ]
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', page))
+    assert set(re.findall(r"\]\(#([^)]+)\)", page)) == anchors == {"def-above", "def-community", "def-worse"}
