@@ -159,7 +159,8 @@ class _Walker:
             for item in e.items:
                 text, n = self.canon(item, neg)
                 terms += n
-                inner_conj = isinstance(item, And) != neg if isinstance(item, (And, Or)) else None
+                inner, inner_neg = _unwrap(item, neg)
+                inner_conj = isinstance(inner, And) != inner_neg if isinstance(inner, (And, Or)) else None
                 if inner_conj is conj and text.startswith("("):  # flatten a and (b and c)
                     parts.extend(_split(text[1:-1], " and " if conj else " or "))
                 else:
@@ -194,6 +195,13 @@ class _Walker:
             outer = (*outer, key)
         for item in e.items:
             self.walk(item, rule, neg, outer)
+
+
+def _unwrap(e: Expr, neg: bool) -> tuple[Expr, bool]:
+    """``e`` without the 'not's around it, and whether an odd number of them was there."""
+    while isinstance(e, Not):
+        e, neg = e.item, not neg
+    return e, neg
 
 
 def _split(text: str, joiner: str) -> list[str]:

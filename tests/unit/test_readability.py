@@ -109,6 +109,18 @@ def test_two_rules_are_not_a_repeat_nor_is_a_different_threshold(tmp_path: Path)
     assert findings(tmp_path) == []
 
 
+def test_a_not_around_a_group_is_the_same_as_its_terms_negated(tmp_path: Path) -> None:
+    pathway(
+        tmp_path,
+        [
+            "(age > 3 and not (sbp > 150 or dbp > 95)) or missing(egfr)",
+            "not sbp > 150 and age > 3 and not dbp > 95",
+            "age > 3 and sbp <= 150 and dbp <= 95",
+        ],
+    )
+    assert kinds(findings(tmp_path)) == [("r.n0", "repeat")]
+
+
 def test_a_definition_used_by_name_in_three_rules_is_not_a_repeat(tmp_path: Path) -> None:
     pathway(
         tmp_path,
