@@ -48,6 +48,17 @@ def worker_count(text: str) -> int:
     return n
 
 
+def count_arg(text: str) -> int:
+    """argparse type for a count (--near): a whole number, 0 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
 def iso_date(text: str) -> date:
     """argparse type for a date option (--as-of): YYYY-MM-DD, and a day the calendar has."""
     try:
@@ -119,20 +130,34 @@ def _pathways_arg(p: argparse.ArgumentParser) -> None:
 
 def _validate_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help="pathway files or directories (default: bundled pathways/)")
+    p.add_argument("--strict", action="store_true", help="readability warnings are errors (exit 1)")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 @command("validate", _validate_setup)
 def _validate(args: argparse.Namespace) -> int:
-    """Validate pathway files; exit 0 when clean, 1 with errors."""
+    """Validate pathway files; exit 0 when clean (warnings allowed unless --strict), 1 with errors."""
+    from dataclasses import replace
+
     from .evaluate import bundled_pathways
+    from .readability import warnings
     from .validate import validate_paths
 
     paths = args.paths or [bundled_pathways()]
     checked, diags = validate_paths(paths, bundled_pathways())
-    for d in diags:
+    warned = warnings(checked)  # readability, on the pathways that validated
+    if args.strict:
+        diags, warned = sorted(diags + [replace(w, severity="error") for w in warned]), []
+    for d in sorted(diags + warned):
         print(d, file=sys.stderr)
+    if diags or warned:
+        counts = [_count(len(diags), "error")] if diags else []
+        counts += [_count(len(warned), "warning")] if warned else []
+        print(", ".join(counts), file=sys.stderr)
     if diags:
-        print(f"{len(diags)} error{'s' if len(diags) != 1 else ''}", file=sys.stderr)
         return 1
     for cp in checked:
         print(f"ok  {cp.file}: {cp.id} {cp.version}, {len(cp.rules)} rules, sha256 {cp.sha256[:12]}")
@@ -142,6 +167,13 @@ def _validate(args: argparse.Namespace) -> int:
 def _evaluate_setup(p: argparse.ArgumentParser) -> None:
     _pathways_arg(p)
     p.add_argument("--explain", action="store_true", help="explain the decision for a person instead of JSON")
+    p.add_argument(
+        "--near",
+        type=count_arg,
+        default=5,  # evaluate.NEAR (not imported here: the engine is slow to import)
+        metavar="N",
+        help="with --explain: list the N rules that came closest to firing (default 5; 0: only how many)",
+    )
     p.add_argument("--pathway", action="append", dest="pathway_ids", metavar="ID", help="only these pathways (repeatable)")
     p.add_argument("--backend", choices=["durable", "reference"], default="durable", help=argparse.SUPPRESS)
     site_arg(p)
@@ -173,7 +205,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     engine = Engine.from_directory(args.pathways, load_site_arg(args.site))
     case = read_case(args.case)
     if args.explain:
-        sys.stdout.write(engine.explain(case, args.pathway_ids))
+        sys.stdout.write(engine.explain(case, args.pathway_ids, near=args.near))
     else:
         sys.stdout.write(dumps(engine.evaluate(case, args.pathway_ids, backend=args.backend)))
     return 0

@@ -27,6 +27,9 @@ _SID = "case"  # the one durable-rules session of each ruleset (see Engine._post
 _RETRACT = orjson.dumps({"sid": _SID, "id": "case"}).decode()
 
 
+NEAR = 5  # --explain lists this many of the rules that came close by default
+
+
 def bundled_pathways() -> Path:
     """The pathways shipped with carepath: $CAREPATH_PATHWAYS, the repo's pathways/, or the wheel's copy."""
     env = os.environ.get("CAREPATH_PATHWAYS")
@@ -240,8 +243,9 @@ class Engine:
         ]
         return planned(case, facts, groups, enrolled, self._plans)
 
-    def explain(self, data: Any, pathway_ids: Sequence[str] | None = None) -> str:
-        """For a person: why each recommendation was made, and which rules came close and why not."""
+    def explain(self, data: Any, pathway_ids: Sequence[str] | None = None, near: int = NEAR) -> str:
+        """For a person: why each recommendation was made, and which rules came close and why not
+        (the ``near`` closest: fewest false or unknown terms, then pathway and rule order)."""
         selected = self._select(pathway_ids)
         case, facts = self.prepare(data)
         decision = self._decide(case, facts, selected, "durable")
@@ -257,7 +261,7 @@ class Engine:
             lines += ["", "Overruled by the conflict policy:"]
             lines += [f"* {rule}: {s}" for rule, s in suppressed]
         lines += ["", "Rules that came close but did not fire:"]
-        close = 0
+        close: list[tuple[int, str]] = []  # (false or unknown terms, line)
         fired = {t["rule"] for t in decision["trace"]}
         for _, c in selected:
             enrolled = c.enrols(facts)
@@ -270,13 +274,16 @@ class Engine:
                     continue
                 blocks = lang.blocking(cr.when, facts)
                 if 0 < len(blocks) <= 2:
-                    close += 1
                     why = "; ".join(
                         lang.staleness(lit, facts, c.pathway.vocab)
                         or f"{lang.describe(lit, facts, c.pathway.vocab)} is {'unknown' if t is None else 'not met'}"
                         for lit, t in blocks
                     )
-                    lines.append(f"* {cr.rule.id}: {why}")
+                    close.append((len(blocks), f"* {cr.rule.id}: {why}"))
+        close.sort(key=lambda x: x[0])  # stable: ties stay in pathway and rule order
+        lines += [line for _, line in close[:near]]
+        if len(close) > near:
+            lines.append(f"* and {len(close) - near} more (--near {len(close)} lists them all)")
         if not close:
             lines.append("* none")
         return "\n".join(lines) + "\n"

@@ -69,6 +69,16 @@ class TargetDef:
     label: str
     rows: tuple[tuple[Expr | None, Expr], ...]
 
+    @cached_property
+    def at(self) -> Expr:
+        """at_target(name): one object for every use (like a definition), so it reads as a name."""
+        return self.at_target((0, 0), at=True)
+
+    @cached_property
+    def above(self) -> Expr:
+        """above_target(name), likewise."""
+        return self.at_target((0, 0), at=False)
+
     def at_target(self, span: Span, at: bool = True) -> Expr:
         """at_target(name) (or, ``at`` False, above_target(name)): the first row whose `for` holds
         decides, as ``for_1 and T_1 or not for_1 and for_2 and T_2 or ...``; and since a patient
@@ -743,7 +753,7 @@ class _Parser:
             if profile is None:
                 self.err(args[0][1], f"unknown target profile {args[0][0]!r}" + did_you_mean(args[0][0], self.vocab.targets))
                 return Const(False, (start, end))
-            return profile.at_target((start, end), at=name == "at_target")
+            return profile.at if name == "at_target" else profile.above
         if name == "site_has":
             arity(1)
             if args[0][0] not in self.vocab.capabilities:
