@@ -59,6 +59,7 @@ class CodeSetDef:
     label: str
     codes: tuple[str, ...]
     includes: tuple[str, ...] = ()
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class TargetDef:
     name: str
     label: str
     rows: tuple[tuple[Expr | None, Expr], ...]
+    texts: tuple[tuple[str | None, str], ...] = ()  # the rows as written (for, target), for the review pages
+    citation: str = ""
 
     @cached_property
     def at(self) -> Expr:
@@ -108,6 +111,7 @@ class Vocabulary:
     targets: Mapping[str, TargetDef] = field(default_factory=dict)
     capabilities: Mapping[str, str] = field(default_factory=dict)  # site capabilities: name -> description
     visit_reading: str = "last"  # which same-day reading a visit counts (consecutive_visits): last or mean
+    shared_texts: Mapping[str, str] = field(default_factory=dict)  # the dictionary's definitions as written (review pages)
 
     @cached_property
     def loinc(self) -> dict[str, str]:

@@ -178,7 +178,8 @@ def merge_vocabulary(base: Vocabulary, add: Dictionary, loc: Located, at: YamlPa
         {**base.capabilities, **add.site_capabilities},
         add.visit_reading or base.visit_reading,
     )
-    vocab = replace(vocab, definitions=_definitions(add.definitions, vocab, loc, (*at, "definitions"), diags))
+    defs = _definitions(add.definitions, vocab, loc, (*at, "definitions"), diags)
+    vocab = replace(vocab, definitions=defs, shared_texts={**base.shared_texts, **add.definitions})
     targets = dict(base.targets)
     for name, tp in add.target_profiles.items():
         tpath: YamlPath = (*at, "target_profiles", name)
@@ -197,7 +198,8 @@ def merge_vocabulary(base: Vocabulary, add: Dictionary, loc: Located, at: YamlPa
             if goal is not None and (row.for_ is None or who is not None):
                 rows.append((who, goal))
         if len(rows) == len(tp.targets):
-            targets[name] = lang.TargetDef(name, tp.label, tuple(rows))
+            texts = tuple((row.for_, row.target) for row in tp.targets)
+            targets[name] = lang.TargetDef(name, tp.label, tuple(rows), texts, tp.citation or "")
     return replace(vocab, targets=targets)
 
 
@@ -243,7 +245,7 @@ def _code_sets(add: Dictionary, base: Vocabulary, loc: Located, at: YamlPath, di
                 diags.append(loc.diag((*at, "code_sets", name, "includes"), problem.message))
             continue
         if not bad:
-            out[name] = lang.CodeSetDef(name, cs.system, cs.label, tuple(sorted(got)), tuple(cs.includes))
+            out[name] = lang.CodeSetDef(name, cs.system, cs.label, tuple(sorted(got)), tuple(cs.includes), cs.source or "")
     return out
 
 
