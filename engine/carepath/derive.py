@@ -17,13 +17,13 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class _Plan:
     allergy: tuple[tuple[str, tuple[str, ...]], ...]  # al_ key -> ATC prefixes (matched both ways)
-    counts: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...]  # n_ key -> the classes it counts, each its ATC prefixes
+    counts: tuple[tuple[str, tuple[str, ...]], ...]  # n_ key -> the classes it counts (a code, or a set's codes joined by |)
     observations: dict[str, tuple[str, str, str, str, str, str]]  # code -> its h_, o_, d_, p_, r_ and rp_ keys
     windows: dict[str, tuple[int, str]]  # code -> (days its values stay current, its l_ key): only codes with a window
     finding_keys: dict[str, str]  # finding -> its f_ key
     zeros: dict[str, object]  # every flag and count at 0 and every observation absent: set what holds
     dx_index: dict[str, tuple[str, ...]]  # ICD prefix -> the dx_ flags it sets
-    med_index: dict[str, tuple[tuple[str, ...], bool, tuple[str, ...]]]  # ATC prefix -> (on_ flags, in a count, s_ keys)
+    med_index: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]  # ATC prefix -> (on_ flags, count classes, s_ keys)
     after: dict[str, tuple[tuple[str, str], ...]]  # s_ key -> the a_ keys that are d_ key minus it, with their d_ keys
     since_start: tuple[tuple[str, str, str, tuple[str, ...]], ...]  # b_ and bp_ keys, observation, the s_ keys of the start
     visits: tuple[tuple[lang.Visits, tuple[tuple[str, str, str], ...]], ...]  # each visits literal, with its observations' (code, o_, h_)
@@ -68,14 +68,16 @@ class Features:
 
             finding_keys = {f: f"f_{f}" for f in sorted(self.findings)}
             dx, on, allergy = flags("dx_", self.dx), flags("on_", self.on), flags("al_", self.allergy)
-            counts = tuple((lang.Num("count", g).key, tuple(tuple(c.split("|")) for c in g)) for g in sorted(self.counts))
+            counts = tuple((lang.Num("count", g).key, g) for g in sorted(self.counts))
             observations = {c: (f"h_{c}", f"o_{c}", f"d_{c}", f"p_{c}", f"r_{c}", f"rp_{c}") for c in sorted(self.observations)}
             zero_keys = [k[0] for k in observations.values()] + [*finding_keys.values()] + [k for k, _ in (*dx, *on, *allergy, *counts)]
             on_index = _index(on)
-            in_count = {p for _, g in counts for c in g for p in c}
+            in_count = _index((c, tuple(c.split("|"))) for c in sorted({c for _, g in counts for c in g}))  # prefix -> its classes
             started = {a: lang.Num("days_on", a).key for a in sorted(self.days_on)}  # a class: prefixes joined by |
             start_index = _index((key, tuple(a.split("|"))) for a, key in started.items())
-            med_index = {p: (on_index.get(p, ()), p in in_count, start_index.get(p, ())) for p in {*on_index, *in_count, *start_index}}
+            med_index = {
+                p: (on_index.get(p, ()), in_count.get(p, ()), start_index.get(p, ())) for p in {*on_index, *in_count, *start_index}
+            }
             zeros: dict[str, object] = dict.fromkeys(zero_keys, 0)
             zeros.update({f"c_{c}": int(c in self.site) for c in sorted(self.sites)})  # one site per engine: constant facts
             visits = tuple((v, tuple((c, f"o_{c}", f"h_{c}") for c in sorted(_visit_codes(v)))) for _, v in sorted(self.visits.items()))
@@ -223,11 +225,11 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
                 hit = med_index.get(a[:k])
                 if hit is None:
                     continue
-                on_keys, in_count, start_keys = hit
+                on_keys, classes, start_keys = hit
                 for key in on_keys:
                     facts[key] = 1
-                if in_count:
-                    counted.add(a[:k])
+                for cls in classes:
+                    counted.add(cls)
                 for start_key in start_keys:
                     if since is None:
                         undated.add(start_key)
@@ -239,7 +241,7 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
                     if was is None or since < was:
                         earliest[start_key] = since
         for key, group in plan.counts:
-            facts[key] = sum(1 for cls in group if any(p in counted for p in cls))
+            facts[key] = sum(1 for cls in group if cls in counted)
         after = plan.after
         for s_key, since in latest.items():  # a drug of the class with no start: when the last start was is unknown
             if s_key not in undated:
