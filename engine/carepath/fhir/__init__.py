@@ -12,7 +12,20 @@ in ``mappings/`` with the source and date of every row; see :mod:`carepath.fhir.
 
 from __future__ import annotations
 
-from .mapper import FhirInputError, Issue, Mapped, Report, default_setting, is_fhir, to_case
+from .mapper import MAX_FHIR_BYTES, FhirInputError, Issue, Mapped, Report, default_setting, is_fhir, read_fhir_json, to_case
 from .tables import VERSION, Tables, tables
 
-__all__ = ["VERSION", "FhirInputError", "Issue", "Mapped", "Report", "Tables", "default_setting", "is_fhir", "tables", "to_case"]
+__all__ = [
+    "MAX_FHIR_BYTES",
+    "VERSION",
+    "FhirInputError",
+    "Issue",
+    "Mapped",
+    "Report",
+    "Tables",
+    "default_setting",
+    "is_fhir",
+    "read_fhir_json",
+    "tables",
+    "to_case",
+]

@@ -664,3 +664,25 @@ def codes_in(data: Any, system: str, types: tuple[str, ...]) -> Counter[str]:
             if c.get("system") == system and c.get("code"):
                 out[str(c["code"])] += 1
     return out
+
+
+MAX_FHIR_BYTES = 64 << 20  # a patient's whole record as a Bundle: Synthea's run to several MiB
+
+
+def read_fhir_json(raw: bytes) -> Any:
+    """FHIR JSON too large for a case (over 1 MiB): parsed when it is FHIR, refused otherwise."""
+    import orjson
+
+    from ..case import MAX_CASE_BYTES
+    from ..errors import CaseError, FieldViolation
+
+    size = len(raw.rstrip(b"\r\n"))
+    if size > MAX_FHIR_BYTES:
+        raise CaseError([FieldViolation("", f"input is larger than {MAX_FHIR_BYTES} bytes, the limit for FHIR input")])
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CaseError([FieldViolation("", f"input is not valid JSON: {exc}")]) from None
+    if not is_fhir(data):
+        raise CaseError([FieldViolation("", f"case is {size} bytes; the limit is {MAX_CASE_BYTES} (1 MiB)")])
+    return data
