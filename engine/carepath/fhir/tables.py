@@ -40,6 +40,7 @@ class Row:
     note: str
     source: str
     added: date
+    tty: str = ""  # RxNorm term type (rxnorm_atc.csv only): IN ingredient, SCD/SBD clinical/branded drug, ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def tables() -> Tables:
     for r in _rows("rxnorm_atc.csv", ["rxnorm", "atc", "display", "tty", "note", "source", "added"]):
         if r["rxnorm"] in rx or not _ATC.match(r["atc"]):
             raise ValueError(f"rxnorm_atc.csv: {r['rxnorm']} appears twice or {r['atc']!r} is not an ATC code")
-        rx[r["rxnorm"]] = Row(r["atc"], r["display"], r["note"], r["source"], date.fromisoformat(r["added"]))
+        rx[r["rxnorm"]] = Row(r["atc"], r["display"], r["note"], r["source"], date.fromisoformat(r["added"]), r["tty"])
     preg: dict[tuple[str, str], bool | None] = {}
     answers: dict[str, bool | None] = {"true": True, "false": False, "unknown": None}
     for r in _rows("pregnancy.csv", ["system", "code", "pregnant", "display", "source", "added"]):
