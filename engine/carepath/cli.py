@@ -88,7 +88,7 @@ def read_case(source: str, fhir: bool = False) -> Any:
     """Read a case from a file or '-' (stdin); JSON or YAML; size-limited before parsing.
 
     With ``fhir``, the input may instead be FHIR JSON (a Bundle: carepath.fhir maps it), which may be
-    larger than a case, up to carepath.fhir.MAX_FHIR_BYTES; the caller tells them apart (``is_fhir``).
+    larger than a case, up to carepath.fhir.MAX_FHIR_BYTES; the caller tells them apart (``is_fhir_input``).
     """
     from .case import MAX_CASE_BYTES, parse_json
     from .errors import FieldViolation
@@ -169,9 +169,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     engine = Engine.from_directory(args.pathways)
     case = read_case(args.case, fhir=True)
-    from .fhir import is_fhir
+    from .fhir import is_fhir_input
 
-    if is_fhir(case):  # a FHIR Bundle: mapped to a case, the mapping's warnings on stderr
+    if is_fhir_input(case):  # a FHIR Bundle (or resources): mapped to a case, the mapping's warnings on stderr
         from .fhir.cli import map_for_cli
 
         case = map_for_cli(case, engine, args.as_of, args.setting)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from carepath.evaluate import Engine, bundled_pathways
-from carepath.fhir import FhirInputError, Mapped, is_fhir, tables, to_case
+from carepath.fhir import FhirInputError, Mapped, is_fhir, is_fhir_input, tables, to_case
 from carepath.fhir.mapper import LOINC, RXNORM, SNOMED, codes_in
 from carepath.fhir.render import case_to_bundle
 from carepath.fhir.tables import PANEL, PREGNANCY_STATUS
@@ -398,6 +398,10 @@ def test_input_shapes_and_errors(engine: Engine) -> None:
     )
     assert "invalid_resource" in kinds(bad)
     assert is_fhir(bundle()) and not is_fhir({"patient_id": "x"})
+    assert is_fhir_input(resources) and is_fhir_input({"patient": resources[0], "conditions": None})
+    assert not is_fhir_input({"patient_id": "x"}) and not is_fhir_input({"smi_risk_grade": None}) and not is_fhir_input([])
+    old = to_case(bundle(patient(birthDate="1880-01-01")), vocab=engine.vocab, as_of=AS_OF, setting="community")
+    assert "age" not in old.case and "implausible_value" in kinds(old)
 
 
 def test_medication_reference_and_drug_allergies(engine: Engine) -> None:
@@ -545,6 +549,11 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     two.write_text(json.dumps(bundle(patient(), {**patient(), "id": "p2"})))
     r = run("fhir-to-case", str(two))
     assert r.returncode == 2 and "2 patients" in r.stderr and "Traceback" not in r.stderr
+    prefetch = tmp_path / "prefetch.json"
+    prefetch.write_text(json.dumps({"patient": patient(), "conditions": bundle(condition("38341003")), "medications": None}))
+    r = run("evaluate", "--as-of", "2021-04-01", str(prefetch))
+    assert r.returncode == 0, r.stderr
+    assert [p["id"] for p in json.loads(r.stdout)["pathways"] if p.get("enrolled")] == ["hypertension"]
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"patient_id": "x" * (1 << 20)}))
     r = run("evaluate", str(big))

@@ -12,7 +12,7 @@ in ``mappings/`` with the source and date of every row; see :mod:`carepath.fhir.
 
 from __future__ import annotations
 
-from .mapper import MAX_FHIR_BYTES, FhirInputError, Issue, Mapped, Report, default_setting, is_fhir, read_fhir_json, to_case
+from .mapper import MAX_FHIR_BYTES, FhirInputError, Issue, Mapped, Report, default_setting, is_fhir, is_fhir_input, read_fhir_json, to_case
 from .tables import VERSION, Tables, tables
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Tables",
     "default_setting",
     "is_fhir",
+    "is_fhir_input",
     "read_fhir_json",
     "tables",
     "to_case",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cli import command, dumps, iso_date, read_case
 from ..errors import CarepathError
-from .mapper import FhirInputError, Mapped, is_fhir, to_case
+from .mapper import FhirInputError, Mapped, is_fhir_input, to_case
 
 if TYPE_CHECKING:
     from ..evaluate import Engine
@@ -50,8 +50,8 @@ def _fhir_to_case(args: argparse.Namespace) -> int:
 
     engine = Engine.from_directory(args.pathways)
     data = read_case(args.bundle, fhir=True)
-    if not (is_fhir(data) or isinstance(data, list)):
-        raise CarepathError("FHIR input: expected a FHIR resource (resourceType) or a list of resources")
+    if not is_fhir_input(data):
+        raise CarepathError("FHIR input: expected a FHIR Bundle or resource (resourceType), a list of them, or a CDS Hooks prefetch object")
     mapped = map_bundle(data, engine, args.as_of, args.setting)
     if args.json:
         sys.stdout.write(dumps({"case": mapped.case, "report": mapped.report.to_json()}))

@@ -156,6 +156,17 @@ def is_fhir(data: Any) -> bool:
     return isinstance(data, dict) and isinstance(data.get("resourceType"), str)
 
 
+def is_fhir_input(data: Any) -> bool:
+    """FHIR input of any shape :func:`to_case` takes: a resource or Bundle, a list of them, or a CDS Hooks
+    prefetch object (a JSON object whose values are resources, Bundles or null, at least one not null)."""
+    if is_fhir(data):
+        return True
+    if isinstance(data, list):
+        return bool(data) and all(is_fhir(x) for x in data)
+    values = list(data.values()) if isinstance(data, dict) else []
+    return any(is_fhir(v) for v in values) and all(v is None or is_fhir(v) for v in values)
+
+
 # ------------------------------------------------------------------ collecting resources
 
 
@@ -576,6 +587,13 @@ def to_case(
                 )
             elif _age(birth, as_of) <= 130:
                 case["age"] = _age(birth, as_of)
+            else:
+                report.add(
+                    "warning",
+                    "implausible_value",
+                    f"Patient born {birth.isoformat()}: over 130 years old at as_of, age unknown",
+                    _ref(patients[0].resource),
+                )
             if p.deceasedBoolean or p.deceasedDateTime is not None:
                 report.add("warning", "deceased", "the Patient is recorded as deceased", _ref(patients[0].resource))
     else:
@@ -683,6 +701,6 @@ def read_fhir_json(raw: bytes) -> Any:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise CaseError([FieldViolation("", f"input is not valid JSON: {exc}")]) from None
-    if not is_fhir(data):
+    if not is_fhir_input(data):
         raise CaseError([FieldViolation("", f"case is {size} bytes; the limit is {MAX_CASE_BYTES} (1 MiB)")])
     return data
