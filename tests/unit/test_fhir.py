@@ -559,3 +559,11 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     r = run("evaluate", str(big))
     assert r.returncode == 2 and "limit is 1048576" in r.stderr
     assert bundled_pathways().exists()
+
+
+def test_readings_of_one_day_are_in_time_order(engine: Engine) -> None:
+    # the engine takes the last reading of the latest day as the latest: the bundle's order must not decide
+    evening = obs("8480-6", 182, "mm[Hg]", when="2021-03-01T19:30:00+08:00")
+    morning = obs("8480-6", 146, "mm[Hg]", when="2021-03-01T08:10:00+08:00")
+    m = mapped(evening, morning, engine=engine)
+    assert [o["value"] for o in m.case["observations"]] == [146, 182]

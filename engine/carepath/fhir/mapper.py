@@ -289,7 +289,8 @@ class _Mapper:
         self.report = report
         self.t = tabs
         self.as_of = report.as_of
-        self.observations: list[dict[str, Any]] = []
+        self.observations: list[tuple[str, dict[str, Any]]] = []  # (time of day or "", observation)
+        self.moment = ""  # the time of day of the observation being read, to order readings of one day
         self.conditions: list[str] = []
         self.meds: dict[str, dict[str, Any]] = {}
         self.allergies: list[str] = []
@@ -325,6 +326,10 @@ class _Mapper:
                 "warning", "after_as_of", f"Observation {_describe(o.code)} of {when.isoformat()} is after as_of: left out", ref
             )
             return
+        exact = (
+            o.effectiveDateTime or o.effectiveInstant or (o.effectivePeriod.end or o.effectivePeriod.start if o.effectivePeriod else None)
+        )
+        self.moment = exact.isoformat() if isinstance(exact, datetime) else ""
         if rows:  # the first coding that the table knows
             code, row = rows[0]
             if row.target == PREGNANCY_STATUS:
@@ -377,7 +382,7 @@ class _Mapper:
                 ref,
             )
             return
-        self.observations.append({"code": name, "value": value, "unit": unit, "date": when.isoformat()})
+        self.observations.append((self.moment, {"code": name, "value": value, "unit": unit, "date": when.isoformat()}))
         self.report.mapped["observations"] += 1
 
     def pregnancy_status(self, cc: Any, when: date, ref: str) -> None:
@@ -655,7 +660,8 @@ def to_case(
         report.add("info", "no_pregnancy_status", "no pregnancy-status observation (LOINC 82810-3 / 11449-6): pregnant unknown")
     case["pregnant"] = pregnant
     case["conditions"] = m.conditions
-    case["observations"] = sorted(m.observations, key=lambda o: (o["date"], o["code"]))
+    # oldest first; readings of one day in time order (by the time as written), as the engine takes the last as latest
+    case["observations"] = [o for _, o in sorted(m.observations, key=lambda x: (x[1]["date"], x[0], x[1]["code"]))]
     case["medications"] = list(m.meds.values())
     case["allergies"] = m.allergies
     return Mapped(case, report)
