@@ -557,7 +557,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"patient_id": "x" * (1 << 20)}))
     r = run("evaluate", str(big))
-    assert r.returncode == 2 and "limit is 1048576" in r.stderr
+    assert r.returncode == 2 and "case is larger than 1048576 bytes (1 MiB), the limit" in r.stderr
     assert bundled_pathways().exists()
 
 

@@ -694,19 +694,21 @@ MAX_FHIR_BYTES = 64 << 20  # a patient's whole record as a Bundle: Synthea's run
 
 
 def read_fhir_json(raw: bytes) -> Any:
-    """FHIR JSON too large for a case (over 1 MiB): parsed when it is FHIR, refused otherwise."""
+    """Input too large for a case (over 1 MiB): parsed when it is FHIR, else refused as an oversized case."""
     import orjson
 
     from ..case import MAX_CASE_BYTES
     from ..errors import CaseError, FieldViolation
 
-    size = len(raw.rstrip(b"\r\n"))
-    if size > MAX_FHIR_BYTES:
-        raise CaseError([FieldViolation("", f"input is larger than {MAX_FHIR_BYTES} bytes, the limit for FHIR input")])
+    too_large = CaseError([FieldViolation("", f"case is larger than {MAX_CASE_BYTES} bytes (1 MiB), the limit")])
+    if len(raw.rstrip(b"\r\n")) > MAX_FHIR_BYTES:
+        raise CaseError([FieldViolation("", f"input is larger than {MAX_FHIR_BYTES} bytes (64 MiB), the limit for FHIR input")])
+    if b'"resourceType"' not in raw:  # not FHIR: refused as a case, without parsing it
+        raise too_large
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise CaseError([FieldViolation("", f"input is not valid JSON: {exc}")]) from None
+        raise CaseError([FieldViolation("", f"FHIR input is not valid JSON: {exc}")]) from None
     if not is_fhir_input(data):
-        raise CaseError([FieldViolation("", f"case is {size} bytes; the limit is {MAX_CASE_BYTES} (1 MiB)")])
+        raise too_large
     return data
