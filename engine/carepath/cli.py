@@ -95,13 +95,26 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
 
 
-def read_case(source: str) -> Any:
-    """Read a case from a file or '-' (stdin); JSON or YAML; size-limited before parsing."""
+def read_case(source: str, fhir: bool = False) -> Any:
+    """Read a case from a file or '-' (stdin); JSON or YAML; size-limited before parsing.
+
+    With ``fhir``, the input may instead be FHIR JSON (a Bundle: carepath.fhir maps it), which may be
+    larger than a case, up to carepath.fhir.MAX_FHIR_BYTES; the caller tells them apart (``is_fhir_input``).
+    """
     from .case import MAX_CASE_BYTES, parse_json
     from .errors import FieldViolation
 
+    limit = MAX_CASE_BYTES
+    if fhir and not source.endswith((".yaml", ".yml")):
+        from .fhir import MAX_FHIR_BYTES
+
+        limit = MAX_FHIR_BYTES
     # the limit and a final line break ("\r\n") are read, and a byte more to tell a larger file
-    raw = sys.stdin.buffer.read(MAX_CASE_BYTES + 3) if source == "-" else _read_limited(Path(source), MAX_CASE_BYTES + 3)
+    raw = sys.stdin.buffer.read(limit + 3) if source == "-" else _read_limited(Path(source), limit + 3)
+    if limit > MAX_CASE_BYTES and len(raw.rstrip(b"\r\n")) > MAX_CASE_BYTES:  # too large for a case: FHIR or nothing
+        from .fhir import read_fhir_json
+
+        return read_fhir_json(raw)
     if len(raw) > MAX_CASE_BYTES + 2 or len(raw.rstrip(b"\r\n")) > MAX_CASE_BYTES:  # say so, not a made-up size
         raise CaseError([FieldViolation("", f"case is larger than {MAX_CASE_BYTES} bytes (1 MiB), the limit")])
     if not raw.strip():
@@ -177,7 +190,9 @@ def _evaluate_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pathway", action="append", dest="pathway_ids", metavar="ID", help="only these pathways (repeatable)")
     p.add_argument("--backend", choices=["durable", "reference"], default="durable", help=argparse.SUPPRESS)
     site_arg(p)
-    p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, or - for stdin")
+    p.add_argument("--as-of", type=iso_date, metavar="DATE", help="FHIR input only: the decision's date (default: today)")
+    p.add_argument("--setting", choices=["community", "hospital"], help="FHIR input only: where the caller sits (default: community)")
+    p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, a FHIR R4 Bundle (JSON), or - for stdin")
 
 
 def site_arg(p: argparse.ArgumentParser) -> None:
@@ -203,7 +218,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import Engine
 
     engine = Engine.from_directory(args.pathways, load_site_arg(args.site))
-    case = read_case(args.case)
+    case = read_case(args.case, fhir=True)
+    from .fhir import is_fhir_input
+
+    if is_fhir_input(case):  # a FHIR Bundle (or resources): mapped to a case, the mapping's warnings on stderr
+        from .fhir.cli import map_for_cli
+
+        case = map_for_cli(case, engine, args.as_of, args.setting)
+    elif args.as_of is not None or args.setting is not None:
+        raise CarepathError("--as-of and --setting are for FHIR input; a case carries its own as_of and setting")
     if args.explain:
         sys.stdout.write(engine.explain(case, args.pathway_ids, near=args.near))
     else:
@@ -248,6 +271,7 @@ PLUGINS = {
     "synth": "carepath.population.cli",
     "batch": "carepath.population.cli",
     "report": "carepath.population.cli",
+    "fhir-to-case": "carepath.fhir.cli",
 }
 
 
