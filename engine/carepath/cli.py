@@ -199,6 +199,8 @@ PLUGINS = {
     "batch": "carepath.population.cli",
     "report": "carepath.population.cli",
 }
+# What an optional extra brings (pyproject.toml), for the message when a command needs it.
+_EXTRAS = {"hypothesis": "testing"}
 
 
 def _load_plugins(argv: Sequence[str]) -> None:
@@ -213,6 +215,11 @@ def _load_plugins(argv: Sequence[str]) -> None:
         except ModuleNotFoundError as exc:
             if exc.name is not None and mod.startswith(exc.name):
                 continue  # that part of carepath is not installed
+            extra = _EXTRAS.get((exc.name or "").partition(".")[0])
+            if extra:
+                names = ", ".join(name for name, m in PLUGINS.items() if m == mod)
+                print(f"carepath: {names} need the optional extra {extra!r}: pip install 'carepath[{extra}]'", file=sys.stderr)
+                continue
             print(f"carepath: the {mod} commands are unavailable: {exc}", file=sys.stderr)
         except ImportError as exc:
             print(f"carepath: the {mod} commands are unavailable: {exc}", file=sys.stderr)

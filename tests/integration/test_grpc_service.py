@@ -21,13 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import BAD_CASES, CARE, FIXTURES, ROOT, SAMPLE, Server, scenario_cases, serving, varied_case, wait_for
 from grpc_status import rpc_status
 
-from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath.case import parse_json
 from carepath.cli import dumps
 from carepath.client import CallError, CarepathClient
 from carepath.errors import CaseError
 from carepath.evaluate import Engine
 from carepath.service.convert import case_from_dict
+from carepath_client._proto.v1 import decision_service_pb2 as ds
 
 pytestmark = pytest.mark.timeout(120)
 
