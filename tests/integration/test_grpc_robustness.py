@@ -15,8 +15,9 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import FIXTURES
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
-from grpc_helpers import FIXTURES, SAMPLE, Server, serving, varied_case
+from grpc_helpers import SAMPLE, Server, serving, varied_case
 from grpc_status import rpc_status
 
 from carepath.client import CarepathClient

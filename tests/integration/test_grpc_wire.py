@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 import pytest
-from grpc_helpers import FIXTURES, ROOT, SAMPLE, varied_case
+from conftest import FIXTURES, ROOT
+from grpc_helpers import SAMPLE, varied_case
 
 from carepath.decide import Planned, Values, render
 from carepath.errors import CaseError

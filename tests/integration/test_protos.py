@@ -18,7 +18,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import ROOT
+
 CLIENT = ROOT / "clients" / "python"
 CHECKED_IN = CLIENT / "carepath_client" / "_proto"
 _STAMPS = (
