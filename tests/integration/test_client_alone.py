@@ -29,7 +29,7 @@ CASE = EXAMPLE_CASE
 
 PROBE = textwrap.dedent(
     """
-    import importlib.util, json, sys
+    import importlib.resources, importlib.util, json, sys
 
     import carepath_client
     after_import = sorted(m for m in sys.modules if m == "carepath" or m.startswith("carepath."))
@@ -49,6 +49,7 @@ PROBE = textwrap.dedent(
         "absent": [m for m in ("carepath", "durable", "durable_rules", "durable_rules_engine", "pydantic")
                    if importlib.util.find_spec(m) is None],
         "client_file": carepath_client.__file__,
+        "typed": [f for f in ("py.typed", "_proto/v1/case_pb2.pyi") if importlib.resources.files("carepath_client").joinpath(f).is_file()],
         "bad_case_fields": bad,
         "decision": decision,
     }))
@@ -86,6 +87,7 @@ def test_the_client_alone_gives_the_engines_decision(client_venv: Path, server: 
     assert seen["after_import"] == [] and seen["after_calls"] == []  # no carepath module, before or after calling
     assert seen["absent"] == ["carepath", "durable", "durable_rules", "durable_rules_engine", "pydantic"]
     assert Path(seen["client_file"]).is_relative_to(client_venv.parent.parent)  # the installed copy, not the clone's
+    assert seen["typed"] == ["py.typed", "_proto/v1/case_pb2.pyi"]  # PEP 561 marker and the messages' stubs are installed
     assert seen["bad_case_fields"] and all(isinstance(f, str) for f in seen["bad_case_fields"])  # CaseError with field paths
 
     evaluated = subprocess.run([*CARE, "evaluate", "--pathways", str(BUNDLED), str(CASE)], capture_output=True, cwd=ROOT)
