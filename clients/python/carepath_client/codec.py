@@ -172,7 +172,9 @@ def _same_case(back: dict[str, Any], data: Mapping[str, Any]) -> bool:
 
 
 # -------------------------------------------------------------- decision
-_DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
+# Each recommendation kind's own fields (beside kind, rule, rules, reason, citation, values), in the
+# order the decision dict carries them; the service's response encoder uses them too.
+DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
     "test": ("code", "loinc"),
     "medication": ("action", "atc", "name"),
     "referral": ("direction", "urgency", "specialty"),
@@ -230,7 +232,7 @@ def decision_to_proto(d: Mapping[str, Any]) -> decision_pb2.Decision:
     recs: list[dict[str, Any]] = []
     for r in d["recommendations"]:
         kind = r["kind"]
-        names = _DETAIL_FIELDS[kind]
+        names = DETAIL_FIELDS[kind]
         if not set(r) - {"kind"} <= {*names, *_REC_TAIL}:
             raise ValueError(f"recommendation fields not in carepath.v1.Recommendation: {sorted(set(r) - {'kind', *names, *_REC_TAIL})}")
         recs.append(
@@ -262,7 +264,7 @@ def decision_to_dict(pb: decision_pb2.Decision) -> Decision:
             raise ValueError("recommendation without a kind")
         detail = getattr(rec, kind)
         r: dict[str, Any] = {"kind": kind}
-        for name in _DETAIL_FIELDS[kind]:
+        for name in DETAIL_FIELDS[kind]:
             if name in ("loinc", "urgency"):
                 if detail.HasField(name):
                     r[name] = getattr(detail, name)

@@ -9,7 +9,7 @@ from typing import Any
 
 from carepath.decide import Planned, Values, merged_read, render
 from carepath_client.codec import (
-    _DETAIL_FIELDS,
+    DETAIL_FIELDS,
     SETTINGS,
     SEXES,
     NotRepresentable,
@@ -188,7 +188,7 @@ def _opt(tag: bytes, s: object) -> bytes:
 _DETAIL_TAGS = {"test": b"\x0a", "medication": b"\x12", "referral": b"\x1a", "follow_up": b"\x22", "alert": b"\x2a"}
 _OPTIONAL_DETAIL = {"loinc", "urgency"}  # proto3 `optional`: written when set, even if empty
 _REC_NEEDED = frozenset({"kind", "rule", "rules", "reason", "citation", "values"})
-_REC_ALLOWED = {kind: _REC_NEEDED.union(names) for kind, names in _DETAIL_FIELDS.items()}
+_REC_ALLOWED = {kind: _REC_NEEDED.union(names) for kind, names in DETAIL_FIELDS.items()}
 _TRACE_NEEDED = frozenset({"pathway", "rule", "values"})
 _TRACE_ALLOWED = frozenset({"pathway", "rule", "values", "suppressed"})
 _DECISION_KEYS = frozenset({"patient_id", "as_of", "pathways", "recommendations", "trace"})
@@ -196,7 +196,7 @@ _PATHWAY_KEYS = frozenset({"id", "version", "sha256", "enrolled"})
 
 
 def _detail(kind: str, r: Mapping[str, Any]) -> bytes:
-    names = _DETAIL_FIELDS[kind]
+    names = DETAIL_FIELDS[kind]
     if kind == "follow_up":
         days = r.get("days", 0)
         return b"\x08" + _ivarint(days, 32) if days != 0 or type(days) is not int else b""
@@ -262,7 +262,7 @@ def _decision_bytes(d: Mapping[str, Any]) -> bytes:
         key = None
         if type(values) is Values and type(rules) is list and len(rules) == 1 and rules[0] == rule:
             # one rule's recommendation: a function of its fields and the shared values, kept on them
-            key = (kind, rule, r["reason"], r["citation"], *[(type(v := r.get(n, _ABSENT)), v) for n in _DETAIL_FIELDS[kind]])
+            key = (kind, rule, r["reason"], r["citation"], *[(type(v := r.get(n, _ABSENT)), v) for n in DETAIL_FIELDS[kind]])
             entry = values.wire.get(key)
             if entry is not None:
                 parts.append(entry)
