@@ -7,15 +7,16 @@ import json
 from typing import Any
 
 import pytest
-from grpc_helpers import FIXTURES, ROOT, SAMPLE, varied_case
+from conftest import FIXTURES, ROOT
+from grpc_helpers import SAMPLE, varied_case
 
-from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath.decide import Planned, Values, render
 from carepath.errors import CaseError
 from carepath.evaluate import Engine
 from carepath.population.synth import synth_lines
 from carepath.scenarios import iter_scenarios
 from carepath.service.convert import decision_to_proto, evaluate_response_bytes, planned_response_bytes
+from carepath_client._proto.v1 import decision_service_pb2 as ds
 
 
 def reference(rid: str, d: Any) -> bytes:

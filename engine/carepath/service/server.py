@@ -25,11 +25,11 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from carepath._proto.v1 import decision_service_pb2 as ds
-from carepath._proto.v1 import pathway_service_pb2 as ps
 from carepath.service import status
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
 from carepath.service.worker import MAX_REQUEST_ID, internal_error_line
+from carepath_client._proto.v1 import decision_service_pb2 as ds
+from carepath_client._proto.v1 import pathway_service_pb2 as ps
 
 log = logging.getLogger("carepath.service")
 rpc_log = logging.getLogger("carepath.rpc")
