@@ -100,7 +100,7 @@ def test_planned_bytes_fall_back_to_the_rendered_path_on_anything_unexpected() -
         plan = copy.copy(planned.plan)
         plan.recs = [(odd, rules, srcs), *planned.plan.recs[1:]]
         plan.wire = {}
-        moved = Planned(planned.case, plan, planned.reads, planned.fired, planned.enrolled)
+        moved = Planned(planned.case, plan, planned.reads, planned.fired, planned.enrolled, planned.site)
         assert outcome(planned_response_bytes, "r", moved) == outcome(lambda rid, p: reference(rid, render(p)), "r", moved)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from carepath_client.client import CallError, CarepathClient, CaseInput, Result
-    from carepath_client.contract import Decision, PathwayUsed, Recommendation, TraceEntry
+    from carepath_client.contract import Decision, PathwayUsed, Recommendation, SiteUsed, TraceEntry
     from carepath_client.errors import CarepathError, CaseError, Diagnostic, FieldViolation
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "PathwayUsed",
     "Recommendation",
     "Result",
+    "SiteUsed",
     "TraceEntry",
 ]
 
@@ -45,6 +46,7 @@ _WHERE = {
     "PathwayUsed": "contract",
     "Recommendation": "contract",
     "TraceEntry": "contract",
+    "SiteUsed": "contract",
     "CarepathError": "errors",
     "CaseError": "errors",
     "Diagnostic": "errors",

@@ -223,7 +223,7 @@ def _named_fields(values: Mapping[str, object]) -> list[dict[str, Any]]:
 
 def decision_to_proto(d: Mapping[str, Any]) -> decision_pb2.Decision:
     """The Decision message for an engine decision. Raises ValueError on a field the protos lack."""
-    extra = set(d) - {"patient_id", "as_of", "pathways", "recommendations", "trace"}
+    extra = set(d) - {"patient_id", "as_of", "pathways", "recommendations", "trace", "site"}
     if extra:
         raise ValueError(f"decision fields not in carepath.v1.Decision: {sorted(extra)}")
     for p in d["pathways"]:
@@ -252,7 +252,12 @@ def decision_to_proto(d: Mapping[str, Any]) -> decision_pb2.Decision:
         trace.append(
             {"pathway": t["pathway"], "rule": t["rule"], "values": _named_fields(t["values"]), "suppressed": t.get("suppressed", [])}
         )
-    return decision_pb2.Decision(patient_id=d["patient_id"], as_of=d["as_of"], pathways=d["pathways"], recommendations=recs, trace=trace)
+    site = d.get("site")
+    if site is not None and set(site) != {"id", "sha256"}:
+        raise ValueError(f"site fields not in carepath.v1.SiteRef: {sorted(site)}")
+    return decision_pb2.Decision(
+        patient_id=d["patient_id"], as_of=d["as_of"], pathways=d["pathways"], recommendations=recs, trace=trace, site=site
+    )
 
 
 def decision_to_dict(pb: decision_pb2.Decision) -> Decision:
@@ -290,5 +295,6 @@ def decision_to_dict(pb: decision_pb2.Decision) -> Decision:
         "pathways": [{"id": p.id, "version": p.version, "sha256": p.sha256, "enrolled": p.enrolled} for p in pb.pathways],
         "recommendations": recs,
         "trace": trace,
+        "site": {"id": pb.site.id, "sha256": pb.site.sha256},
     }
     return cast(Decision, decision)  # built key by key from the message above (tests/unit/test_contract.py)

@@ -57,6 +57,14 @@ class _TaggedBy:
 
 
 @_exact
+class SiteUsed(TypedDict):
+    """The site profile the decision was made with (what the site can do); sha256 is empty for the built-in default."""
+
+    id: str
+    sha256: str
+
+
+@_exact
 class PathwayUsed(TypedDict):
     """A pathway of the set the decision was made with, and whether the patient is enrolled."""
 
@@ -137,3 +145,4 @@ class Decision(TypedDict):
     pathways: list[PathwayUsed]
     recommendations: list[Recommendation]
     trace: list[TraceEntry]
+    site: SiteUsed

@@ -191,7 +191,7 @@ _REC_NEEDED = frozenset({"kind", "rule", "rules", "reason", "citation", "values"
 _REC_ALLOWED = {kind: _REC_NEEDED.union(names) for kind, names in DETAIL_FIELDS.items()}
 _TRACE_NEEDED = frozenset({"pathway", "rule", "values"})
 _TRACE_ALLOWED = frozenset({"pathway", "rule", "values", "suppressed"})
-_DECISION_KEYS = frozenset({"patient_id", "as_of", "pathways", "recommendations", "trace"})
+_DECISION_KEYS = frozenset({"patient_id", "as_of", "pathways", "recommendations", "trace", "site"})
 _PATHWAY_KEYS = frozenset({"id", "version", "sha256", "enrolled"})
 
 
@@ -218,6 +218,13 @@ def _pathway_entry(identity: Mapping[str, Any], enrolled: bool) -> bytes:
     """A decision's pathway: id, version, sha256 and whether the patient is enrolled."""
     body = _const(b"\x0a", identity["id"]) + _const(b"\x12", identity["version"]) + _const(b"\x1a", identity["sha256"])
     return _sub(b"\x1a", body + (b"\x20\x01" if enrolled else b""))
+
+
+def _site_entry(site: object) -> bytes:
+    """The decision's site profile (field 6, after the trace: protobuf writes fields in number order)."""
+    if type(site) is not dict or site.keys() != {"id", "sha256"}:
+        raise _Unexpected
+    return _sub(b"\x32", _opt(b"\x0a", site["id"]) + _opt(b"\x12", site["sha256"]))
 
 
 def _rec_kind(r: Mapping[str, Any]) -> str:
@@ -280,6 +287,7 @@ def _decision_bytes(d: Mapping[str, Any]) -> bytes:
         values = t["values"]
         notes = t.get("suppressed", _ABSENT)
         parts.append(_trace_entry(t["pathway"], t["rule"], values, notes, len(t) == 3 and type(values) is Values))
+    parts.append(_site_entry(d["site"]))
     return b"".join(parts)
 
 
@@ -358,6 +366,7 @@ def _planned_bytes(p: Planned) -> bytes:
         parts.append(entry)
     for (pathway, rule, notes), (values, _) in zip(plan.trace, reads, strict=True):
         parts.append(_trace_entry(pathway, rule, values, list(notes) if notes else _ABSENT, not notes))
+    parts.append(_site_entry(p.site))
     return b"".join(parts)
 
 

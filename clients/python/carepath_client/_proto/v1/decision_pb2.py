@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61repath/v1/decision.proto\x12\x0b\x63\x61repath.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xb6\x01\n\x08\x44\x65\x63ision\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\r\n\x05\x61s_of\x18\x02 \x01(\t\x12)\n\x08pathways\x18\x03 \x03(\x0b\x32\x17.carepath.v1.PathwayRef\x12\x34\n\x0frecommendations\x18\x04 \x03(\x0b\x32\x1b.carepath.v1.Recommendation\x12&\n\x05trace\x18\x05 \x03(\x0b\x32\x17.carepath.v1.TraceEntry\"K\n\nPathwayRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x10\n\x08\x65nrolled\x18\x04 \x01(\x08\"\xee\x02\n\x0eRecommendation\x12\'\n\x04test\x18\x01 \x01(\x0b\x32\x17.carepath.v1.TestDetailH\x00\x12\x33\n\nmedication\x18\x02 \x01(\x0b\x32\x1d.carepath.v1.MedicationDetailH\x00\x12/\n\x08referral\x18\x03 \x01(\x0b\x32\x1b.carepath.v1.ReferralDetailH\x00\x12\x30\n\tfollow_up\x18\x04 \x01(\x0b\x32\x1b.carepath.v1.FollowUpDetailH\x00\x12)\n\x05\x61lert\x18\x05 \x01(\x0b\x32\x18.carepath.v1.AlertDetailH\x00\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12\r\n\x05rules\x18\x07 \x03(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x10\n\x08\x63itation\x18\t \x01(\t\x12\'\n\x06values\x18\n \x03(\x0b\x32\x17.carepath.v1.NamedValueB\x08\n\x06\x64\x65tail\"8\n\nTestDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x12\n\x05loinc\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_loinc\"=\n\x10MedicationDetail\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0b\n\x03\x61tc\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"X\n\x0eReferralDetail\x12\x11\n\tdirection\x18\x01 \x01(\t\x12\x14\n\x07urgency\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x11\n\tspecialty\x18\x03 \x01(\tB\n\n\x08_urgency\"\x1e\n\x0e\x46ollowUpDetail\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\x05\"-\n\x0b\x41lertDetail\x12\x10\n\x08severity\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"h\n\nTraceEntry\x12\x0f\n\x07pathway\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\'\n\x06values\x18\x03 \x03(\x0b\x32\x17.carepath.v1.NamedValue\x12\x12\n\nsuppressed\x18\x04 \x03(\t\"C\n\nNamedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.carepath.v1.ScalarValue\"\xa2\x01\n\x0bScalarValue\x12\x30\n\nnull_value\x18\x01 \x01(\x0e\x32\x1a.google.protobuf.NullValueH\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61repath/v1/decision.proto\x12\x0b\x63\x61repath.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xda\x01\n\x08\x44\x65\x63ision\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\r\n\x05\x61s_of\x18\x02 \x01(\t\x12)\n\x08pathways\x18\x03 \x03(\x0b\x32\x17.carepath.v1.PathwayRef\x12\x34\n\x0frecommendations\x18\x04 \x03(\x0b\x32\x1b.carepath.v1.Recommendation\x12&\n\x05trace\x18\x05 \x03(\x0b\x32\x17.carepath.v1.TraceEntry\x12\"\n\x04site\x18\x06 \x01(\x0b\x32\x14.carepath.v1.SiteRef\"%\n\x07SiteRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"K\n\nPathwayRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x10\n\x08\x65nrolled\x18\x04 \x01(\x08\"\xee\x02\n\x0eRecommendation\x12\'\n\x04test\x18\x01 \x01(\x0b\x32\x17.carepath.v1.TestDetailH\x00\x12\x33\n\nmedication\x18\x02 \x01(\x0b\x32\x1d.carepath.v1.MedicationDetailH\x00\x12/\n\x08referral\x18\x03 \x01(\x0b\x32\x1b.carepath.v1.ReferralDetailH\x00\x12\x30\n\tfollow_up\x18\x04 \x01(\x0b\x32\x1b.carepath.v1.FollowUpDetailH\x00\x12)\n\x05\x61lert\x18\x05 \x01(\x0b\x32\x18.carepath.v1.AlertDetailH\x00\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12\r\n\x05rules\x18\x07 \x03(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x10\n\x08\x63itation\x18\t \x01(\t\x12\'\n\x06values\x18\n \x03(\x0b\x32\x17.carepath.v1.NamedValueB\x08\n\x06\x64\x65tail\"8\n\nTestDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x12\n\x05loinc\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_loinc\"=\n\x10MedicationDetail\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0b\n\x03\x61tc\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"X\n\x0eReferralDetail\x12\x11\n\tdirection\x18\x01 \x01(\t\x12\x14\n\x07urgency\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x11\n\tspecialty\x18\x03 \x01(\tB\n\n\x08_urgency\"\x1e\n\x0e\x46ollowUpDetail\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\x05\"-\n\x0b\x41lertDetail\x12\x10\n\x08severity\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"h\n\nTraceEntry\x12\x0f\n\x07pathway\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\'\n\x06values\x18\x03 \x03(\x0b\x32\x17.carepath.v1.NamedValue\x12\x12\n\nsuppressed\x18\x04 \x03(\t\"C\n\nNamedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.carepath.v1.ScalarValue\"\xa2\x01\n\x0bScalarValue\x12\x30\n\nnull_value\x18\x01 \x01(\x0e\x32\x1a.google.protobuf.NullValueH\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'carepath.v1.decision_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DECISION']._serialized_start=74
-  _globals['_DECISION']._serialized_end=256
-  _globals['_PATHWAYREF']._serialized_start=258
-  _globals['_PATHWAYREF']._serialized_end=333
-  _globals['_RECOMMENDATION']._serialized_start=336
-  _globals['_RECOMMENDATION']._serialized_end=702
-  _globals['_TESTDETAIL']._serialized_start=704
-  _globals['_TESTDETAIL']._serialized_end=760
-  _globals['_MEDICATIONDETAIL']._serialized_start=762
-  _globals['_MEDICATIONDETAIL']._serialized_end=823
-  _globals['_REFERRALDETAIL']._serialized_start=825
-  _globals['_REFERRALDETAIL']._serialized_end=913
-  _globals['_FOLLOWUPDETAIL']._serialized_start=915
-  _globals['_FOLLOWUPDETAIL']._serialized_end=945
-  _globals['_ALERTDETAIL']._serialized_start=947
-  _globals['_ALERTDETAIL']._serialized_end=992
-  _globals['_TRACEENTRY']._serialized_start=994
-  _globals['_TRACEENTRY']._serialized_end=1098
-  _globals['_NAMEDVALUE']._serialized_start=1100
-  _globals['_NAMEDVALUE']._serialized_end=1167
-  _globals['_SCALARVALUE']._serialized_start=1170
-  _globals['_SCALARVALUE']._serialized_end=1332
+  _globals['_DECISION']._serialized_end=292
+  _globals['_SITEREF']._serialized_start=294
+  _globals['_SITEREF']._serialized_end=331
+  _globals['_PATHWAYREF']._serialized_start=333
+  _globals['_PATHWAYREF']._serialized_end=408
+  _globals['_RECOMMENDATION']._serialized_start=411
+  _globals['_RECOMMENDATION']._serialized_end=777
+  _globals['_TESTDETAIL']._serialized_start=779
+  _globals['_TESTDETAIL']._serialized_end=835
+  _globals['_MEDICATIONDETAIL']._serialized_start=837
+  _globals['_MEDICATIONDETAIL']._serialized_end=898
+  _globals['_REFERRALDETAIL']._serialized_start=900
+  _globals['_REFERRALDETAIL']._serialized_end=988
+  _globals['_FOLLOWUPDETAIL']._serialized_start=990
+  _globals['_FOLLOWUPDETAIL']._serialized_end=1020
+  _globals['_ALERTDETAIL']._serialized_start=1022
+  _globals['_ALERTDETAIL']._serialized_end=1067
+  _globals['_TRACEENTRY']._serialized_start=1069
+  _globals['_TRACEENTRY']._serialized_end=1173
+  _globals['_NAMEDVALUE']._serialized_start=1175
+  _globals['_NAMEDVALUE']._serialized_end=1242
+  _globals['_SCALARVALUE']._serialized_start=1245
+  _globals['_SCALARVALUE']._serialized_end=1407
 # @@protoc_insertion_point(module_scope)
