@@ -271,6 +271,7 @@ PLUGINS = {
     "synth": "carepath.population.cli",
     "batch": "carepath.population.cli",
     "report": "carepath.population.cli",
+    "diff": "carepath.population.cli",
     "fhir-to-case": "carepath.fhir.cli",
 }
 # What an optional extra brings (pyproject.toml), for the message when a command needs it.

@@ -58,7 +58,7 @@ def test_a_lower_threshold_shows_who_gains_an_emergency_referral(tmp_path: Path,
 def test_the_command_reads_git_revisions_and_directories(tmp_path: Path) -> None:
     c = cohort(tmp_path)
     out = tmp_path / "diff.md"
-    cmd = [sys.executable, "-m", "carepath", "diff", "HEAD", str(ROOT / "pathways"), "--cohort", str(c), "--out", str(out)]
+    cmd = [sys.executable, "-m", "carepath", "diff", "HEAD", "HEAD:pathways", "--cohort", str(c), "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
     assert "patients whose decision changed (rules fired or recommendations) | 0 (0.0%)" in out.read_text()

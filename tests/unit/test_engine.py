@@ -393,7 +393,7 @@ def test_down_referral_needs_every_pathway_to_find_the_patient_stable() -> None:
     assert not [r for r in decision["recommendations"] if r["kind"] == "referral"]
     notes = {t["rule"]: t.get("suppressed", []) for t in decision["trace"]}
     assert (
-        "refer down (routine) to community GP team: not stable: stop clozapine (N05AH02) (smi.clozapine.anc_severe)"
+        "refer down (routine) to community GP team: not stable: stop clozapine (N05AH02) (safety.clozapine.severe_neutropenia)"
         in notes["htn.down.stable"]
     )
     # the same patient with a normal ANC goes down

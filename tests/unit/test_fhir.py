@@ -553,7 +553,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     prefetch.write_text(json.dumps({"patient": patient(), "conditions": bundle(condition("38341003")), "medications": None}))
     r = run("evaluate", "--as-of", "2021-04-01", str(prefetch))
     assert r.returncode == 0, r.stderr
-    assert [p["id"] for p in json.loads(r.stdout)["pathways"] if p.get("enrolled")] == ["hypertension"]
+    assert [p["id"] for p in json.loads(r.stdout)["pathways"] if p.get("enrolled")] == ["hypertension", "safety"]  # safety: everyone
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"patient_id": "x" * (1 << 20)}))
     r = run("evaluate", str(big))
