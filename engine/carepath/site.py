@@ -45,6 +45,10 @@ class Site:
         """How a decision names it: id and content hash (empty for the built-in default)."""
         return {"id": self.id, "sha256": self.sha256}
 
+    def portable(self) -> Site:
+        """This profile without its source positions (what a worker process needs; checked already)."""
+        return Site(self.id, self.title, self.capabilities, self.sha256)
+
     def check(self, vocab: lang.Vocabulary) -> None:
         """Raise PathwayError naming each capability the dictionary does not declare."""
         diags: list[Diagnostic] = []

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from conftest import FIXTURES
 
-from carepath.errors import CaseError
+from carepath.errors import CaseError, PathwayError
 from carepath.evaluate import Engine
 from carepath.population.batch import run_batch
 from carepath.population.report import aggregate, render_markdown
@@ -338,3 +338,24 @@ def test_local_and_dask_agree_on_10000_cases() -> None:
     s2 = run_batch(io.BytesIO(data), dask, workers=2, pathways=str(FIXTURES), backend="dask")
     assert s1.cases == s2.cases == 10_000 and s1.errors == s2.errors == 0
     assert local.getvalue() == dask.getvalue()
+
+
+def test_batch_uses_the_site_profile_in_every_worker(tmp_path: Path) -> None:
+    """--site reaches every worker process: the decision names the profile and site_has() reads it."""
+    from carepath.site import load_site
+
+    v2 = FIXTURES.parent / "lang_v2"
+    site_file = tmp_path / "chc.yaml"
+    site_file.write_text("id: chc-camera\ntitle: a centre with a retinal camera\ncapabilities: [fundus_photography]\n")
+    case = {"patient_id": "p", "as_of": "2026-11-24", "setting": "community", "age": 60, "conditions": ["I10", "E11.9"]}
+    lines = b"".join(json.dumps({**case, "patient_id": f"p{i}"}).encode() + b"\n" for i in range(40))
+    for site, rule in ((load_site(site_file), "v2.fundus_here"), (None, "v2.fundus_refer")):
+        out = io.BytesIO()
+        run_batch(io.BytesIO(lines), out, workers=2, pathways=str(v2), chunk_lines=10, site=site)
+        decisions = [json.loads(x) for x in out.getvalue().splitlines()]
+        assert len(decisions) == 40
+        assert all(rule in {t["rule"] for t in d["trace"]} for d in decisions)
+        assert {d["site"]["id"] for d in decisions} == {"chc-camera" if site else "default"}
+    (tmp_path / "bad.yaml").write_text("id: bad\ntitle: t\ncapabilities: [ecg]\n")
+    with pytest.raises(PathwayError, match="unknown site capability 'ecg'"):
+        run_batch(io.BytesIO(lines), io.BytesIO(), workers=1, pathways=str(v2), site=load_site(tmp_path / "bad.yaml"))

@@ -32,6 +32,7 @@ import orjson
 from ..case import MAX_CASE_BYTES, parse_json
 from ..errors import CarepathError, CaseError, PathwayError, raise_terminated
 from ..evaluate import Engine, bundled_pathways
+from ..site import Site
 
 Line = tuple[int, bytes | None]  # (1-based line number, raw bytes; None = over the size limit)
 ChunkResult = tuple[bytes, int, int]  # (JSONL output, decisions, error records)
@@ -90,12 +91,12 @@ _SHIPPED: dict[str, tuple[tempfile.TemporaryDirectory[str], Engine]] = {}
 _LOCK = threading.Lock()  # a Dask worker may run tasks on several threads: never two in one engine
 
 
-def _init_local_worker(pathways: str | None, parent: int) -> None:
+def _init_local_worker(pathways: str | None, site: Site | None, parent: int) -> None:
     global _ENGINE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the main process's business:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it finishes or cancels the chunks and ends the pool
     die_with_parent(parent)
-    _ENGINE = Engine.from_directory(pathways)
+    _ENGINE = Engine.from_directory(pathways, site)
     gc.freeze()  # the compiled engine lives as long as the process: keep it out of every collection
 
 
@@ -129,23 +130,23 @@ def read_source(pathways: str | Path | None) -> PathwaySource:
     return tuple(sorted(out))
 
 
-def engine_for_source(source: PathwaySource) -> Engine:
-    """This process's engine for shipped pathways: built once per process and pathway set."""
-    key = hashlib.sha256(repr(source).encode()).hexdigest()
+def engine_for_source(source: PathwaySource, site: Site | None = None) -> Engine:
+    """This process's engine for shipped pathways: built once per process, pathway set and site."""
+    key = hashlib.sha256(repr((source, site)).encode()).hexdigest()
     hit = _SHIPPED.get(key)
     if hit is None:
         tmp = tempfile.TemporaryDirectory(prefix="carepath-pathways-")
         for name, content in source:
             Path(tmp.name, name).write_bytes(content)
-        hit = (tmp, Engine.from_directory(tmp.name))
+        hit = (tmp, Engine.from_directory(tmp.name, site))
         _SHIPPED[key] = hit
     return hit[1]
 
 
-def shipped_task(source: PathwaySource, lines: list[Line]) -> ChunkResult:
+def shipped_task(source: PathwaySource, site: Site | None, lines: list[Line]) -> ChunkResult:
     """The Dask task: same evaluation as the local backend, engine built from shipped pathways."""
     with _LOCK:
-        return evaluate_lines(engine_for_source(source), lines)
+        return evaluate_lines(engine_for_source(source, site), lines)
 
 
 # ---------------------------------------------------------------- reading
@@ -354,10 +355,13 @@ def run_batch(
     chunk_lines: int | None = None,
     progress: Progress | None = None,
     total_bytes: int | None = None,
+    site: Site | None = None,
 ) -> BatchStats:
-    """Evaluate every line of `source` into `out`; see the module docstring."""
+    """Evaluate every line of `source` into `out`; see the module docstring. ``site``: the site
+    profile every worker's engine uses (carepath.site; None: the default)."""
     workers = max(1, workers or os.cpu_count() or 1)
-    _check_pathways(pathways)
+    _check_pathways(pathways, site)
+    site = site.portable() if site is not None else None
     progress = progress or Progress(sys.stderr, None, False)
     tell = _tell(source)
     if backend not in ("local", "dask"):
@@ -365,9 +369,9 @@ def run_batch(
     chunk = chunk_lines or (CHUNK_LINES if backend == "local" else 4 * CHUNK_LINES)
     chunks, workers = _fill(chunked(read_lines(source), chunk), workers)
     if backend == "local":
-        stats = _run_local(chunks, out, workers, pathways, progress, tell)
+        stats = _run_local(chunks, out, workers, pathways, site, progress, tell)
     else:
-        stats = _run_dask(chunks, out, workers, pathways, scheduler, progress, tell)
+        stats = _run_dask(chunks, out, workers, pathways, site, scheduler, progress, tell)
     stats.workers = workers
     return stats
 
@@ -379,13 +383,16 @@ def _fill(chunks: Iterator[list[Line]], workers: int) -> tuple[Iterator[list[Lin
     return itertools.chain(first, chunks), max(1, min(workers, len(first)))
 
 
-def _check_pathways(pathways: str | None) -> None:
-    """Fail fast, in the main process, with the pathway diagnostics (not a broken worker pool)."""
+def _check_pathways(pathways: str | None, site: Site | None = None) -> None:
+    """Fail fast, in the main process, with the pathway (and site profile) diagnostics, not a broken worker pool."""
+    from .. import lang
     from ..validate import validate_paths
 
-    _, diags = validate_paths([pathways or bundled_pathways()], bundled_pathways())
+    checked, diags = validate_paths([pathways or bundled_pathways()], bundled_pathways())
     if diags:
         raise PathwayError(diags)
+    if site is not None:
+        site.check(lang.Vocabulary({}, frozenset(), capabilities={k: v for cp in checked for k, v in cp.vocab.capabilities.items()}))
 
 
 def _tell(source: IO[bytes]) -> Callable[[], int | None]:
@@ -397,13 +404,19 @@ def _tell(source: IO[bytes]) -> Callable[[], int | None]:
 
 
 def _run_local(
-    chunks: Iterator[list[Line]], out: IO[bytes], workers: int, pathways: str | None, progress: Progress, tell: Callable[[], int | None]
+    chunks: Iterator[list[Line]],
+    out: IO[bytes],
+    workers: int,
+    pathways: str | None,
+    site: Site | None,
+    progress: Progress,
+    tell: Callable[[], int | None],
 ) -> BatchStats:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_local_worker, initargs=(pathways, os.getpid()))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_local_worker, initargs=(pathways, site, os.getpid()))
     try:
         stats = _drive(lambda c: pool.submit(_local_task, c), chunks, out, workers * INFLIGHT_PER_WORKER, progress, tell)
     finally:
@@ -416,6 +429,7 @@ def _run_dask(
     out: IO[bytes],
     workers: int,
     pathways: str | None,
+    site: Site | None,
     scheduler: str | None,
     progress: Progress,
     tell: Callable[[], int | None],
@@ -443,7 +457,7 @@ def _run_dask(
         nworkers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
         src = client.scatter([shipped], broadcast=True)[0]
         return _drive(
-            lambda c: client.submit(shipped_task, src, c, pure=False),
+            lambda c: client.submit(shipped_task, src, site, c, pure=False),
             chunks,
             out,
             nworkers * INFLIGHT_PER_WORKER,

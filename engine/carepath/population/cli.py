@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import IO
 
-from ..cli import command, iso_date, worker_count
+from ..cli import command, iso_date, load_site_arg, site_arg, worker_count
 from ..errors import CarepathError, PathwayError, Terminated, raise_terminated
 
 MAX_SEED = 2**63 - 1  # patient ids carry the seed: a 130-digit seed made every id longer than the contract's 128
@@ -147,6 +147,7 @@ def _batch_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE", help="decisions JSONL (default stdout)")
     p.add_argument("--workers", type=worker_count, default=None, help="worker processes (default: one per core)")
     p.add_argument("--pathways", metavar="DIR", help="pathway directory (default: the bundled pathways/)")
+    site_arg(p)
     p.add_argument("--backend", choices=["local", "dask"], default="local", help="local processes (default) or a Dask cluster")
     p.add_argument("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a local cluster)")
     p.add_argument("--chunk", type=int, default=None, help=argparse.SUPPRESS)
@@ -186,6 +187,7 @@ def _batch(args: argparse.Namespace) -> int:
                 scheduler=args.scheduler,
                 chunk_lines=args.chunk,
                 progress=progress,
+                site=load_site_arg(args.site),
             )
             if stats.interrupted and stats.lines_done == 0:  # nothing was done: no output, an earlier file stays
                 raise Terminated() if stats.signum == signal.SIGTERM else KeyboardInterrupt()
