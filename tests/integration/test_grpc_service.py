@@ -403,3 +403,64 @@ def test_the_example_request_json_is_the_example_case(server: Server, engine: En
     resp = ds.EvaluateResponse.FromString(raw)
     assert resp.request_id == req.request_id
     assert dumps(decision_to_dict(resp.decision)) == dumps(engine.evaluate(json.loads((ROOT / "examples" / "case.json").read_text())))
+
+
+class HealthWatch:
+    """grpc.health.v1 Watch on the whole server, in a thread: every status the server sends, in order."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.call: Any = health_pb2_grpc.HealthStub(self.channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=120)
+        self.seen: list[int] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for resp in self.call:
+                self.seen.append(int(resp.status))
+        except grpc.RpcError:
+            pass  # cancelled by close()
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(10)
+        self.channel.close()
+
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_health_follows_the_workers_restored_from_the_set_in_memory(tmp_path: Path) -> None:
+    """A broken pathway file on disk does not stop dead workers from being replaced: they compile the
+    set the generation loaded, kept in memory. With no worker alive health is NOT_SERVING, then
+    SERVING again once one is back; killed twice over, the pool still restores them."""
+    pathways = _copy_fixtures(tmp_path)
+    s = Server(tmp_path, pathways, 2)
+    s.wait_serving()
+    watch = HealthWatch(s.target)
+    try:
+        wait_for(lambda: watch.seen[-1:] == [SERVING], 10, "health SERVING")
+        (pathways / "mini_htn.yaml").write_text("id: mini_htn\nrules: [unclosed\n")  # broken on disk; no reload asked
+        (pathways / "dictionary.yaml").unlink()
+        with CarepathClient(s.target, timeout=30) as c:
+            for round_ in (1, 2):
+                pids = [e["pid"] for e in s.events("worker_started")[-2:]]
+                seen_before = len(watch.seen)
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: len(s.events("worker_replaced")) >= 2 * round_, 60, "both workers replaced")  # noqa: B023 (called here)
+                wait_for(lambda: watch.seen[-1:] == [SERVING], 10, "health SERVING again")
+                assert NOT_SERVING in watch.seen[seen_before:], watch.seen
+                decision = c.evaluate(SAMPLE)
+                assert decision["patient_id"] == "p-0001" and decision["pathways"][0]["version"] == "0.1.0"
+        restored = [e for e in s.events("worker_started") if e["from"] == "memory"]
+        assert len(restored) == 4
+        assert not s.events("worker_replace_failed")
+        died = s.events("worker_died")
+        assert len(died) == 4 and all(d["exitcode"] == -9 and d["signal"] == "SIGKILL" for d in died), died
+        health = [(e["status"], e["workers"]) for e in s.events("health")]
+        assert health.count(("NOT_SERVING", 0)) >= 2, health
+    finally:
+        watch.close()
+        assert s.stop() == 0

@@ -388,14 +388,31 @@ class Service:
         self.host, self.port, self.pathways, self.workers = host, port, pathways, workers
         self.watch, self.grace, self.announce = watch, grace, announce
         self.pool = Pool(pathways, workers)
+        self.pool.on_change = self._workers_changed
         self.health: Any = getattr(health, "aio").HealthServicer()  # noqa: B009 (the stubs lack health.aio)
         self.stopping = asyncio.Event()
         self.bound = 0
+        self._health_lock = asyncio.Lock()
+        self._health_tasks: set[asyncio.Task[None]] = set()
+        self._serving: bool | None = None
 
-    async def _set_health(self, serving: bool) -> None:
-        st = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", DECISION, PATHWAY):
-            await self.health.set(name, st)
+    async def _set_health(self) -> None:
+        """SERVING while at least one worker of the serving set is alive, else NOT_SERVING (the state
+        is read when the update runs, so updates that queue up end in the latest one)."""
+        async with self._health_lock:
+            serving = self.pool.serving() > 0
+            if serving == self._serving:
+                return
+            self._serving = serving
+            st = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", DECISION, PATHWAY):
+                await self.health.set(name, st)
+            log.warning(json.dumps({"event": "health", "status": "SERVING" if serving else "NOT_SERVING", "workers": self.pool.serving()}))
+
+    def _workers_changed(self) -> None:
+        task = asyncio.create_task(self._set_health())
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
 
     async def run(self) -> int:
         server = grpc.aio.server(
@@ -409,7 +426,7 @@ class Service:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (DECISION, PATHWAY, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-        await self._set_health(False)
+        await self._set_health()
         try:
             self.bound = server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError:  # grpc says only "failed to bind": ask the OS why
@@ -432,7 +449,7 @@ class Service:
             log.error(json.dumps({"event": "load_failed", "errors": len(exc.errors)}))
             await server.stop(0)
             return 1
-        await self._set_health(True)
+        await self._set_health()
         names_versions = ", ".join(f"{p['id']} {p['version']}" for p in gen.info) or "no pathways"
         self.announce(f"carepath: SERVING {names_versions} on {target} with {self.workers} worker(s)")
         self.announce(f"  carepath call --target {target} CASE_FILE")

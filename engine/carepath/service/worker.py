@@ -32,7 +32,7 @@ from carepath.case import parse_json
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
 from carepath.evaluate import Engine, bundled_pathways
 from carepath.service.convert import case_to_dict, planned_response_bytes
-from carepath.validate import find_dictionary, load_vocabulary, pathway_files, validate_source
+from carepath.validate import SourceSet, read_set, validate_source, vocabulary_text
 
 # statuses a worker replies with (mapped to gRPC codes in carepath.service.status)
 OK, CASE_ERROR, NOT_FOUND, DEADLINE, INTERNAL, READY, FAILED = "ok", "case_error", "not_found", "deadline", "internal", "ready", "failed"
@@ -69,9 +69,9 @@ def pathway_info(engine: Engine) -> list[dict[str, str]]:
 
 
 class Worker:
-    def __init__(self, engine: Engine, pathways: str | None) -> None:
+    def __init__(self, engine: Engine, sources: SourceSet) -> None:
         self.engine = engine
-        self.pathways = pathways
+        self.sources = sources
         self._vocab: Any = None
 
     def handle(self, kind: str, payload: Any, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
@@ -127,9 +127,8 @@ class Worker:
             return INTERNAL, "internal error", (rid, patient)
 
     def validate(self, source: str, file: str) -> dict[str, Any]:
-        if self._vocab is None:
-            files = pathway_files([self.pathways or bundled_pathways()])
-            self._vocab = load_vocabulary(find_dictionary(files, bundled_pathways()))
+        if self._vocab is None:  # the serving set's dictionary, as it was read when the set was loaded
+            self._vocab = vocabulary_text(self.sources.dictionary[1], self.sources.dictionary[0])
         checked, diags = validate_source(source, file, self._vocab)
         info = None
         if checked is not None and not diags:
@@ -137,20 +136,33 @@ class Worker:
         return {"diagnostics": [(d.file, d.line, d.col, d.path, d.message, str(d)) for d in diags], "pathway": info}
 
 
-def main(conn: Connection, pathways: str | None) -> None:
+def load(pathways: str | SourceSet | None) -> tuple[Engine, SourceSet]:
+    """The engine of a pathway directory (read into memory first: the engine is compiled from exactly
+    the text the worker reports back) or of a set already in memory (a replacement worker's: no file
+    is read, so what is on disk now cannot stop it)."""
+    if isinstance(pathways, SourceSet):
+        return Engine.from_sources(pathways), pathways
+    directory = Path(pathways) if pathways else bundled_pathways()
+    sources, diags = read_set([directory], bundled_pathways())
+    if sources is None:
+        raise PathwayError(diags)
+    return Engine.from_sources(sources), sources
+
+
+def main(conn: Connection, pathways: str | SourceSet | None) -> None:
     """The worker's entry point (a forkserver/spawn child)."""
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     try:
-        engine = Engine.from_directory(Path(pathways) if pathways else None)
+        engine, sources = load(pathways)
     except PathwayError as exc:
         conn.send_bytes(pickle.dumps((0, FAILED, [str(d) for d in exc.diagnostics], None)))
         return
     except Exception as exc:
         conn.send_bytes(pickle.dumps((0, FAILED, [f"{type(exc).__name__}: {exc}"], None)))
         return
-    conn.send_bytes(pickle.dumps((0, READY, pathway_info(engine), None)))
-    worker = Worker(engine, pathways)
+    conn.send_bytes(pickle.dumps((0, READY, (pathway_info(engine), sources), None)))
+    worker = Worker(engine, sources)
     gc.freeze()  # the compiled engine lives as long as the process: keep it out of every collection
     # Buffered reads: jobs that arrived together come in with one read; one write per reply.
     sock = socket.socket(fileno=os.dup(conn.fileno()))
