@@ -464,3 +464,36 @@ def test_health_follows_the_workers_restored_from_the_set_in_memory(tmp_path: Pa
     finally:
         watch.close()
         assert s.stop() == 0
+
+
+def test_calls_per_caller_address_are_capped(tmp_path: Path) -> None:
+    """--max-calls-per-peer 2: with two streams open from this address, a third call is refused with
+    RESOURCE_EXHAUSTED; once they end, calls are served again."""
+    s = Server(tmp_path, FIXTURES, 1, "--max-calls-per-peer", "2")
+    s.wait_serving()
+    release = threading.Event()
+    try:
+        with grpc.insecure_channel(s.target) as ch:
+            fn = ch.stream_stream(
+                "/carepath.v1.DecisionService/EvaluateStream",
+                request_serializer=ds.EvaluateStreamRequest.SerializeToString,
+                response_deserializer=ds.EvaluateStreamResponse.FromString,
+            )
+
+            def one_case_then_wait(i: int) -> Iterator[ds.EvaluateStreamRequest]:
+                yield ds.EvaluateStreamRequest(request_id=f"s{i}", case_json=json.dumps(SAMPLE))
+                release.wait(60)
+
+            streams: list[Any] = [fn(one_case_then_wait(i), timeout=60) for i in range(2)]
+            assert [next(st).request_id for st in streams] == ["s0", "s1"]  # both open and answered
+            with CarepathClient(s.target, retries=0) as c:
+                with pytest.raises(CallError) as err:
+                    c.evaluate(SAMPLE)
+                assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "more than 2 calls in flight from this address" in str(err.value)
+                release.set()
+                assert [list(st) for st in streams] == [[], []]
+                assert c.evaluate(SAMPLE)["patient_id"] == "p-0001"
+    finally:
+        release.set()
+        assert s.stop() == 0

@@ -90,7 +90,7 @@ class _WorkerDied(Exception):
 
 def _context() -> BaseContext:
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["carepath.service.worker"])
+    ctx.set_forkserver_preload(["carepath.service.worker", "carepath.service.validator"])
     return ctx
 
 

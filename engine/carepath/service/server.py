@@ -29,6 +29,7 @@ from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath._proto.v1 import pathway_service_pb2 as ps
 from carepath.service import status
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
+from carepath.service.validator import MAX_SOURCE, Busy, Failed, TimedOut, Validator
 from carepath.service.worker import MAX_REQUEST_ID, internal_error_line
 
 log = logging.getLogger("carepath.service")
@@ -42,6 +43,7 @@ MAX_FILE_NAME = 256  # characters of ValidatePathwayRequest.file (echoed in ever
 STREAM_WINDOW = 128  # cases of one stream read and not yet answered
 LOG_EVERY = 0.02  # seconds the per-request log lines may wait to be written together
 STREAM_BATCH = 16  # at most this many cases of a stream in one worker round trip
+MAX_PER_PEER = 64  # DecisionService calls in flight per caller address (serve --max-calls-per-peer)
 _Msg = TypeVar("_Msg", bound=Message)
 
 
@@ -120,9 +122,48 @@ def _log_internal(method: str, request_id: str, exc: BaseException) -> None:
     log.error(internal_error_line(method, request_id, exc))
 
 
+def peer_address(peer: str) -> str:
+    """The caller's address without its port ("ipv4:10.0.0.5:53211" -> "ipv4:10.0.0.5")."""
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+
+
+class PeerLimit:
+    """At most ``most`` DecisionService calls in flight per caller address (a stream counts as one
+    call however many cases it carries; its cases are bounded by STREAM_WINDOW). Callers behind one
+    proxy or NAT share an address, and so share the limit."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.calls: dict[str, int] = {}
+
+    def enter(self, peer: str) -> bool:
+        n = self.calls.get(peer, 0)
+        if n >= self.most:
+            return False
+        self.calls[peer] = n + 1
+        return True
+
+    def leave(self, peer: str) -> None:
+        n = self.calls[peer] - 1
+        if n:
+            self.calls[peer] = n
+        else:
+            del self.calls[peer]
+
+
 class DecisionServicer:
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, peers: PeerLimit) -> None:
         self.pool = pool
+        self.peers = peers
+
+    async def _admit(self, context: grpc.aio.ServicerContext[Any, Any], method: str, t0: float) -> str:
+        """The caller's address, counted in its PeerLimit; RESOURCE_EXHAUSTED when it is at its limit."""
+        peer = peer_address(context.peer())
+        if not self.peers.enter(peer):
+            log_rpc(method, "", grpc.StatusCode.RESOURCE_EXHAUSTED, t0)
+            why = f"more than {self.peers.most} calls in flight from this address; retry when some have finished"
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+        return peer
 
     @staticmethod
     def _outcome(raw: bytes, result: Reply | BaseException, method: str) -> tuple[Reply | None, status.Failure | None, str]:
@@ -138,6 +179,13 @@ class DecisionServicer:
 
     async def evaluate(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         t0 = time.perf_counter()
+        peer = await self._admit(context, "Evaluate", t0)
+        try:
+            return await self._evaluate(raw, context, t0)
+        finally:
+            self.peers.leave(peer)
+
+    async def _evaluate(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any], t0: float) -> bytes:
         result: Reply | BaseException
         try:
             result = await self.pool.call("eval", raw, _deadline(context))
@@ -171,6 +219,14 @@ class DecisionServicer:
         return ds.EvaluateStreamResponse(request_id=rid, error=failure.stream_error()).SerializeToString()
 
     async def evaluate_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        peer = await self._admit(context, "EvaluateStream", time.perf_counter())
+        try:
+            async for out in self._evaluate_stream(requests, context):
+                yield out
+        finally:
+            self.peers.leave(peer)
+
+    async def _evaluate_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
         """Cases go to the workers in batches (one job, one reply): while fewer batches than workers
         are out, the waiting cases go at once; a second batch per worker goes when STREAM_BATCH
         cases are waiting (or the stream ended); otherwise they wait for a batch to come back.
@@ -277,8 +333,9 @@ class PathwayServicer:
     """Requests arrive as bytes and are decoded here, so that an undecodable one is INVALID_ARGUMENT
     (as DecisionService answers it), not UNKNOWN from grpc's deserializer."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, validator: Validator) -> None:
         self.pool = pool
+        self.validator = validator
 
     def _serving(self) -> list[dict[str, str]]:
         return self.pool.current.info if self.pool.current else []
@@ -327,14 +384,33 @@ class PathwayServicer:
             why = f"must be at most {MAX_FILE_NAME} characters (got {len(request.file)})"
             bad_file = status.Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: file: {why}", (("file", why),))
             await self._fail(context, "ValidatePathway", rid, t0, bad_file)
-        try:
-            reply = await self.pool.call("validate", (request.source, request.file or "<source>", rid), _deadline(context))
-        except PoolError as exc:
-            await self._fail(context, "ValidatePathway", rid, t0, status.from_exception(exc, rid))
-        bad = status.from_reply(reply, rid)
-        if bad is not None:
-            await self._fail(context, "ValidatePathway", rid, t0, bad)
-        result = reply.payload
+        size = len(request.source.encode())
+        if size > MAX_SOURCE:
+            why = f"must be at most {MAX_SOURCE} bytes (got {size})"
+            too_big = status.Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: source: {why}", (("source", why),))
+            await self._fail(context, "ValidatePathway", rid, t0, too_big)
+        gen = self.pool.current
+        if gen is None or gen.sources is None:
+            await self._fail(context, "ValidatePathway", rid, t0, status.Failure(grpc.StatusCode.UNAVAILABLE, "not serving yet; retry"))
+        try:  # in a process of its own, not on an evaluation worker
+            result = await self.validator.validate(request.source, request.file or "<source>", gen.sources.dictionary, _deadline(context))
+        except Busy as exc:
+            await self._fail(context, "ValidatePathway", rid, t0, status.Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry later"))
+        except TimedOut:
+            await self._fail(context, "ValidatePathway", rid, t0, status.Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+        except Failed as exc:
+            log.error(
+                json.dumps(
+                    {
+                        "event": "internal_error",
+                        "method": "ValidatePathway",
+                        "request_id": rid,
+                        "error": exc.error,
+                        "traceback": exc.traceback,
+                    }
+                )
+            )
+            await self._fail(context, "ValidatePathway", rid, t0, status.internal(rid))
         diags = [ps.Diagnostic(file=f, line=ln, col=c, path=p, message=m, text=t) for f, ln, c, p, m, t in result["diagnostics"]]
         resp = ps.ValidatePathwayResponse(valid=not diags, diagnostics=diags)
         if result["pathway"] is not None:
@@ -384,8 +460,10 @@ class Service:
         watch: bool = False,
         grace: float = 30.0,
         announce: Callable[[str], None] = print,
+        max_per_peer: int = MAX_PER_PEER,
     ) -> None:
         self.host, self.port, self.pathways, self.workers = host, port, pathways, workers
+        self.max_per_peer = max_per_peer
         self.watch, self.grace, self.announce = watch, grace, announce
         self.pool = Pool(pathways, workers)
         self.pool.on_change = self._workers_changed
@@ -422,7 +500,11 @@ class Service:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        server.add_generic_rpc_handlers((DecisionServicer(self.pool).handler(), PathwayServicer(self.pool).handler()))
+        servicers = (
+            DecisionServicer(self.pool, PeerLimit(self.max_per_peer)).handler(),
+            PathwayServicer(self.pool, Validator(self.pool.ctx)).handler(),
+        )
+        server.add_generic_rpc_handlers(servicers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (DECISION, PATHWAY, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)

@@ -2,8 +2,7 @@
 
 durable-rules is not thread-safe, so each worker owns its engine and runs a single thread.
 Messages are pickled tuples framed as multiprocessing.connection frames them (a 4-byte length):
-  in:  (job_id, kind, payload, deadline)   kind "eval": EvaluateRequest bytes; "batch": a list of them;
-                                           "validate": (source, file, request id)
+  in:  (job_id, kind, payload, deadline)   kind "eval": EvaluateRequest bytes; "batch": a list of them
   out: (job_id, status, payload, meta)      job_id 0 is the start-up report: "ready" or "failed";
                                            a batch's payload is [(status, payload, meta), ...] in order
 """
@@ -28,11 +27,11 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from carepath._proto.v1 import decision_service_pb2 as ds
-from carepath.case import parse_json
+from carepath.case import LISTS, parse_json, too_many
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
 from carepath.evaluate import Engine, bundled_pathways
 from carepath.service.convert import case_to_dict, planned_response_bytes
-from carepath.validate import SourceSet, read_set, validate_source, vocabulary_text
+from carepath.validate import SourceSet, read_set
 
 # statuses a worker replies with (mapped to gRPC codes in carepath.service.status)
 OK, CASE_ERROR, NOT_FOUND, DEADLINE, INTERNAL, READY, FAILED = "ok", "case_error", "not_found", "deadline", "internal", "ready", "failed"
@@ -72,7 +71,6 @@ class Worker:
     def __init__(self, engine: Engine, sources: SourceSet) -> None:
         self.engine = engine
         self.sources = sources
-        self._vocab: Any = None
 
     def handle(self, kind: str, payload: Any, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
         if kind == "batch":
@@ -81,13 +79,6 @@ class Worker:
             return LATE
         if kind == "eval":
             return self.evaluate(payload, "Evaluate")
-        if kind == "validate":
-            source, file, rid = payload
-            try:
-                return OK, self.validate(source, file), (rid, None)
-            except Exception:
-                log_internal(rid, "ValidatePathway")
-                return INTERNAL, "internal error", (rid, None)
         raise ValueError(f"unknown job kind {kind!r}")
 
     def one(self, raw: bytes, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
@@ -109,6 +100,9 @@ class Worker:
         patient: str | None = None
         try:
             if which == "case":
+                long = too_many((k, len(getattr(req.case, k))) for k in LISTS)  # before converting any item
+                if long:
+                    raise CaseError(long)
                 data: Any = case_to_dict(req.case)
             elif which == "case_json":
                 data = parse_json(req.case_json)
@@ -125,15 +119,6 @@ class Worker:
         except Exception:  # a bug: logged with the request id the caller gets in the INTERNAL status
             log_internal(rid, method)
             return INTERNAL, "internal error", (rid, patient)
-
-    def validate(self, source: str, file: str) -> dict[str, Any]:
-        if self._vocab is None:  # the serving set's dictionary, as it was read when the set was loaded
-            self._vocab = vocabulary_text(self.sources.dictionary[1], self.sources.dictionary[0])
-        checked, diags = validate_source(source, file, self._vocab)
-        info = None
-        if checked is not None and not diags:
-            info = {"id": checked.id, "version": checked.version, "sha256": checked.sha256, "title": checked.model.title, "file": file}
-        return {"diagnostics": [(d.file, d.line, d.col, d.path, d.message, str(d)) for d in diags], "pathway": info}
 
 
 def load(pathways: str | SourceSet | None) -> tuple[Engine, SourceSet]:
