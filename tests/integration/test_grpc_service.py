@@ -497,3 +497,57 @@ def test_calls_per_caller_address_are_capped(tmp_path: Path) -> None:
     finally:
         release.set()
         assert s.stop() == 0
+
+
+def _http2_settings(data: bytes) -> dict[int, int]:
+    """The server's first HTTP/2 frame, a SETTINGS frame (type 4), as {identifier: value}."""
+    length, kind = int.from_bytes(data[:3], "big"), data[3]
+    assert kind == 4, data[:9]
+    payload = data[9 : 9 + length]
+    return {int.from_bytes(payload[i : i + 2], "big"): int.from_bytes(payload[i + 2 : i + 6], "big") for i in range(0, length, 6)}
+
+
+def _closed_by_server(sock: Any) -> bool:
+    """Read until the server closes the connection (True) or 20 s of silence pass (False)."""
+    sock.settimeout(20)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_connection_limits(tmp_path: Path) -> None:
+    """With the limits set low: at most 3 connections (the 4th and 5th are closed before the server
+    says anything), each allowed 100 concurrent streams (the server's SETTINGS), a connection that
+    never sends its HTTP/2 preface is closed after the handshake timeout, and an idle channel is sent
+    GOAWAY after the idle limit (it goes READY -> IDLE), after which calls work again."""
+    import socket
+
+    setup = "import carepath.service.server as s; s.MAX_CONNECTIONS = 3; s.HANDSHAKE_MS = 1000; s.IDLE_MS = 1000"
+    s = Server(tmp_path, FIXTURES, 1, setup=setup)
+    s.wait_serving()
+    host, port = s.target.split(":")
+    silent = [socket.create_connection((host, int(port))) for _ in range(5)]
+    try:
+        for sock in silent:
+            sock.settimeout(20)
+        first = [sock.recv(4096) for sock in silent]
+        assert [bool(f) for f in first] == [True, True, True, False, False]  # over the limit: closed at once
+        assert all(_http2_settings(f)[3] == 100 for f in first[:3])  # SETTINGS_MAX_CONCURRENT_STREAMS
+        assert all(_closed_by_server(sock) for sock in silent[:3])  # no preface: closed at the handshake timeout
+        with grpc.insecure_channel(s.target) as ch:
+            states: list[grpc.ChannelConnectivity] = []
+            ch.subscribe(states.append, try_to_connect=False)
+            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
+            wait_for(lambda: grpc.ChannelConnectivity.READY in states, 10, "READY")
+            ready_at = states.index(grpc.ChannelConnectivity.READY)
+            wait_for(lambda: grpc.ChannelConnectivity.IDLE in states[ready_at:], 20, "the idle connection to be closed")
+            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
+    finally:
+        for sock in silent:
+            sock.close()
+        assert s.stop() == 0

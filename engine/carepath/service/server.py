@@ -46,6 +46,39 @@ STREAM_BATCH = 16  # at most this many cases of a stream in one worker round tri
 MAX_PER_PEER = 64  # DecisionService calls in flight per caller address (serve --max-calls-per-peer)
 _Msg = TypeVar("_Msg", bound=Message)
 
+# Connections (grpc core's server arguments; the README's gRPC service section explains each).
+MAX_CONNECTIONS = 1000  # open connections; more are closed as they are accepted (fd limit permitting)
+MAX_STREAMS = 100  # concurrent calls on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+HANDSHAKE_MS = 5_000  # a connection that has not sent its HTTP/2 preface and settings by then is closed
+IDLE_MS = 5 * 60_000  # a connection with no call for this long is closed (GOAWAY)
+AGE_MS = 60 * 60_000  # a connection this old is asked to go away (GOAWAY; grpc adds +-10% jitter) ...
+AGE_GRACE_MS = 10 * 60_000  # ... and its calls still running then get this long to finish
+KEEPALIVE_MS = 60_000  # the server pings a connection idle this long ...
+KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it if the ping is not answered in this long
+PING_STRIKES = 2  # a client pinging more often than every 5 min without calls is sent GOAWAY after these
+
+
+def connection_options() -> dict[str, int]:
+    """grpc core's server arguments for the limits above, the connection count kept below the
+    process's file-descriptor limit."""
+    import resource
+
+    fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    most = MAX_CONNECTIONS if fds == resource.RLIM_INFINITY else max(1, min(MAX_CONNECTIONS, fds - 100))
+    return {
+        "grpc.max_allowed_incoming_connections": most,
+        "grpc.max_concurrent_streams": MAX_STREAMS,
+        "grpc.server_handshake_timeout_ms": HANDSHAKE_MS,
+        "grpc.max_connection_idle_ms": IDLE_MS,
+        "grpc.max_connection_age_ms": AGE_MS,
+        "grpc.max_connection_age_grace_ms": AGE_GRACE_MS,
+        "grpc.keepalive_time_ms": KEEPALIVE_MS,
+        "grpc.keepalive_timeout_ms": KEEPALIVE_TIMEOUT_MS,
+        "grpc.keepalive_permit_without_calls": 0,
+        "grpc.http2.max_pings_without_data": 0,  # the server's own keepalive pings are not limited
+        "grpc.http2.max_ping_strikes": PING_STRIKES,
+    }
+
 
 class _RpcLines:
     """Per-request log lines, handed to logging together every LOG_EVERY seconds (and at shutdown).
@@ -97,8 +130,9 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float:
 
 
 def stream_end(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    """A stream's end: the caller's deadline (time.monotonic), None without one. Not capped: a stream
-    may run for hours; each of its batches is bounded by batch_deadline."""
+    """A stream's end: the caller's deadline (time.monotonic), None without one. Not capped here: a
+    stream may run until its connection reaches AGE_MS + AGE_GRACE_MS; each of its batches is bounded
+    by batch_deadline."""
     left = context.time_remaining()
     return None if left is None else time.monotonic() + left
 
@@ -498,6 +532,7 @@ class Service:
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
+                *connection_options().items(),
             ]
         )
         servicers = (
