@@ -551,3 +551,117 @@ def test_connection_limits(tmp_path: Path) -> None:
         for sock in silent:
             sock.close()
         assert s.stop() == 0
+
+
+def _rpc_lines(s: Server, method: str) -> list[dict[str, Any]]:
+    return [e for e in s.events("rpc") if e["method"] == method]
+
+
+def test_sigterm_unary_calls_finish_ok_and_an_idle_stream_does_not_hold_the_drain(tmp_path: Path) -> None:
+    """16 callers and one idle stream, then a real SIGTERM with a 120 s grace: the server exits 0
+    long before the grace (the idle stream is ended with UNAVAILABLE 'server shutting down'); every
+    call the server started finished OK and reached its caller; the others failed UNAVAILABLE (the
+    server had stopped taking calls), never CANCELLED."""
+    s = Server(tmp_path, FIXTURES, 2, "--grace", "120")
+    s.wait_serving()
+    idle: list[Any] = []
+    release = threading.Event()
+
+    def idle_stream() -> None:
+        with grpc.insecure_channel(s.target) as ch:
+            fn = ch.stream_stream(
+                "/carepath.v1.DecisionService/EvaluateStream",
+                request_serializer=ds.EvaluateStreamRequest.SerializeToString,
+                response_deserializer=ds.EvaluateStreamResponse.FromString,
+            )
+
+            def one_case_then_silence() -> Iterator[ds.EvaluateStreamRequest]:
+                yield ds.EvaluateStreamRequest(request_id="idle-0", case_json=json.dumps(SAMPLE))
+                release.wait(200)
+
+            try:
+                for r in fn(one_case_then_silence(), timeout=200):
+                    idle.append(r.request_id)
+            except grpc.RpcError as exc:
+                call: Any = exc
+                idle.append((call.code(), call.details()))
+
+    ok = [0]
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def caller(n: int) -> None:
+        with CarepathClient(s.target, timeout=30) as c:
+            i = n
+            while s.proc.poll() is None:
+                try:
+                    c.evaluate(varied_case(i))
+                    with lock:
+                        ok[0] += 1
+                except CallError as exc:
+                    with lock:
+                        failures.append(f"{exc.code.name}: {exc}")
+                i += 16
+
+    stream = threading.Thread(target=idle_stream)
+    stream.start()
+    wait_for(lambda: idle == ["idle-0"], 20, "the idle stream's first answer")
+    callers = [threading.Thread(target=caller, args=(n,)) for n in range(16)]
+    for t in callers:
+        t.start()
+    try:
+        wait_for(lambda: ok[0] > 200, 30, "load")
+        s.signal(signal.SIGTERM)
+        code = s.proc.wait(60)  # the grace is 120 s: an idle stream holding the drain would fail here
+    finally:
+        release.set()
+        for t in [stream, *callers]:
+            t.join(60)
+    s.stop()
+    assert code == 0
+    assert idle[0] == "idle-0" and idle[1][0] == grpc.StatusCode.UNAVAILABLE and idle[1][1].startswith("server shutting down"), idle
+    assert not release.is_set() or idle[1:], "the stream ended before its caller stopped sending"
+    assert all(f.startswith("UNAVAILABLE") for f in failures), [f for f in failures if not f.startswith("UNAVAILABLE")]
+    served = _rpc_lines(s, "Evaluate")
+    assert {e["status"] for e in served} == {"OK"}
+    assert len(served) == ok[0]  # every call the server started reached its caller
+    assert s.events("signal")[0]["signal"] == "SIGTERM"
+    assert s.events("stopped")
+
+
+def test_a_stream_cut_by_a_drain_is_resumed_by_the_client_on_the_next_server(tmp_path: Path) -> None:
+    """A stream is ended by a SIGTERM (UNAVAILABLE 'server shutting down'); a new server comes up on
+    the same port and CarepathClient.evaluate_many resends the cases not answered: every case is
+    answered exactly once, in order, with the right decision."""
+    a = Server(tmp_path, FIXTURES, 1)
+    a.wait_serving()
+    port = a.target.rsplit(":", 1)[1]
+    first_half = threading.Event()
+    cases = [varied_case(i) for i in range(60)]
+
+    def slow_cases() -> Iterator[dict[str, Any]]:
+        for i, case in enumerate(cases):
+            if i == 30:
+                first_half.set()
+                wait_for(lambda: a.proc.poll() is not None, 60, "the first server to exit")
+            yield case
+
+    got: list[Any] = []
+    with CarepathClient(a.target, retries=20, backoff=0.5, timeout=120) as c:
+        reader = threading.Thread(target=lambda: got.extend(c.evaluate_many(slow_cases())))
+        reader.start()
+        assert first_half.wait(60)
+        a.signal(signal.SIGTERM)
+        assert a.proc.wait(60) == 0
+        a.stop()
+        b = Server(tmp_path, FIXTURES, 1, "--port", port)
+        try:
+            reader.join(120)
+            assert not reader.is_alive()
+        finally:
+            assert b.stop() == 0
+    assert [r.request_id for r in got] == [str(i) for i in range(60)]
+    engine = Engine.from_directory(FIXTURES)
+    assert [r.error for r in got] == [None] * 60
+    assert [dumps(r.decision) for r in got] == [dumps(engine.evaluate(case)) for case in cases]
+    assert any(e["status"] == "UNAVAILABLE" for e in _rpc_lines(a, "EvaluateStream"))

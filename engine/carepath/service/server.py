@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 import orjson
@@ -43,6 +43,9 @@ MAX_FILE_NAME = 256  # characters of ValidatePathwayRequest.file (echoed in ever
 STREAM_WINDOW = 128  # cases of one stream read and not yet answered
 LOG_EVERY = 0.02  # seconds the per-request log lines may wait to be written together
 STREAM_BATCH = 16  # at most this many cases of a stream in one worker round trip
+DRAIN_IDLE = 1.0  # seconds a stream may sit with nothing in flight during the drain before it is ended
+CUT_BEFORE = 1.0  # seconds before the grace ends that the streams still open are ended (UNAVAILABLE)
+_DRAIN, _IDLE, _CUT = object(), object(), object()  # a stream's queue: the drain began; DRAIN_IDLE passed; the grace is nearly over
 MAX_PER_PEER = 64  # DecisionService calls in flight per caller address (serve --max-calls-per-peer)
 _Msg = TypeVar("_Msg", bound=Message)
 
@@ -189,6 +192,20 @@ class DecisionServicer:
     def __init__(self, pool: Pool, peers: PeerLimit) -> None:
         self.pool = pool
         self.peers = peers
+        self.draining = False
+        self._streams: set[asyncio.Queue[Any]] = set()  # each open stream's queue of batches
+
+    def drain(self) -> None:
+        """Shutting down: a stream with nothing in flight for DRAIN_IDLE is ended with UNAVAILABLE
+        (an idle stream must not hold the shutdown for the whole grace); busy streams go on."""
+        self.draining = True
+        for q in self._streams:
+            q.put_nowait(_DRAIN)
+
+    def cut(self) -> None:
+        """The grace is nearly over: every stream still open ends now with UNAVAILABLE."""
+        for q in self._streams:
+            q.put_nowait(_CUT)
 
     async def _admit(self, context: grpc.aio.ServicerContext[Any, Any], method: str, t0: float) -> str:
         """The caller's address, counted in its PeerLimit; RESOURCE_EXHAUSTED when it is at its limit."""
@@ -253,7 +270,11 @@ class DecisionServicer:
         return ds.EvaluateStreamResponse(request_id=rid, error=failure.stream_error()).SerializeToString()
 
     async def evaluate_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
-        peer = await self._admit(context, "EvaluateStream", time.perf_counter())
+        t0 = time.perf_counter()
+        if self.pool.current is None or self.draining:  # not yet (or no longer) serving: the caller sends elsewhere
+            log_rpc("EvaluateStream", "", grpc.StatusCode.UNAVAILABLE, t0)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the service is not serving; retry")
+        peer = await self._admit(context, "EvaluateStream", t0)
         try:
             async for out in self._evaluate_stream(requests, context):
                 yield out
@@ -267,9 +288,10 @@ class DecisionServicer:
         Results are yielded in request order, each on its own. The stream lasts as long as the caller
         lets it (its deadline, if any); each batch has at most MAX_DEADLINE (batch_deadline)."""
         end = stream_end(context)
+        t_open = time.perf_counter()
         loop = asyncio.get_running_loop()
         Batch = tuple[list[bytes], list[float], asyncio.Task[list[Reply | PoolError]]]
-        batches: asyncio.Queue[Batch | None] = asyncio.Queue()
+        batches: asyncio.Queue[Batch | object | None] = asyncio.Queue()
         waiting: list[bytes] = []
         started: list[float] = []
         size = self.pool.size
@@ -317,12 +339,26 @@ class DecisionServicer:
                 dispatch()
 
         feeder = asyncio.create_task(feed())
+        self._streams.add(batches)
+        answered = 0
         try:
-            while True:  # ends with the caller's stream (or its deadline/cancellation)
-                batch = await batches.get()
+            while True:  # ends with the caller's stream (or its deadline/cancellation, or the drain)
+                if self.draining:
+                    try:
+                        batch = await asyncio.wait_for(batches.get(), DRAIN_IDLE)
+                    except TimeoutError:  # nothing came back for DRAIN_IDLE: idle if nothing is in flight
+                        batch = _IDLE
+                else:
+                    batch = await batches.get()
                 if batch is None:
                     break
-                raws, t0s, task = batch
+                if batch is _DRAIN or batch is _IDLE or batch is _CUT:
+                    if batch is _CUT or (batch is _IDLE and held == 0):
+                        log_rpc("EvaluateStream", "", grpc.StatusCode.UNAVAILABLE, t_open)
+                        why = f"server shutting down; {answered} case(s) of this stream were answered, send the rest again"
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, why)
+                    continue
+                raws, t0s, task = cast(Batch, batch)
                 results: Sequence[Reply | BaseException]
                 try:
                     results = await task
@@ -333,13 +369,15 @@ class DecisionServicer:
                 for raw, t0, result in zip(raws, t0s, results, strict=True):
                     yield self._stream_result(raw, result, t0)
                     held -= 1
+                    answered += 1
                     space.set()
             await feeder
         finally:
+            self._streams.discard(batches)
             feeder.cancel()
             while not batches.empty():
                 b = batches.get_nowait()
-                if b is not None:
+                if isinstance(b, tuple):
                     b[2].cancel()
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -535,11 +573,8 @@ class Service:
                 *connection_options().items(),
             ]
         )
-        servicers = (
-            DecisionServicer(self.pool, PeerLimit(self.max_per_peer)).handler(),
-            PathwayServicer(self.pool, Validator(self.pool.ctx)).handler(),
-        )
-        server.add_generic_rpc_handlers(servicers)
+        decisions = DecisionServicer(self.pool, PeerLimit(self.max_per_peer))
+        server.add_generic_rpc_handlers((decisions.handler(), PathwayServicer(self.pool, Validator(self.pool.ctx)).handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (DECISION, PATHWAY, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
@@ -553,9 +588,8 @@ class Service:
         target = f"{self.host}:{self.bound}"
         self.announce(f"carepath: listening on {target} (NOT_SERVING while {self.workers} worker(s) compile the pathways)")
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.pool.request_reload, "SIGHUP")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signal, sig)
         watched = self._watched()
         first = _fingerprint(watched)  # before compiling: a change made while loading is caught too
         try:
@@ -579,13 +613,25 @@ class Service:
         await self.stopping.wait()
         log.warning(json.dumps({"event": "draining", "grace_s": self.grace}))
         await self.health.enter_graceful_shutdown()
+        # In-flight unary calls finish; streams end with UNAVAILABLE once idle (DRAIN_IDLE), or all at
+        # CUT_BEFORE the end of the grace, so the caller knows to resend what was not answered.
+        decisions.drain()
+        cut = loop.call_later(max(0.0, self.grace - CUT_BEFORE), decisions.cut)
         await server.stop(self.grace)
+        cut.cancel()
         for t in tasks:
             t.cancel()
         await self.pool.close()
         _rpc_lines.flush()
         log.warning(json.dumps({"event": "stopped"}))
         return 0
+
+    def _signal(self, sig: signal.Signals) -> None:
+        log.warning(json.dumps({"event": "signal", "signal": sig.name}))
+        if sig == signal.SIGHUP:
+            self.pool.request_reload("SIGHUP")
+        else:
+            self.stopping.set()
 
     async def _reloader(self) -> None:
         while True:  # until cancelled at shutdown
