@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
-from grpc_helpers import FIXTURES, SAMPLE, Server, serving, varied_case
+from grpc_helpers import FIXTURES, SAMPLE, Server, serving, varied_case, wait_for
 from grpc_status import rpc_status
 
 from carepath._proto.v1 import decision_service_pb2 as ds
@@ -231,22 +232,32 @@ def test_a_typed_case_with_120000_observations_is_refused_naming_the_field(serve
     assert not server.events("worker_died")
 
 
-def test_request_id_over_128_characters_is_invalid_argument(server: Server, channel: grpc.Channel) -> None:
-    rid = "r" * 10000
-    err = failed(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id=rid, case_json=json.dumps(SAMPLE)))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(err) == [("request_id", "must be at most 128 characters (got 10000)")]
-    assert err.details() == "invalid case: request_id: must be at most 128 characters (got 10000)"
+@pytest.mark.parametrize(
+    "rid",
+    ["r" * 10000, "Jane Doe 1970-01-01", "x" * 65, "id\nwith newline", "ünïcode"],
+    ids=["10000", "name-dob", "65", "newline", "unicode"],
+)
+def test_a_request_id_that_is_not_an_id_is_replaced_and_never_logged(server: Server, channel: grpc.Channel, rid: str) -> None:
+    """request_id must match [A-Za-z0-9._:-]{1,64}; anything else is replaced by a made-up id (the
+    response carries it), and the log line says it was replaced without the caller's value."""
+    ok = call(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id=rid, case_json=json.dumps(SAMPLE)), ds.EvaluateResponse)
+    assert ok.request_id != rid and re.fullmatch(r"[0-9a-f]{16}", ok.request_id)
+    assert ok.decision.patient_id == "p-0001"
     results = stream(channel, [ds.EvaluateStreamRequest(request_id=r, case_json=json.dumps(SAMPLE)) for r in (rid, "next")])
-    assert [(v.field, v.description) for v in results[0].error.field_violations] == [
-        ("request_id", "must be at most 128 characters (got 10000)")
-    ]
-    assert results[0].request_id == "r" * 128
-    assert results[1].request_id == "next" and results[1].decision.patient_id == "p-0001"
-    ok = call(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id="q" * 128, case_json=json.dumps(SAMPLE)), ds.EvaluateResponse)
-    assert ok.request_id == "q" * 128
-    time.sleep(0.2)  # the log lines are written every 20 ms
-    assert all(len(e["request_id"]) <= 128 for e in server.events("rpc"))
+    assert re.fullmatch(r"[0-9a-f]{16}", results[0].request_id) and results[0].decision.patient_id == "p-0001"
+    assert results[1].request_id == "next"
+    bad = failed(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id=rid, case_json="{}"))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and rid[:8] not in bad.details()
+    wait_for(lambda: any(e["request_id"] == results[0].request_id for e in server.events("rpc")), 5, "the log lines")
+    replaced = [e for e in server.events("rpc") if e.get("request_id_replaced")]
+    assert {ok.request_id, results[0].request_id} <= {e["request_id"] for e in replaced}
+    assert rid not in server.log() and json.dumps(rid)[1:-1] not in server.log()
+
+
+def test_a_request_id_that_is_an_id_is_kept(channel: grpc.Channel) -> None:
+    for rid in ("order-17:a.b_c", "q" * 64, "A"):
+        ok = call(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id=rid, case_json=json.dumps(SAMPLE)), ds.EvaluateResponse)
+        assert ok.request_id == rid
 
 
 def test_validate_pathway_file_name_over_256_characters_is_invalid_argument(channel: grpc.Channel) -> None:

@@ -178,7 +178,7 @@ def test_one_log_line_per_request_without_patient_data(server: Server, client: C
     wait_for(lambda: server.events("rpc") and any(e["request_id"] == "log-probe-1" for e in server.events("rpc")), 5, "log line")
     lines = [e for e in server.events("rpc") if e["request_id"] == "log-probe-1"]
     assert len(lines) == 1
-    assert set(lines[0]) <= {"event", "method", "request_id", "status", "patient_id", "pathway_set", "latency_ms"}
+    assert set(lines[0]) <= {"ts", "event", "method", "request_id", "status", "patient_id", "pathway_set", "latency_ms"}
     assert "metformin" not in server.log() and "A10BA02" not in server.log()
 
 
@@ -461,6 +461,7 @@ def test_health_follows_the_workers_restored_from_the_set_in_memory(tmp_path: Pa
         assert len(died) == 4 and all(d["exitcode"] == -9 and d["signal"] == "SIGKILL" for d in died), died
         health = [(e["status"], e["workers"]) for e in s.events("health")]
         assert health.count(("NOT_SERVING", 0)) >= 2, health
+        assert s.unstamped() == []
     finally:
         watch.close()
         assert s.stop() == 0
@@ -627,6 +628,7 @@ def test_sigterm_unary_calls_finish_ok_and_an_idle_stream_does_not_hold_the_drai
     assert len(served) == ok[0]  # every call the server started reached its caller
     assert s.events("signal")[0]["signal"] == "SIGTERM"
     assert s.events("stopped")
+    assert s.unstamped() == []
 
 
 def test_a_stream_cut_by_a_drain_is_resumed_by_the_client_on_the_next_server(tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ class Reply:
     request_id: str
     patient_id: str | None
     pathway_set: int
+    replaced: bool = False  # the caller's request id was not an id: request_id is made up
 
 
 @dataclass(slots=True)
@@ -202,11 +203,11 @@ class _Proc:
         number = self.gen.number
         if job.kind == "batch":
             if status == worker_mod.BATCH:
-                job.future.set_result([Reply(s, p, m[0], m[1], number) for s, p, m in payload])
+                job.future.set_result([Reply(s, p, m[0], m[1], number, m[2]) for s, p, m in payload])
             else:  # the batch failed as a whole (an internal error): every case gets that reply
                 job.future.set_result([Reply(status, payload, "", None, number) for _ in job.payload])
         else:
-            job.future.set_result(Reply(status, payload, meta[0], meta[1], number))
+            job.future.set_result(Reply(status, payload, meta[0], meta[1], number, meta[2]))
 
     def on_lost(self) -> None:
         if self.started is not None and not self.started.done():

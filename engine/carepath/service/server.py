@@ -30,7 +30,7 @@ from carepath._proto.v1 import pathway_service_pb2 as ps
 from carepath.service import status
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
 from carepath.service.validator import MAX_SOURCE, Busy, Failed, TimedOut, Validator
-from carepath.service.worker import MAX_REQUEST_ID, internal_error_line
+from carepath.service.worker import clean_request_id, internal_error_line, utc_now
 
 log = logging.getLogger("carepath.service")
 rpc_log = logging.getLogger("carepath.rpc")
@@ -110,10 +110,21 @@ class _RpcLines:
 _rpc_lines = _RpcLines()
 
 
-def log_rpc(method: str, request_id: str, code: grpc.StatusCode, t0: float, patient_id: str | None = None, pathway_set: int = 0) -> None:
-    """One line per request: no patient data beyond patient_id."""
+def log_rpc(
+    method: str,
+    request_id: str,
+    code: grpc.StatusCode,
+    t0: float,
+    patient_id: str | None = None,
+    pathway_set: int = 0,
+    replaced: bool = False,
+) -> None:
+    """One line per request: no patient data beyond patient_id; ``replaced``: the caller's request id
+    was not an id and request_id is the one made up instead (the caller's is never logged)."""
     if rpc_log.isEnabledFor(logging.INFO):
-        fields: dict[str, Any] = {"event": "rpc", "method": method, "request_id": request_id, "status": code.name}
+        fields: dict[str, Any] = {"ts": utc_now(), "event": "rpc", "method": method, "request_id": request_id, "status": code.name}
+        if replaced:
+            fields["request_id_replaced"] = True
         if patient_id is not None:
             fields["patient_id"] = patient_id
         if pathway_set:
@@ -146,12 +157,13 @@ def batch_deadline(end: float | None, now: float) -> float:
     return cap if end is None or end > cap else end
 
 
-def _request_id(raw: bytes) -> str:
+def _request_id(raw: bytes) -> tuple[str, bool]:
+    """The request id of a request the worker did not answer (clean_request_id's)."""
     try:
         rid = ds.EvaluateRequest.FromString(raw).request_id
     except Exception:
         rid = ""
-    return rid[:MAX_REQUEST_ID] if rid else uuid.uuid4().hex[:16]
+    return clean_request_id(rid)
 
 
 def _log_internal(method: str, request_id: str, exc: BaseException) -> None:
@@ -217,16 +229,16 @@ class DecisionServicer:
         return peer
 
     @staticmethod
-    def _outcome(raw: bytes, result: Reply | BaseException, method: str) -> tuple[Reply | None, status.Failure | None, str]:
-        """A worker's reply (or the pool's exception) as (reply, failure, request id)."""
+    def _outcome(raw: bytes, result: Reply | BaseException, method: str) -> tuple[Reply | None, status.Failure | None, str, bool]:
+        """A worker's reply (or the pool's exception) as (reply, failure, request id, whether the caller's id was replaced)."""
         if isinstance(result, Reply):
-            rid = result.request_id or _request_id(raw)
-            return result, status.from_reply(result, rid), rid
-        rid = _request_id(raw)
+            rid, replaced = (result.request_id, result.replaced) if result.request_id else _request_id(raw)
+            return result, status.from_reply(result, rid), rid, replaced
+        rid, replaced = _request_id(raw)
         if isinstance(result, PoolError):
-            return None, status.from_exception(result, rid), rid
+            return None, status.from_exception(result, rid), rid, replaced
         _log_internal(method, rid, result)
-        return None, status.internal(rid), rid
+        return None, status.internal(rid), rid, replaced
 
     async def evaluate(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         t0 = time.perf_counter()
@@ -241,32 +253,33 @@ class DecisionServicer:
         try:
             result = await self.pool.call("eval", raw, _deadline(context))
         except asyncio.CancelledError:
-            log_rpc("Evaluate", _request_id(raw), grpc.StatusCode.CANCELLED, t0)
+            rid, replaced = _request_id(raw)
+            log_rpc("Evaluate", rid, grpc.StatusCode.CANCELLED, t0, replaced=replaced)
             raise
         except Exception as exc:
             result = exc
-        reply, failure, rid = self._outcome(raw, result, "Evaluate")
+        reply, failure, rid, replaced = self._outcome(raw, result, "Evaluate")
         patient = reply.patient_id if reply else None
         pset = reply.pathway_set if reply else 0
         if failure is not None:
-            log_rpc("Evaluate", rid, failure.code, t0, patient, pset)
+            log_rpc("Evaluate", rid, failure.code, t0, patient, pset, replaced)
             rich = failure.rich()
             await context.abort(rich.code, rich.details, rich.trailing_metadata)
         assert reply is not None
-        log_rpc("Evaluate", rid, grpc.StatusCode.OK, t0, patient, pset)
+        log_rpc("Evaluate", rid, grpc.StatusCode.OK, t0, patient, pset, replaced)
         payload: bytes = reply.payload
         return payload
 
     def _stream_result(self, raw: bytes, result: Reply | BaseException, t0: float) -> bytes:
-        reply, failure, rid = self._outcome(raw, result, "EvaluateStream")
+        reply, failure, rid, replaced = self._outcome(raw, result, "EvaluateStream")
         patient = reply.patient_id if reply else None
         pset = reply.pathway_set if reply else 0
         if failure is None:
             assert reply is not None
-            log_rpc("EvaluateStream", rid, grpc.StatusCode.OK, t0, patient, pset)
+            log_rpc("EvaluateStream", rid, grpc.StatusCode.OK, t0, patient, pset, replaced)
             out: bytes = reply.payload  # an EvaluateResponse: the same wire format as EvaluateStreamResponse
             return out
-        log_rpc("EvaluateStream", rid, failure.code, t0, patient, pset)
+        log_rpc("EvaluateStream", rid, failure.code, t0, patient, pset, replaced)
         return ds.EvaluateStreamResponse(request_id=rid, error=failure.stream_error()).SerializeToString()
 
     async def evaluate_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
@@ -641,10 +654,8 @@ class Service:
             t0 = time.perf_counter()
             try:
                 gen = await self.pool.reload()
-            except LoadFailed as exc:
-                for e in exc.errors:
-                    print(e, file=sys.stderr, flush=True)
-                log.error(json.dumps({"event": "reload_refused", "trigger": why, "errors": exc.errors[:20]}))
+            except LoadFailed as exc:  # the diagnostics in the event, one JSON line (as every log line)
+                log.error(json.dumps({"event": "reload_refused", "trigger": why, "count": len(exc.errors), "errors": exc.errors[:200]}))
                 continue
             pathways = [f"{p['id']} {p['version']} {p['sha256'][:12]}" for p in gen.info]
             ms = round((time.perf_counter() - t0) * 1000)
@@ -665,11 +676,16 @@ class Service:
 
 
 class _JsonLines(logging.Formatter):
+    """One JSON object per line, each starting with "ts" (UTC, ISO 8601, milliseconds)."""
+
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
-        if msg.startswith("{"):
+        if msg.startswith('{"ts"'):  # stamped where it was made (the batched request lines)
             return msg
-        fields = {"event": "log", "level": record.levelname, "message": msg}
+        ts = utc_now(record.created)
+        if msg.startswith("{") and msg != "{}":
+            return f'{{"ts": "{ts}", {msg[1:]}'
+        fields = {"ts": ts, "event": "log", "level": record.levelname, "message": msg}
         if record.exc_info:  # the traceback as a field: still one line
             fields["traceback"] = self.formatException(record.exc_info)
         return json.dumps(fields)

@@ -13,6 +13,7 @@ import gc
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import struct
@@ -36,8 +37,33 @@ from carepath.validate import SourceSet, read_set
 # statuses a worker replies with (mapped to gRPC codes in carepath.service.status)
 OK, CASE_ERROR, NOT_FOUND, DEADLINE, INTERNAL, READY, FAILED = "ok", "case_error", "not_found", "deadline", "internal", "ready", "failed"
 BATCH = "batch"  # the reply to a batch job: its payload holds one (status, payload, meta) per case
-MAX_REQUEST_ID = 128  # characters; a longer request_id is refused (it is echoed in replies, statuses and logs)
-LATE: tuple[str, Any, tuple[str, str | None]] = (DEADLINE, "deadline exceeded before the case was evaluated", ("", None))
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # what a caller's request_id must be (it is echoed and logged)
+Meta = tuple[str, str | None, bool]  # (request id, patient id, whether the caller's request id was replaced)
+LATE: tuple[str, Any, Meta] = (DEADLINE, "deadline exceeded before the case was evaluated", ("", None, False))
+
+
+def clean_request_id(rid: str) -> tuple[str, bool]:
+    """The request id to use and whether the caller's was replaced. Empty: one is made up. Anything
+    but an id (REQUEST_ID: e.g. a name and a birth date, or 10,000 characters) is replaced by a made-up
+    one, never echoed or logged; the response carries the one used."""
+    if rid and REQUEST_ID.fullmatch(rid):
+        return rid, False
+    return uuid.uuid4().hex[:16], bool(rid)
+
+
+_second = (0, "")  # the last whole second formatted by utc_now, kept: a log line costs one format a second
+
+
+def utc_now(t: float | None = None) -> str:
+    """Now (or time.time() ``t``) in UTC, ISO 8601 to the millisecond (2026-12-07T05:55:00.123Z):
+    every log line's "ts"."""
+    global _second
+    if t is None:
+        t = time.time()
+    whole = int(t)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((t - whole) * 1000):03d}Z"
 
 
 def _late(deadline: float | None) -> bool:
@@ -47,7 +73,7 @@ def _late(deadline: float | None) -> bool:
 def internal_error_line(method: str, request_id: str, exc: BaseException, **more: Any) -> str:
     """A bug met while serving, as one JSON log line: the request id the caller got in its INTERNAL
     status, and the traceback as a field (the front end and the workers both write these)."""
-    fields = {"event": "internal_error", "method": method, "request_id": request_id, **more}
+    fields = {"ts": utc_now(), "event": "internal_error", "method": method, "request_id": request_id, **more}
     fields["error"] = f"{type(exc).__name__}: {exc}"[:1000]
     fields["traceback"] = "".join(traceback.format_exception(exc))
     return json.dumps(fields)
@@ -72,30 +98,27 @@ class Worker:
         self.engine = engine
         self.sources = sources
 
-    def handle(self, kind: str, payload: Any, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
+    def handle(self, kind: str, payload: Any, deadline: float | None) -> tuple[str, Any, Meta]:
         if kind == "batch":
-            return BATCH, [self.one(raw, deadline) for raw in payload], ("", None)
+            return BATCH, [self.one(raw, deadline) for raw in payload], ("", None, False)
         if _late(deadline):
             return LATE
         if kind == "eval":
             return self.evaluate(payload, "Evaluate")
         raise ValueError(f"unknown job kind {kind!r}")
 
-    def one(self, raw: bytes, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
+    def one(self, raw: bytes, deadline: float | None) -> tuple[str, Any, Meta]:
         """One case of a batch: its own deadline check and its own error result."""
         if _late(deadline):
             return LATE
         return self.evaluate(raw, "EvaluateStream")
 
-    def evaluate(self, payload: bytes, method: str) -> tuple[str, Any, tuple[str, str | None]]:
+    def evaluate(self, payload: bytes, method: str) -> tuple[str, Any, Meta]:
         try:
             req = ds.EvaluateRequest.FromString(payload)
         except DecodeError:
-            return CASE_ERROR, [("", "the request is not a valid carepath.v1.EvaluateRequest")], ("", None)
-        rid = req.request_id or uuid.uuid4().hex[:16]  # made up here: the front end reports this one
-        if len(rid) > MAX_REQUEST_ID:
-            why = f"must be at most {MAX_REQUEST_ID} characters (got {len(rid)})"
-            return CASE_ERROR, [("request_id", why)], (rid[:MAX_REQUEST_ID], None)
+            return CASE_ERROR, [("", "the request is not a valid carepath.v1.EvaluateRequest")], ("", None, False)
+        rid, replaced = clean_request_id(req.request_id)  # made up here if need be: the front end reports this one
         which = req.WhichOneof("input")
         patient: str | None = None
         try:
@@ -111,14 +134,14 @@ class Worker:
             if isinstance(data, dict) and isinstance(data.get("patient_id"), str):
                 patient = data["patient_id"][:128]
             planned = self.engine.evaluate_planned(data, list(req.pathway_ids) or None)
-            return OK, planned_response_bytes(rid, planned), (rid, patient)
+            return OK, planned_response_bytes(rid, planned), (rid, patient, replaced)
         except CaseError as exc:
-            return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, patient)
+            return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, patient, replaced)
         except UnknownPathwayError as exc:
-            return NOT_FOUND, str(exc), (rid, patient)
+            return NOT_FOUND, str(exc), (rid, patient, replaced)
         except Exception:  # a bug: logged with the request id the caller gets in the INTERNAL status
             log_internal(rid, method)
-            return INTERNAL, "internal error", (rid, patient)
+            return INTERNAL, "internal error", (rid, patient, replaced)
 
 
 def load(pathways: str | SourceSet | None) -> tuple[Engine, SourceSet]:
@@ -162,7 +185,7 @@ def main(conn: Connection, pathways: str | SourceSet | None) -> None:
             status, out, meta = worker.handle(kind, payload, deadline)
         except Exception:  # outside any one request (the requests log their own, with their ids)
             log_internal("", kind, job=job_id)
-            status, out, meta = INTERNAL, "internal error", ("", None)
+            status, out, meta = INTERNAL, "internal error", ("", None, False)
         try:
             sock.sendall(frame(pickle.dumps((job_id, status, out, meta), protocol=pickle.HIGHEST_PROTOCOL)))
         except OSError:
