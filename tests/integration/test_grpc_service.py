@@ -165,6 +165,7 @@ def test_pathway_service(client: CarepathClient, engine: Engine) -> None:
     assert [(p["id"], p["version"], p["sha256"]) for p in listed] == [(p.id, p.version, p.sha256) for p in engine.pathways]
     got = client.get_pathway("mini_htn")
     assert got["source"] == engine.pathways[0].source
+    assert [p["file"] for p in listed] == [got["file"]] == ["mini_htn.yaml"]  # the name in the pathway directory, not a path
     with pytest.raises(CallError):
         client.get_pathway("nope")
     broken = (FIXTURES / "mini_htn.yaml").read_text().replace("when: due(egfr, 365)", "when: due(egfrr, 365)")
@@ -667,3 +668,20 @@ def test_a_stream_cut_by_a_drain_is_resumed_by_the_client_on_the_next_server(tmp
     assert [r.error for r in got] == [None] * 60
     assert [dumps(r.decision) for r in got] == [dumps(engine.evaluate(case)) for case in cases]
     assert any(e["status"] == "UNAVAILABLE" for e in _rpc_lines(a, "EvaluateStream"))
+
+
+def test_pathway_service_never_sends_the_servers_paths(server: Server) -> None:
+    """No response of ListPathways or GetPathway holds the server's pathway directory (nor any '/')
+    outside the pathway's own source text."""
+    from carepath._proto.v1 import pathway_service_pb2 as ps
+
+    with grpc.insecure_channel(server.target) as ch:
+        raw_list = ch.unary_unary("/carepath.v1.PathwayService/ListPathways", request_serializer=None, response_deserializer=None)
+        raw_get = ch.unary_unary("/carepath.v1.PathwayService/GetPathway", request_serializer=None, response_deserializer=None)
+        listed = raw_list(ps.ListPathwaysRequest().SerializeToString(), timeout=10)
+        got = ps.GetPathwayResponse.FromString(raw_get(ps.GetPathwayRequest(id="mini_htn").SerializeToString(), timeout=10))
+    assert str(FIXTURES).encode() not in listed and b"/" not in listed
+    without_source = ps.GetPathwayResponse()
+    without_source.CopyFrom(got)
+    without_source.pathway.source = ""
+    assert b"/" not in without_source.SerializeToString() and str(FIXTURES) not in got.pathway.source

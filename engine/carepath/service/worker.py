@@ -87,8 +87,10 @@ def log_internal(request_id: str, method: str, **more: Any) -> None:
 
 
 def pathway_info(engine: Engine) -> list[dict[str, str]]:
+    """What PathwayService tells callers about the serving set: "file" is the file's name in the
+    pathway directory, never the server's path to it."""
     return [
-        {"id": p.id, "version": p.version, "sha256": p.sha256, "title": p.model.title, "file": p.file, "source": p.source}
+        {"id": p.id, "version": p.version, "sha256": p.sha256, "title": p.model.title, "file": Path(p.file).name, "source": p.source}
         for p in engine.pathways
     ]
 
