@@ -48,6 +48,17 @@ def worker_count(text: str) -> int:
     return n
 
 
+def count_arg(text: str) -> int:
+    """argparse type for a count (--near): a whole number, 0 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
 def iso_date(text: str) -> date:
     """argparse type for a date option (--as-of): YYYY-MM-DD, and a day the calendar has."""
     try:
@@ -84,13 +95,26 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
 
 
-def read_case(source: str) -> Any:
-    """Read a case from a file or '-' (stdin); JSON or YAML; size-limited before parsing."""
+def read_case(source: str, fhir: bool = False) -> Any:
+    """Read a case from a file or '-' (stdin); JSON or YAML; size-limited before parsing.
+
+    With ``fhir``, the input may instead be FHIR JSON (a Bundle: carepath.fhir maps it), which may be
+    larger than a case, up to carepath.fhir.MAX_FHIR_BYTES; the caller tells them apart (``is_fhir_input``).
+    """
     from .case import MAX_CASE_BYTES, parse_json
     from .errors import FieldViolation
 
+    limit = MAX_CASE_BYTES
+    if fhir and not source.endswith((".yaml", ".yml")):
+        from .fhir import MAX_FHIR_BYTES
+
+        limit = MAX_FHIR_BYTES
     # the limit and a final line break ("\r\n") are read, and a byte more to tell a larger file
-    raw = sys.stdin.buffer.read(MAX_CASE_BYTES + 3) if source == "-" else _read_limited(Path(source), MAX_CASE_BYTES + 3)
+    raw = sys.stdin.buffer.read(limit + 3) if source == "-" else _read_limited(Path(source), limit + 3)
+    if limit > MAX_CASE_BYTES and len(raw.rstrip(b"\r\n")) > MAX_CASE_BYTES:  # too large for a case: FHIR or nothing
+        from .fhir import read_fhir_json
+
+        return read_fhir_json(raw)
     if len(raw) > MAX_CASE_BYTES + 2 or len(raw.rstrip(b"\r\n")) > MAX_CASE_BYTES:  # say so, not a made-up size
         raise CaseError([FieldViolation("", f"case is larger than {MAX_CASE_BYTES} bytes (1 MiB), the limit")])
     if not raw.strip():
@@ -119,20 +143,34 @@ def _pathways_arg(p: argparse.ArgumentParser) -> None:
 
 def _validate_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help="pathway files or directories (default: bundled pathways/)")
+    p.add_argument("--strict", action="store_true", help="readability warnings are errors (exit 1)")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 @command("validate", _validate_setup)
 def _validate(args: argparse.Namespace) -> int:
-    """Validate pathway files; exit 0 when clean, 1 with errors."""
+    """Validate pathway files; exit 0 when clean (warnings allowed unless --strict), 1 with errors."""
+    from dataclasses import replace
+
     from .evaluate import bundled_pathways
+    from .readability import warnings
     from .validate import validate_paths
 
     paths = args.paths or [bundled_pathways()]
     checked, diags = validate_paths(paths, bundled_pathways())
-    for d in diags:
+    warned = warnings(checked)  # readability, on the pathways that validated
+    if args.strict:
+        diags, warned = sorted(diags + [replace(w, severity="error") for w in warned]), []
+    for d in sorted(diags + warned):
         print(d, file=sys.stderr)
+    if diags or warned:
+        counts = [_count(len(diags), "error")] if diags else []
+        counts += [_count(len(warned), "warning")] if warned else []
+        print(", ".join(counts), file=sys.stderr)
     if diags:
-        print(f"{len(diags)} error{'s' if len(diags) != 1 else ''}", file=sys.stderr)
         return 1
     for cp in checked:
         print(f"ok  {cp.file}: {cp.id} {cp.version}, {len(cp.rules)} rules, sha256 {cp.sha256[:12]}")
@@ -142,9 +180,36 @@ def _validate(args: argparse.Namespace) -> int:
 def _evaluate_setup(p: argparse.ArgumentParser) -> None:
     _pathways_arg(p)
     p.add_argument("--explain", action="store_true", help="explain the decision for a person instead of JSON")
+    p.add_argument(
+        "--near",
+        type=count_arg,
+        default=5,  # evaluate.NEAR (not imported here: the engine is slow to import)
+        metavar="N",
+        help="with --explain: list the N rules that came closest to firing (default 5; 0: only how many)",
+    )
     p.add_argument("--pathway", action="append", dest="pathway_ids", metavar="ID", help="only these pathways (repeatable)")
     p.add_argument("--backend", choices=["durable", "reference"], default="durable", help=argparse.SUPPRESS)
-    p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, or - for stdin")
+    site_arg(p)
+    p.add_argument("--as-of", type=iso_date, metavar="DATE", help="FHIR input only: the decision's date (default: today)")
+    p.add_argument("--setting", choices=["community", "hospital"], help="FHIR input only: where the caller sits (default: community)")
+    p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, a FHIR R4 Bundle (JSON), or - for stdin")
+
+
+def site_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--site",
+        metavar="FILE",
+        help="site profile YAML (what this site can do: site_has() in conditions); default: a site with no optional capability",
+    )
+
+
+def load_site_arg(path: str | None) -> Any:
+    """The --site profile (carepath.site.Site), or None for the default."""
+    if path is None:
+        return None
+    from .site import load_site
+
+    return load_site(path)
 
 
 @command("evaluate", _evaluate_setup)
@@ -152,10 +217,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     """Evaluate a case; print the decision JSON (or --explain)."""
     from .evaluate import Engine
 
-    engine = Engine.from_directory(args.pathways)
-    case = read_case(args.case)
+    engine = Engine.from_directory(args.pathways, load_site_arg(args.site))
+    case = read_case(args.case, fhir=True)
+    from .fhir import is_fhir_input
+
+    if is_fhir_input(case):  # a FHIR Bundle (or resources): mapped to a case, the mapping's warnings on stderr
+        from .fhir.cli import map_for_cli
+
+        case = map_for_cli(case, engine, args.as_of, args.setting)
+    elif args.as_of is not None or args.setting is not None:
+        raise CarepathError("--as-of and --setting are for FHIR input; a case carries its own as_of and setting")
     if args.explain:
-        sys.stdout.write(engine.explain(case, args.pathway_ids))
+        sys.stdout.write(engine.explain(case, args.pathway_ids, near=args.near))
     else:
         sys.stdout.write(dumps(engine.evaluate(case, args.pathway_ids, backend=args.backend)))
     return 0
@@ -198,6 +271,7 @@ PLUGINS = {
     "synth": "carepath.population.cli",
     "batch": "carepath.population.cli",
     "report": "carepath.population.cli",
+    "fhir-to-case": "carepath.fhir.cli",
 }
 
 

@@ -6,7 +6,7 @@ Policy, in order (README "Conflict policy"):
    criterion met (in hospital too), a drug to stop, or a critical alert.
 2. An emergency up-referral criterion beats everything, in hospital too (where the referral
    itself is not made): it suppresses starting/titrating drugs, tests and every other referral
-   (stop/avoid, alerts and the follow-up stay).
+   (stop/avoid, alerts, the follow-up and tests marked ``essential`` stay).
 3. At most one referral: the most urgent (emergency > priority > routine > down), then the
    higher rule priority, then pathway and rule order. Never up and down together.
 4. ``avoid``/``stop`` beats ``start``/``add``/``titrate``/``switch`` of an overlapping ATC
@@ -95,10 +95,13 @@ class _Body:
     key order; the rest is filled in per case). ``wire`` keeps the service's protobuf
     encodings of its fixed parts, by the rules merged into it (service.convert)."""
 
-    __slots__ = ("body", "key", "kind", "label", "order", "priority", "rule", "sort", "template", "wire")
+    __slots__ = ("body", "essential", "key", "kind", "label", "order", "priority", "rule", "sort", "template", "wire")
 
-    def __init__(self, body: dict[str, Any], order: tuple[int, int], priority: int, rule: str, citation: str) -> None:
+    def __init__(
+        self, body: dict[str, Any], order: tuple[int, int], priority: int, rule: str, citation: str, essential: bool = False
+    ) -> None:
         self.body, self.kind, self.order, self.priority = body, str(body["kind"]), order, priority
+        self.essential = essential  # a test the policy never suppresses (TestRec.essential)
         self.rule = rule
         self.label = describe_recommendation(body)  # the body in a few words, for suppression notes
         self.key = lang_key(body)  # what makes two recommendations duplicates
@@ -119,12 +122,12 @@ class _Prepared:
     def __init__(self, p_index: int, cp: CheckedPathway, cr: CheckedRule) -> None:
         out = []
         citation = cp.citation_texts[cr.rule.citation]
-        for body in cr.bodies:
+        for body, essential in zip(cr.bodies, cr.essential, strict=True):
             if body["kind"] == "test":
                 od = cp.vocab.observations[body["code"]]
                 if od.loinc:
                     body = {**body, "loinc": od.loinc[0]}
-            out.append(_Body(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, citation))
+            out.append(_Body(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, citation, essential))
         self.bodies: tuple[_Body, ...] = tuple(out)
         self.words = reasoner(cr.when_nnf, cp.vocab)
 
@@ -324,7 +327,7 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
             kept = []
             for r in recs:
                 b = r[0]
-                if (b.kind == "medication" and b.body["action"] in _STARTS) or b.kind == "test":
+                if (b.kind == "medication" and b.body["action"] in _STARTS) or (b.kind == "test" and not b.essential):
                     suppress(b, f"emergency up-referral ({emergency[0].rule}) takes precedence")
                 else:
                     kept.append(r)

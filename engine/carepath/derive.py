@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import ChainMap
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TypeVar
 
 from . import lang
-from .case import Case
+from .case import Case, Medication
 
 T = TypeVar("T")
 
@@ -16,14 +17,16 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class _Plan:
     allergy: tuple[tuple[str, tuple[str, ...]], ...]  # al_ key -> ATC prefixes (matched both ways)
-    counts: tuple[tuple[str, tuple[str, ...]], ...]  # n_ key -> the ATC prefixes it counts
+    counts: tuple[tuple[str, tuple[str, ...]], ...]  # n_ key -> the classes it counts (a code, or a set's codes joined by |)
     observations: dict[str, tuple[str, str, str, str, str, str]]  # code -> its h_, o_, d_, p_, r_ and rp_ keys
+    windows: dict[str, tuple[int, str]]  # code -> (days its values stay current, its l_ key): only codes with a window
     finding_keys: dict[str, str]  # finding -> its f_ key
     zeros: dict[str, object]  # every flag and count at 0 and every observation absent: set what holds
     dx_index: dict[str, tuple[str, ...]]  # ICD prefix -> the dx_ flags it sets
-    med_index: dict[str, tuple[tuple[str, ...], bool, str | None]]  # ATC prefix -> (on_ flags, in a count, s_ key)
+    med_index: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]  # ATC prefix -> (on_ flags, count classes, s_ keys)
     after: dict[str, tuple[tuple[str, str], ...]]  # s_ key -> the a_ keys that are d_ key minus it, with their d_ keys
     since_start: tuple[tuple[str, str, str, tuple[str, ...]], ...]  # b_ and bp_ keys, observation, the s_ keys of the start
+    visits: tuple[tuple[lang.Visits, tuple[tuple[str, str, str], ...]], ...]  # each visits literal, with its observations' (code, o_, h_)
 
 
 def _index(pairs: Iterable[tuple[T, tuple[str, ...]]]) -> dict[str, tuple[T, ...]]:
@@ -48,6 +51,11 @@ class Features:
     days_on: set[str] = field(default_factory=set)
     after: set[tuple[str, str]] = field(default_factory=set)  # days_after_start: (observation, ATC prefix)
     since_start: set[tuple[str, ...]] = field(default_factory=set)  # rise(_pct)_since_start: (observation, ATC prefix, ...)
+    sites: set[str] = field(default_factory=set)  # site capabilities read (site_has)
+    visits: dict[str, lang.Visits] = field(default_factory=dict)  # consecutive_visits, by fact key
+    current: dict[str, int] = field(default_factory=dict)  # the vocabulary's recency windows (ObsDef.current), in days
+    site: frozenset[str] = frozenset()  # what the engine's site profile can do
+    visit_reading: str = "last"  # which of a visit's same-day readings counts (Vocabulary.visit_reading)
 
     _plan: _Plan | None = None
 
@@ -60,19 +68,26 @@ class Features:
 
             finding_keys = {f: f"f_{f}" for f in sorted(self.findings)}
             dx, on, allergy = flags("dx_", self.dx), flags("on_", self.on), flags("al_", self.allergy)
-            counts = tuple(("n_" + "_".join(g), g) for g in sorted(self.counts))
+            counts = tuple((lang.Num("count", g).key, g) for g in sorted(self.counts))
             observations = {c: (f"h_{c}", f"o_{c}", f"d_{c}", f"p_{c}", f"r_{c}", f"rp_{c}") for c in sorted(self.observations)}
             zero_keys = [k[0] for k in observations.values()] + [*finding_keys.values()] + [k for k, _ in (*dx, *on, *allergy, *counts)]
             on_index = _index(on)
-            in_count = {p for _, g in counts for p in g}
-            started = {p: lang.Num("days_on", p).key for p in sorted(self.days_on)}
-            med_index = {p: (on_index.get(p, ()), p in in_count, started.get(p)) for p in {*on_index, *in_count, *started}}
+            in_count = _index((c, tuple(c.split("|"))) for c in sorted({c for _, g in counts for c in g}))  # prefix -> its classes
+            started = {a: lang.Num("days_on", a).key for a in sorted(self.days_on)}  # a class: prefixes joined by |
+            start_index = _index((key, tuple(a.split("|"))) for a, key in started.items())
+            med_index = {
+                p: (on_index.get(p, ()), in_count.get(p, ()), start_index.get(p, ())) for p in {*on_index, *in_count, *start_index}
+            }
+            zeros: dict[str, object] = dict.fromkeys(zero_keys, 0)
+            zeros.update({f"c_{c}": int(c in self.site) for c in sorted(self.sites)})  # one site per engine: constant facts
+            visits = tuple((v, tuple((c, f"o_{c}", f"h_{c}") for c in sorted(_visit_codes(v)))) for _, v in sorted(self.visits.items()))
             self._plan = _Plan(
                 allergy=allergy,
                 counts=counts,
                 observations=observations,
+                windows={c: (self.current[c], f"l_{c}") for c in observations if c in self.current},
                 finding_keys=finding_keys,
-                zeros=dict.fromkeys(zero_keys, 0),
+                zeros=zeros,
                 dx_index=_index(dx),
                 med_index=med_index,
                 after=_index(((lang.Num("after", (c, p)).key, f"d_{c}"), (started[p],)) for c, p in sorted(self.after)),
@@ -80,6 +95,7 @@ class Features:
                     (lang.Num("srise", a).key, lang.Num("srise_pct", a).key, a[0], tuple(started[p] for p in a[1:]))
                     for a in sorted(self.since_start)
                 ),
+                visits=visits,
             )
         return self._plan
 
@@ -88,7 +104,7 @@ class Features:
         for lit in lang.literals(expr):
             if isinstance(lit, lang.Cmp):
                 n = lit.num
-                if n.kind in ("obs", "prev", "rise", "rise_pct", "days"):
+                if n.kind in ("obs", "latest", "prev", "rise", "rise_pct", "days"):
                     self.observations.add(str(n.arg))
                 elif n.kind == "count":
                     assert isinstance(n.arg, tuple)
@@ -107,8 +123,18 @@ class Features:
                     self.days_on.update(prefixes)
             elif isinstance(lit, lang.Present) and lit.kind == "obs":
                 self.observations.add(lit.name)
+            elif isinstance(lit, lang.Visits):
+                assert lit.cond is not None
+                self.visits[lit.key] = lit
+                self.add(lit.cond)  # what each visit reads: its observations, and the case's other facts
             elif isinstance(lit, lang.Flag):
-                {"finding": self.findings, "dx": self.dx, "on": self.on, "allergy": self.allergy}.get(lit.kind, set()).add(lit.arg)
+                kinds = {"finding": self.findings, "dx": self.dx, "on": self.on, "allergy": self.allergy, "site": self.sites}
+                kinds.get(lit.kind, set()).add(lit.arg)
+
+
+def _visit_codes(v: lang.Visits) -> set[str]:
+    assert v.cond is not None
+    return {str(lit.num.arg) for lit in lang.literals(v.cond) if isinstance(lit, lang.Cmp) and lit.num.kind == "obs"}
 
 
 def rises(before: float, latest: float) -> tuple[float, float | None]:
@@ -146,19 +172,26 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
         for i, (code, value, when) in enumerate(obs):
             if code in keyed:
                 by_code.setdefault(code, []).append((when, i, value))
+        windows = plan.windows
         for code, series in by_code.items():
             h, o, d, p, r, rp = keyed[code]
             facts[h] = 1
             if len(series) > 1:
                 series.sort()
+            when, _, value = series[-1]
+            days_old = facts[d] = (as_of - when).days
+            window = windows.get(code) if windows else None
+            if window is not None:
+                facts[window[1]] = value  # latest(code): whatever its age
+                if days_old > window[0]:  # stale: its value, and what is worked out from it, are unknown
+                    continue
+            facts[o] = value
+            if len(series) > 1:
                 before = series[-2][2]
                 facts[p] = before
-                facts[r], pct = rises(before, series[-1][2])
+                facts[r], pct = rises(before, value)
                 if pct is not None:
                     facts[rp] = pct
-            when, _, value = series[-1]
-            facts[o] = value
-            facts[d] = (as_of - when).days
     if case.findings:
         fkeys = plan.finding_keys
         for f in case.findings:
@@ -192,12 +225,12 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
                 hit = med_index.get(a[:k])
                 if hit is None:
                     continue
-                on_keys, in_count, start_key = hit
+                on_keys, classes, start_keys = hit
                 for key in on_keys:
                     facts[key] = 1
-                if in_count:
-                    counted.add(a[:k])
-                if start_key is not None:
+                for cls in classes:
+                    counted.add(cls)
+                for start_key in start_keys:
                     if since is None:
                         undated.add(start_key)
                         continue
@@ -208,7 +241,7 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
                     if was is None or since < was:
                         earliest[start_key] = since
         for key, group in plan.counts:
-            facts[key] = sum(1 for p in group if p in counted)
+            facts[key] = sum(1 for cls in group if cls in counted)
         after = plan.after
         for s_key, since in latest.items():  # a drug of the class with no start: when the last start was is unknown
             if s_key not in undated:
@@ -218,9 +251,74 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
                     if isinstance(ago, int):
                         facts[key] = on - ago
         for b_key, bp_key, code, s_keys in plan.since_start:
+            if code in plan.windows and plan.observations[code][1] not in facts:  # the latest reading is not current
+                continue
             if not undated.intersection(s_keys):  # a drug of the classes with no start: its baseline is not known
                 _since_start(facts, b_key, bp_key, by_code.get(code), [earliest[k] for k in s_keys if k in earliest])
+    for v, codes in plan.visits:
+        t = visits(v, codes, by_code, case.medications, facts, feat.visit_reading)
+        if t is not None:
+            facts[v.key] = int(t)
     return facts
+
+
+def visits(
+    v: lang.Visits,
+    codes: Sequence[tuple[str, str, str]],
+    by_code: Mapping[str, list[tuple[date, int, float]]],
+    medications: Sequence[Medication],
+    facts: lang.Facts,
+    reading: str,
+) -> bool | None:
+    """consecutive_visits (lang.Visits): True, False or None (unknown).
+
+    Visits are the dates with a reading of an observation the condition reads, after the latest
+    start of a current drug of ``v.since`` (False when none is taken, unknown when one has no start
+    date). From the latest visit back, each visit's value of an observation is its last reading that
+    day (or the mean: ``reading``), the rest of the case as it is today; a visit counts when it is
+    at least ``v.apart`` days before the one counted after it. True when ``v.n`` visits are counted
+    and the condition holds at every visit on the way; False at the first visit where it fails;
+    unknown when there are too few visits, or one on the way is unknown.
+    """
+    start: date | None = None
+    if v.since:
+        starts: list[date] = []
+        for m in medications:
+            if m.atc.startswith(v.since):
+                if m.since is None:
+                    return None
+                starts.append(m.since)
+        if not starts:
+            return False
+        start = max(starts)
+    days: dict[date, dict[str, list[tuple[int, float]]]] = {}
+    for code, _, _ in codes:
+        for when, i, value in by_code.get(code, ()):
+            if start is None or when > start:
+                days.setdefault(when, {}).setdefault(code, []).append((i, value))
+    truth: bool | None = True
+    counted, last = 0, None
+    for when in sorted(days, reverse=True):
+        at = days[when]
+        overlay: dict[str, object] = {}
+        for code, o_key, h_key in codes:
+            got = sorted(at.get(code, ()))
+            if not got:
+                overlay[o_key], overlay[h_key] = None, 0
+            else:
+                overlay[o_key] = got[-1][1] if reading == "last" else round(sum(x for _, x in got) / len(got), 9)
+                overlay[h_key] = 1
+        assert v.cond is not None
+        t = lang.eval3(v.cond, ChainMap(overlay, facts))  # type: ignore[arg-type]
+        if t is False:
+            return False
+        if t is None:
+            truth = None
+        if last is None or (last - when).days >= v.apart:
+            counted, last = counted + 1, when
+            if counted == v.n:
+                return truth
+    return None
 
 
 def _since_start(

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True, order=True)
 class Diagnostic:
-    """A problem in a pathway file, located to the character."""
+    """A problem in a pathway file, located to the character.
+
+    An error fails validation; a warning (the readability checks, carepath.readability) is printed
+    as ``FILE:LINE:COL: path: warning: message`` and fails only ``carepath validate --strict``.
+    """
 
     file: str
     line: int
     col: int
     path: str
     message: str
+    severity: Severity = "error"
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
-        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
+        kind = "warning: " if self.severity == "warning" else ""
+        return f"{self.file}:{self.line}:{self.col}: {where}{kind}{self.message}"
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,15 @@ from .case import Case, validate_case
 from .decide import Plan, Planned, describe_recommendation, planned, render
 from .derive import Features, derive
 from .errors import PathwayError, UnknownPathwayError
+from .site import DEFAULT_SITE, Site
 from .validate import CheckedPathway, CheckedRule, SourceSet, load_vocabulary, validate_paths, validate_set
 
 Backend = Literal["durable", "reference"]
 _SID = "case"  # the one durable-rules session of each ruleset (see Engine._post)
 _RETRACT = orjson.dumps({"sid": _SID, "id": "case"}).decode()
+
+
+NEAR = 5  # --explain lists this many of the rules that came close by default
 
 
 def bundled_pathways() -> Path:
@@ -60,16 +64,23 @@ class _Compiled:
     enrols: Callable[[lang.Facts], bool]  # applies_to is TRUE (generated code)
     applies: comp.Program  # ... the reference evaluation of it
     programs: list[comp.Program]
+    everyone: bool  # some rule has scope everyone: the ruleset is asked whatever the enrolment
 
 
 class Engine:
     """Validated, compiled pathways. Not thread-safe (durable-rules is not): one per process."""
 
-    def __init__(self, pathways: Sequence[CheckedPathway]) -> None:
+    def __init__(self, pathways: Sequence[CheckedPathway], site: Site | None = None) -> None:
         active = [p for p in pathways if p.model.status != "retired"]
         self.pathways: list[CheckedPathway] = sorted(active, key=lambda p: p.id)
         self.vocab = _merged_vocab(self.pathways)
-        self.features = Features()
+        self.site = site or DEFAULT_SITE  # what the site can do: site_has() reads it (one site per engine)
+        self.site.check(self.vocab)
+        self.features = Features(
+            current={c: od.current for c, od in self.vocab.observations.items() if od.current is not None},
+            site=self.site.capabilities,
+            visit_reading=self.vocab.visit_reading,
+        )
         self._host = _SyncHost()
         self._compiled: list[_Compiled] = []
         self._plans: dict[Any, Plan] = {}  # decide(): conflict-policy outcomes by decision shape
@@ -97,6 +108,7 @@ class Engine:
                     comp.holds(cp.applies),
                     comp.reference(cp.applies),
                     [comp.reference(c) for c in conds],
+                    any(r.rule.scope == "everyone" for r in cp.rules),
                 )
             )
         for compiled in self._compiled:  # rulesets register lazily on the first post: warm them up now
@@ -105,23 +117,23 @@ class Engine:
         weakref.finalize(self, _delete_rulesets, [c.handle for c in self._compiled])
 
     @classmethod
-    def from_directory(cls, path: Path | str | None = None) -> Engine:
-        return cls.from_paths([path or bundled_pathways()])
+    def from_directory(cls, path: Path | str | None = None, site: Site | None = None) -> Engine:
+        return cls.from_paths([path or bundled_pathways()], site)
 
     @classmethod
-    def from_paths(cls, paths: Iterable[Path | str]) -> Engine:
+    def from_paths(cls, paths: Iterable[Path | str], site: Site | None = None) -> Engine:
         checked, diags = validate_paths(list(paths), bundled_pathways())
         if diags:
             raise PathwayError(diags)
-        return cls(checked)
+        return cls(checked, site)
 
     @classmethod
-    def from_sources(cls, sources: SourceSet) -> Engine:
+    def from_sources(cls, sources: SourceSet, site: Site | None = None) -> Engine:
         """The engine of a set already read into memory (validate.read_set): no file is read."""
         checked, diags = validate_set(sources)
         if diags:
             raise PathwayError(diags)
-        return cls(checked)
+        return cls(checked, site)
 
     def pathway(self, pathway_id: str) -> CheckedPathway:
         for p in self.pathways:
@@ -194,7 +206,7 @@ class Engine:
         out = []
         for i, c in selected:
             if backend == "durable":
-                fired = self._post(c, facts) if enrolled is None or enrolled[c.pathway.id] else []
+                fired = self._post(c, facts) if enrolled is None or enrolled[c.pathway.id] or c.everyone else []
             else:
                 fired = [k for k, prog in enumerate(c.programs) if prog(facts) is True]
             out.append((i, c, fired))
@@ -239,8 +251,9 @@ class Engine:
         ]
         return planned(case, facts, groups, enrolled, self._plans)
 
-    def explain(self, data: Any, pathway_ids: Sequence[str] | None = None) -> str:
-        """For a person: why each recommendation was made, and which rules came close and why not."""
+    def explain(self, data: Any, pathway_ids: Sequence[str] | None = None, near: int = NEAR) -> str:
+        """For a person: why each recommendation was made, and which rules came close and why not
+        (the ``near`` closest: fewest false or unknown terms, then pathway and rule order)."""
         selected = self._select(pathway_ids)
         case, facts = self.prepare(data)
         decision = self._decide(case, facts, selected, "durable")
@@ -256,22 +269,29 @@ class Engine:
             lines += ["", "Overruled by the conflict policy:"]
             lines += [f"* {rule}: {s}" for rule, s in suppressed]
         lines += ["", "Rules that came close but did not fire:"]
-        close = 0
+        close: list[tuple[int, str]] = []  # (false or unknown terms, line)
         fired = {t["rule"] for t in decision["trace"]}
         for _, c in selected:
-            if not c.enrols(facts):
+            enrolled = c.enrols(facts)
+            if not enrolled:
                 lines.append(f"* pathway {c.pathway.id}: patient not enrolled ({c.pathway.model.applies_to})")
-                continue
+                if not c.everyone:
+                    continue
             for cr in c.pathway.rules:
-                if cr.rule.id in fired:
+                if cr.rule.id in fired or not (enrolled or cr.rule.scope == "everyone"):
                     continue
                 blocks = lang.blocking(cr.when, facts)
                 if 0 < len(blocks) <= 2:
-                    close += 1
                     why = "; ".join(
-                        f"{lang.describe(lit, facts, c.pathway.vocab)} is {'unknown' if t is None else 'not met'}" for lit, t in blocks
+                        lang.staleness(lit, facts, c.pathway.vocab)
+                        or f"{lang.describe(lit, facts, c.pathway.vocab)} is {'unknown' if t is None else 'not met'}"
+                        for lit, t in blocks
                     )
-                    lines.append(f"* {cr.rule.id}: {why}")
+                    close.append((len(blocks), f"* {cr.rule.id}: {why}"))
+        close.sort(key=lambda x: x[0])  # stable: ties stay in pathway and rule order
+        lines += [line for _, line in close[:near]]
+        if len(close) > near:
+            lines.append(f"* and {len(close) - near} more (--near {len(close)} lists them all)")
         if not close:
             lines.append("* none")
         return "\n".join(lines) + "\n"
@@ -280,12 +300,14 @@ class Engine:
 def _merged_vocab(pathways: Sequence[CheckedPathway]) -> lang.Vocabulary:
     obs: dict[str, lang.ObsDef] = {}
     findings: frozenset[str] = frozenset()
+    capabilities: dict[str, str] = {}
     for p in pathways:
         obs.update(p.vocab.observations)
         findings |= p.vocab.findings
+        capabilities.update(p.vocab.capabilities)
     if not pathways:
         return load_vocabulary(bundled_pathways() / "dictionary.yaml")
-    return lang.Vocabulary(obs, findings)
+    return lang.Vocabulary(obs, findings, capabilities=capabilities, visit_reading=pathways[0].vocab.visit_reading)
 
 
 def _delete_rulesets(handles: list[int]) -> None:

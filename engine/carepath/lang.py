@@ -13,9 +13,10 @@ Grammar (keywords and/or/not; see docs/pathway-format.md)::
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 # ---------------------------------------------------------------- vocabulary
@@ -31,6 +32,7 @@ class ObsDef:
     label: str = ""
     conversions: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     decimals: int = 6
+    current: int | None = None  # days a value stays current (None: any age); see Num kinds obs and latest
 
     def to_canonical(self, value: float, unit: str) -> float | None:
         """Convert ``value`` in ``unit`` to the canonical unit; None when no conversion exists.
@@ -48,10 +50,68 @@ class ObsDef:
 
 
 @dataclass(frozen=True)
+class CodeSetDef:
+    """A named code set with its members worked out (includes followed): ``codes`` are ATC or
+    ICD-10 codes and prefixes, sorted, each once."""
+
+    name: str
+    system: str  # atc or icd10
+    label: str
+    codes: tuple[str, ...]
+    includes: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class TargetDef:
+    """A target profile: rows of (who it is for, or None for everyone else; the at-target condition)."""
+
+    name: str
+    label: str
+    rows: tuple[tuple[Expr | None, Expr], ...]
+    texts: tuple[tuple[str | None, str], ...] = ()  # the rows as written (for, target), for the review pages
+    citation: str = ""
+
+    @cached_property
+    def at(self) -> Expr:
+        """at_target(name): one object for every use (like a definition), so it reads as a name."""
+        return self.at_target((0, 0), at=True)
+
+    @cached_property
+    def above(self) -> Expr:
+        """above_target(name), likewise."""
+        return self.at_target((0, 0), at=False)
+
+    def at_target(self, span: Span, at: bool = True) -> Expr:
+        """at_target(name) (or, ``at`` False, above_target(name)): the first row whose `for` holds
+        decides, as ``for_1 and T_1 or not for_1 and for_2 and T_2 or ...``; and since a patient
+        at (or above) every row's target is at (above) target whichever row is theirs, ``or (T_1
+        and T_2 and ...)`` too: with an unknown age, 155/70 is above target whether the target is
+        < 150/90 or < 140/90, while 145/70 stays unknown."""
+        alts: list[Expr] = []
+        before: list[Expr] = []
+        goals: list[Expr] = []
+        for who, target in self.rows:
+            goal = target if at else Not(target, span)
+            goals.append(goal)
+            alts.append(And((*before, *([who] if who is not None else []), goal), span) if before or who is not None else goal)
+            if who is not None:
+                before.append(Not(who, span))
+        if len(goals) > 1:
+            alts.append(And(tuple(goals), span))
+        return alts[0] if len(alts) == 1 else Or(tuple(alts), span)
+
+
+@dataclass(frozen=True)
 class Vocabulary:
     observations: Mapping[str, ObsDef]
     findings: frozenset[str]
     definitions: Mapping[str, Expr] = field(default_factory=dict)
+    code_sets: Mapping[str, CodeSetDef] = field(default_factory=dict)
+    targets: Mapping[str, TargetDef] = field(default_factory=dict)
+    capabilities: Mapping[str, str] = field(default_factory=dict)  # site capabilities: name -> description
+    visit_reading: str = "last"  # which same-day reading a visit counts (consecutive_visits): last or mean
+    shared_texts: Mapping[str, str] = field(default_factory=dict)  # the dictionary's definitions as written (review pages)
 
     @cached_property
     def loinc(self) -> dict[str, str]:
@@ -72,17 +132,21 @@ SYMBOL = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "!=": "≠"}
 
 @dataclass(frozen=True)
 class Num:
-    """A numeric quantity read from the facts: ``kind`` is obs, prev, rise, rise_pct, days, field, count,
+    """A numeric quantity read from the facts: ``kind`` is obs (the latest value while it is current:
+    see ObsDef.current), latest (the latest value whatever its age), prev, rise, rise_pct, days, field, count,
     days_on, after (days_after_start: arg is (observation, ATC)), srise and srise_pct (rise_since_start
     and rise_pct_since_start: arg is (observation, ATC, ...))."""
 
     kind: str
     arg: str | tuple[str, ...]
+    label: str = field(default="", compare=False)  # as written, when it names code sets (e.g. count_taking(ras_blocker, ccb))
 
     @cached_property
     def key(self) -> str:
         if self.kind == "obs":
             return f"o_{self.arg}"
+        if self.kind == "latest":
+            return f"l_{self.arg}"
         if self.kind == "prev":
             return f"p_{self.arg}"
         if self.kind == "rise":
@@ -113,7 +177,7 @@ class Num:
     @property
     def code(self) -> str | None:
         """The observation this quantity reads, if any."""
-        if self.kind in ("obs", "prev", "rise", "rise_pct", "days"):
+        if self.kind in ("obs", "latest", "prev", "rise", "rise_pct", "days"):
             return str(self.arg)
         if self.kind in ("after", "srise", "srise_pct"):
             return str(self.arg[0])
@@ -125,13 +189,24 @@ class Num:
         assert isinstance(self.arg, tuple) and len(self.arg) == 2, self
         return self.arg[0], self.arg[1]
 
+    def labelled(self, call: str, args: list[tuple[str, int]], first_code: int) -> Num:
+        """This quantity named as written when one of its code arguments (from ``first_code`` on) is
+        a code set: reasons and values then show the set's name, not its members."""
+        if not any(a[:1].islower() for a, _ in args[first_code:]):
+            return self
+        return replace(self, label=f"{call}({', '.join(a for a, _ in args)})")
+
     @property
     def integer(self) -> bool:
         return self.kind in ("days", "count", "days_on", "after") or (self.kind == "field")
 
     def text(self) -> str:
+        if self.label:
+            return self.label
         if self.kind in ("obs", "field"):
             return str(self.arg)
+        if self.kind == "latest":
+            return f"latest({self.arg})"
         if self.kind == "prev":
             return f"previous({self.arg})"
         if self.kind == "rise":
@@ -171,12 +246,14 @@ class Enum:
 
 @dataclass(frozen=True)
 class Flag:
-    """A two- or three-valued flag: finding, dx (ICD prefix), on (ATC prefix), allergy, pregnant."""
+    """A two- or three-valued flag: finding, dx (ICD prefix), on (ATC prefix), allergy, pregnant,
+    site (a capability of the site profile) or visits (see Visits)."""
 
     kind: str
     arg: str
     value: bool = True
     span: Span = (0, 0)
+    label: str = field(default="", compare=False)  # the codes as written, when they name code sets (e.g. ras_blocker)
 
     @cached_property
     def key(self) -> str:
@@ -184,7 +261,27 @@ class Flag:
             return "pregnant"
         if self.kind == "sub":  # a factored-out sub-condition (compile.rule_pattern)
             return self.arg
-        return {"finding": "f_", "dx": "dx_", "on": "on_", "allergy": "al_"}[self.kind] + sanitize(self.arg)
+        return _FLAG_PREFIX[self.kind] + sanitize(self.arg)
+
+
+_FLAG_PREFIX = {"finding": "f_", "dx": "dx_", "on": "on_", "allergy": "al_", "site": "c_", "visits": "v_"}
+
+
+@dataclass(frozen=True)
+class Visits(Flag):
+    """``consecutive_visits(n, cond, apart=D, since=CODES)``: ``cond`` held at each of the patient's
+    last ``n`` visits, visits being the dates with readings of the observations ``cond`` reads
+    (same-day readings are one visit: Vocabulary.visit_reading), counted from the latest back,
+    each counted visit at least ``apart`` days before the one counted after it, every visit in that
+    span holding ``cond``, and all after the latest start of a current drug of ``since`` (when
+    given). Worked out by derive (one fact, ``v_...``: 1, 0 or absent when unknown), so every
+    backend reads the same value. ``source`` is the call as written, for reasons."""
+
+    n: int = 2
+    cond: Expr | None = None
+    apart: int = 0
+    since: tuple[str, ...] = ()
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -275,7 +372,23 @@ CALLS = {
     "days_after_start",
     "rise_since_start",
     "rise_pct_since_start",
+    "latest",
+    "at_target",
+    "above_target",
+    "site_has",
+    "consecutive_visits",
 }
+
+
+def unknown_code(name: str, label: str, code_sets: Mapping[str, object]) -> str:
+    """The error for a lower-case name where a code or code set is expected (``label``: ATC or ICD-10)."""
+    close = did_you_mean(name, code_sets)
+    if close or (code_sets and not (_ATC if label == "ATC" else _ICD).match(name.upper())):
+        return f"unknown code set {name!r}{close}"
+    example = " (e.g. C09AA)" if label == "ATC" else ""
+    return f"{name!r} is not an {label} code or {'class ' if label == 'ATC' else ''}prefix{example}" + (
+        ", nor a code set" if code_sets else ""
+    )
 
 
 def did_you_mean(name: str, options: object) -> str:
@@ -422,11 +535,29 @@ class _Parser:
             self.err(offset, f"unknown observation {name!r}" + did_you_mean(name, self.vocab.observations))
         return od
 
-    def codes(self, args: list[tuple[str, int]], pattern: re.Pattern[str], label: str) -> None:
-        """Report each argument that is not an ICD-10 / ATC code or prefix (``label``)."""
+    def codes(self, args: list[tuple[str, int]], system: str) -> list[str]:
+        """The codes the arguments name: each an ICD-10 / ATC code or prefix (``system`` icd10 or
+        atc) or a code set's name, expanded to its members; anything else is reported."""
+        pattern, label = (_ICD, "ICD-10") if system == "icd10" else (_ATC, "ATC")
+        out: list[str] = []
         for code, off in args:
-            if not pattern.match(code):
-                self.err(off, f"{code!r} is not an {label} code or prefix")
+            if code[:1].islower():
+                cs = self.vocab.code_sets.get(code)
+                if cs is None:
+                    self.err(off, unknown_code(code, label, self.vocab.code_sets))
+                elif cs.system != system:
+                    self.err(off, f"code set {code!r} holds {cs.system.upper()} codes; {label} codes are needed here")
+                else:
+                    out.extend(cs.codes)
+            elif not pattern.match(code):
+                self.err(off, f"{code!r} is not an {label} code or prefix" + (", nor a code set" if self.vocab.code_sets else ""))
+            else:
+                out.append(code)
+        return out
+
+    def code_class(self, arg: tuple[str, int], system: str) -> str:
+        """One argument that names one class of codes (a code, or a code set): its codes joined by |."""
+        return "|".join(sorted(set(self.codes([arg], system)))) or arg[0]
 
     def comparison(self, num: Num, start: int, od: ObsDef | None) -> Expr:
         tok = self.peek()
@@ -524,11 +655,56 @@ class _Parser:
             self.expect("rp", "',' or ')'")
             return out
 
+    def parse_visits(self, start: int) -> Expr:
+        """consecutive_visits(N, CONDITION [, apart DAYS] [, since CODE-OR-SET])"""
+        self.expect("lp", "'('")
+        ntok = self.expect("num", "the number of visits")
+        n = float(ntok[1])
+        if not n.is_integer() or not 1 <= n <= 12:
+            raise ParseError(ntok[2], f"the number of visits is a whole number from 1 to 12, not {ntok[1]}")
+        self.expect("comma", "',' and the condition at each visit")
+        cond_at = self.peek()[2]
+        cond = self.parse_or()
+        apart, since = 0, ""
+        while self.peek()[0] == "comma":
+            self.next()
+            word = self.expect("name", "'apart' or 'since'")
+            if word[1] == "apart":
+                days = self.expect("num", "a number of days")
+                if not float(days[1]).is_integer() or float(days[1]) < 0:
+                    raise ParseError(days[2], f"apart takes a whole number of days, not {days[1]}")
+                apart = int(float(days[1]))
+                if self.is_kw("days"):
+                    self.next()
+            elif word[1] == "since":
+                what = self.expect("name", "a drug's ATC code or code set")
+                since = self.code_class((what[1], what[2]), "atc")
+            else:
+                raise ParseError(word[2], f"expected 'apart' or 'since', found {word[1]!r}")
+        self.expect("rp", "',' or ')'")
+        read = {lit.num.code for lit in literals(cond) if isinstance(lit, Cmp) and lit.num.kind == "obs"}
+        allowed = ("obs", "field", "count", "days_on")
+        bad = [lit.num.text() for lit in literals(cond) if isinstance(lit, Cmp) and lit.num.kind not in allowed]
+        if bad:
+            why = f"inside consecutive_visits an observation is compared by its value at the visit; {bad[0]} cannot be used here"
+            self.err(cond_at, why)
+        elif not read:
+            self.err(cond_at, "the condition at each visit must compare an observation's value (visits are the dates of its readings)")
+        if any(isinstance(lit, Visits) for lit in literals(cond)):
+            self.err(cond_at, "consecutive_visits cannot be nested")
+        digest = hashlib.sha256(canon(cond).encode()).hexdigest()[:12]
+        arg = f"{int(n)}_{apart}_{sanitize(since) or 'any'}_{digest}"
+        source = " ".join(self.text[start : self.pos].split())
+        since_codes = tuple(since.split("|")) if since else ()
+        return Visits("visits", arg, True, (start, self.pos), n=int(n), cond=cond, apart=apart, since=since_codes, source=source)
+
     def parse_call(self, name: str, start: int) -> Expr:
         if name not in CALLS:
             self.err(start, f"unknown function {name!r}" + did_you_mean(name, CALLS))
             self.args()
             return Const(False, (start, self.pos))
+        if name == "consecutive_visits":
+            return self.parse_visits(start)
         args = self.args()
         end = self.pos
 
@@ -560,20 +736,33 @@ class _Parser:
         if name == "days_after_start":
             arity(2)
             self.obs(args[0][0], args[0][1])
-            self.codes(args[1:], _ATC, "ATC")
-            return self.comparison(Num("after", (args[0][0], args[1][0])), start, None)
+            return self.comparison(Num("after", (args[0][0], self.code_class(args[1], "atc"))).labelled(name, args, 1), start, None)
         if name in ("rise_since_start", "rise_pct_since_start"):
             if len(args) < 2:
                 raise ParseError(start, f"{name}() takes an observation and at least one ATC code, got {len(args)} argument(s)")
             od = self.obs(args[0][0], args[0][1])
-            self.codes(args[1:], _ATC, "ATC")
             kind = "srise" if name == "rise_since_start" else "srise_pct"
-            return self.comparison(Num(kind, (args[0][0], *sorted({a for a, _ in args[1:]}))), start, od)
-        if name in ("days_since", "previous", "rise", "rise_pct"):
+            num = Num(kind, (args[0][0], *sorted(set(self.codes(args[1:], "atc")))))
+            return self.comparison(num.labelled(name, args, 1), start, od)
+        if name in ("days_since", "previous", "rise", "rise_pct", "latest"):
             arity(1)
             od = self.obs(args[0][0], args[0][1])
-            kind = {"days_since": "days", "previous": "prev", "rise": "rise", "rise_pct": "rise_pct"}[name]
+            kind = {"days_since": "days", "previous": "prev", "rise": "rise", "rise_pct": "rise_pct", "latest": "latest"}[name]
+            if kind == "latest" and (od is None or od.current is None):
+                kind = "obs"  # no recency window: the latest value is the current one (one fact, not two)
             return self.comparison(Num(kind, args[0][0]), start, od)
+        if name in ("at_target", "above_target"):
+            arity(1)
+            profile = self.vocab.targets.get(args[0][0])
+            if profile is None:
+                self.err(args[0][1], f"unknown target profile {args[0][0]!r}" + did_you_mean(args[0][0], self.vocab.targets))
+                return Const(False, (start, end))
+            return profile.at if name == "at_target" else profile.above
+        if name == "site_has":
+            arity(1)
+            if args[0][0] not in self.vocab.capabilities:
+                self.err(args[0][1], f"unknown site capability {args[0][0]!r}" + did_you_mean(args[0][0], self.vocab.capabilities))
+            return Flag("site", args[0][0], True, (start, end))
         if name == "finding":
             arity(1)
             if args[0][0] not in self.vocab.findings:
@@ -581,17 +770,18 @@ class _Parser:
             return Flag("finding", args[0][0], True, (start, end))
         if not args:
             raise ParseError(start, f"{name}() needs at least one code")
-        pattern = _ICD if name == "diagnosed" else _ATC
-        label = "ICD-10" if name == "diagnosed" else "ATC"
-        self.codes(args, pattern, label)
-        if name == "count_taking":
-            return self.comparison(Num("count", tuple(sorted({a for a, _ in args}))), start, None)
+        system = "icd10" if name == "diagnosed" else "atc"
+        if name == "count_taking":  # each argument is one class: a code, or a code set (taking any of its members)
+            num = Num("count", tuple(sorted({self.code_class(a, system) for a in args})))
+            return self.comparison(num.labelled(name, args, 0), start, None)
         if name == "days_on":
             arity(1)
-            return self.comparison(Num("days_on", args[0][0]), start, None)
+            return self.comparison(Num("days_on", self.code_class(args[0], system)).labelled(name, args, 0), start, None)
+        codes = self.codes(args, system)
         kind = {"diagnosed": "dx", "taking": "on", "allergic": "allergy"}[name]
+        named = ", ".join(a for a, _ in args) if any(a[:1].islower() for a, _ in args) else ""
         # one derived flag for the whole list keeps compiled patterns small
-        return Flag(kind, "|".join(sorted({code for code, _ in args})), True, (start, end))
+        return Flag(kind, "|".join(sorted(set(codes))) or args[0][0], True, (start, end), named)
 
 
 def parse(text: str, vocab: Vocabulary) -> tuple[Expr, list[NameError_]]:
@@ -607,6 +797,26 @@ def parse(text: str, vocab: Vocabulary) -> tuple[Expr, list[NameError_]]:
 
 
 # ---------------------------------------------------------------- transformations
+
+
+def canon(e: Expr) -> str:
+    """A condition as canonical text: equal for equal meaning as written (spans ignored), so
+    sub-conditions can be compared and keyed."""
+    if isinstance(e, Cmp):
+        return f"{e.num.text()}{e.op}{e.value!r}"
+    if isinstance(e, Enum):
+        return f"{e.field} in {sorted(e.values)}"
+    if isinstance(e, Visits):
+        return f"visits:{e.arg}:{e.value}"
+    if isinstance(e, Flag):
+        return f"{e.kind}:{e.arg}:{e.value}"
+    if isinstance(e, Present):
+        return f"{'present' if e.value else 'missing'}({e.name})"
+    if isinstance(e, Not):
+        return f"not({canon(e.item)})"
+    if isinstance(e, (And, Or)):
+        return f"{'and' if isinstance(e, And) else 'or'}({', '.join(canon(i) for i in e.items)})"
+    return repr(e.value)
 
 
 def conj(*items: Expr) -> Expr:
@@ -633,7 +843,7 @@ def nnf(e: Expr, neg: bool = False) -> Expr:
     if isinstance(e, Enum):
         return Enum(e.field, frozenset(ENUM_FIELDS[e.field]) - e.values, e.span)
     if isinstance(e, Flag):
-        return Flag(e.kind, e.arg, not e.value, e.span)
+        return replace(e, value=not e.value)  # a Visits stays one
     if isinstance(e, Present):
         return Present(e.kind, e.name, not e.value, e.span)
     assert isinstance(e, Const)
@@ -659,8 +869,12 @@ def reads(e: Expr) -> tuple[tuple[str, str, str], ...]:
         elif isinstance(lit, Enum):
             out.setdefault(lit.field, (lit.field, lit.field, "text"))
         elif isinstance(lit, Flag):
-            args = lit.arg.replace("|", ", ")
-            name = {"finding": "{}", "dx": "diagnosed({})", "on": "taking({})", "allergy": "allergic({})"}.get(lit.kind, "{}").format(args)
+            args = lit.label or lit.arg.replace("|", ", ")
+            name = {"finding": "{}", "dx": "diagnosed({})", "on": "taking({})", "allergy": "allergic({})", "site": "site_has({})"}.get(
+                lit.kind, "{}"
+            ).format(args)
+            if isinstance(lit, Visits):
+                name = lit.source
             out.setdefault(name, (name, lit.key, "flag"))
         else:
             out.setdefault(f"present({lit.name})", (f"present({lit.name})", lit.key, "present"))
@@ -749,7 +963,7 @@ def describer(lit: Literal, vocab: Vocabulary) -> Callable[[Facts], str]:
         key = lit.num.key
         unit = ""
         code = lit.num.code
-        if lit.num.kind in ("obs", "prev", "rise", "srise") and code in vocab.observations:
+        if lit.num.kind in ("obs", "latest", "prev", "rise", "srise") and code in vocab.observations:
             unit = " " + vocab.observations[str(code)].unit
         elif lit.num.kind in ("days", "days_on", "after"):
             unit = " days"
@@ -769,12 +983,35 @@ def describer(lit: Literal, vocab: Vocabulary) -> Callable[[Facts], str]:
     if isinstance(lit, Flag):
         if lit.kind == "pregnant":
             text = "pregnant" if lit.value else "not pregnant"
+        elif isinstance(lit, Visits):
+            text = f"{'' if lit.value else 'not '}{lit.source}"
+        elif lit.kind == "site":
+            text = f"the site {'can' if lit.value else 'cannot'} do {lit.arg} ({vocab.capabilities.get(lit.arg, lit.arg)})"
         else:
             verb = {"finding": "", "dx": "diagnosed ", "on": "taking ", "allergy": "allergic to "}[lit.kind]
-            text = f"{'' if lit.value else 'not '}{verb}{lit.arg.replace('|', '/')}"
+            text = f"{'' if lit.value else 'not '}{verb}{lit.label or lit.arg.replace('|', '/')}"
     else:
         text = f"{lit.name} on record" if lit.value else f"no {lit.name} on record"
     return lambda facts: text
+
+
+_RECENT_KINDS = ("obs", "prev", "rise", "rise_pct", "srise", "srise_pct")  # unknown once the latest value is no longer current
+
+
+def staleness(lit: Literal, facts: Facts, vocab: Vocabulary) -> str | None:
+    """Why a comparison is unknown when the reason is a value too old to count, in words
+    (``sbp 186 mmHg is 95 days old; for this rule current means today``); None otherwise."""
+    if not isinstance(lit, Cmp) or lit.num.kind not in _RECENT_KINDS:
+        return None
+    code = lit.num.code
+    od = vocab.observations.get(str(code))
+    if od is None or od.current is None or facts.get(f"o_{code}") is not None:
+        return None
+    value, ago = facts.get(f"l_{code}"), facts.get(f"d_{code}")
+    if not isinstance(value, (int, float)) or not isinstance(ago, int):
+        return None
+    window = "today" if od.current == 0 else f"within {od.current} day{'s' if od.current > 1 else ''}"
+    return f"{code} {num_text(float(value))} {od.unit} is {ago} day{'s' if ago != 1 else ''} old; for this rule current means {window}"
 
 
 def true_literals(e: Expr, facts: Facts) -> list[Literal]:

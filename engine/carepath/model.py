@@ -41,6 +41,15 @@ class ObservationDef(_Strict):
     decimals: int = Field(
         default=6, ge=0, le=6, description="Reporting precision of the canonical unit; converted values are rounded to it."
     )
+    current: int | None = Field(
+        default=None,
+        ge=0,
+        le=3650,
+        description=(
+            "Days a value stays current: a comparison on an older value is unknown, not true (0: taken on as_of). "
+            "latest(code) reads the latest value whatever its age. Absent: every value counts, however old."
+        ),
+    )
 
     @model_validator(mode="after")
     def _range_ordered(self) -> ObservationDef:
@@ -49,20 +58,72 @@ class ObservationDef(_Strict):
         return self
 
 
+class CodeSet(_Strict):
+    """A named set of codes, declared once and used by name wherever a code list is."""
+
+    system: Literal["atc", "icd10"] = Field(description="ATC (drugs, allergies) or ICD-10 (diagnoses).")
+    label: str = Field(min_length=1, description="What the set is, in a committee's words.")
+    codes: list[str] = Field(default_factory=list, description="Codes or prefixes of the system (matched by prefix).")
+    includes: list[Annotated[str, Field(pattern=NAME)]] = Field(default_factory=list, description="Other sets whose codes are members too.")
+    source: str | None = Field(default=None, description="Where the list comes from (ATC index, formulary, guideline).")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> CodeSet:
+        if not self.codes and not self.includes:
+            raise ValueError("a code set needs codes or includes")
+        return self
+
+
+class Target(_Strict):
+    """One row of a target profile: who it is for, and the target they should be at."""
+
+    for_: str | None = Field(
+        default=None, alias="for", min_length=1, description="Who this target is for (a condition); absent: everyone else."
+    )
+    target: str = Field(min_length=1, description="The condition of being at target, e.g. 'sbp < 140 and dbp < 90'.")
+    note: str | None = None
+
+
+class TargetProfile(_Strict):
+    """Targets that depend on age, comorbidity and treatment, declared once: ``at_target(name)`` and
+    ``above_target(name)`` read the first row whose ``for`` holds (the last row has no ``for``)."""
+
+    label: str = Field(min_length=1)
+    citation: str | None = Field(default=None, description="Where the targets come from (guideline and section).")
+    targets: list[Target] = Field(min_length=1)
+
+
 class Dictionary(_Strict):
     observations: dict[Annotated[str, Field(pattern=NAME)], ObservationDef] = Field(default_factory=dict)
     findings: list[Annotated[str, Field(pattern=NAME)]] = Field(default_factory=list)
+    code_sets: dict[Annotated[str, Field(pattern=NAME)], CodeSet] = Field(
+        default_factory=dict, description="Named sets of ATC or ICD-10 codes: taking(ras_blocker), diagnosed(ckd), atc: ras_blocker."
+    )
+    definitions: dict[Annotated[str, Field(pattern=NAME)], str] = Field(
+        default_factory=dict, description="Named conditions every pathway can use; each may use the ones above it."
+    )
+    target_profiles: dict[Annotated[str, Field(pattern=NAME)], TargetProfile] = Field(default_factory=dict)
+    site_capabilities: dict[Annotated[str, Field(pattern=NAME)], str] = Field(
+        default_factory=dict, description="What a site may be able to do (name: description); site_has(name) reads the site profile."
+    )
+    visit_reading: Literal["last", "mean"] | None = Field(
+        default=None,
+        description="Which of a visit's same-day readings counts in consecutive_visits (shared dictionary only; default last).",
+    )
 
 
 class TestRec(_Strict):
     kind: Literal["test"]
     code: str = Field(pattern=NAME, description="A dictionary observation name.")
+    essential: bool | None = Field(
+        default=None, description="true: never suppressed by the conflict policy (a value needed now, or essential drug monitoring)."
+    )
 
 
 class MedicationRec(_Strict):
     kind: Literal["medication"]
     action: Literal["start", "titrate", "add", "switch", "stop", "avoid"]
-    atc: str = Field(pattern=ATC, description="ATC code or class prefix.")
+    atc: str = Field(pattern=f"{ATC}|{NAME}", description="ATC code or class prefix, or a code set's name (one recommendation per member).")
     name: str = Field(min_length=1)
 
 
@@ -100,6 +161,10 @@ class Rule(_Strict):
     then: list[Recommendation] = Field(min_length=1)
     citation: str = Field(min_length=1, description="A key of the pathway's citations.")
     priority: StrictInt = Field(default=0, description="Settles declared conflicts between rules that can fire together.")
+    scope: Literal["enrolled", "everyone"] = Field(
+        default="enrolled",
+        description="enrolled: the pathway's applies_to is AND-ed in; everyone: runs for every case whatever the diagnosis (safety rules).",
+    )
     note: str | None = None
 
 

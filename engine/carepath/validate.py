@@ -29,7 +29,8 @@ class CheckedRule:
     condition: Expr  # applies_to AND when
     when_nnf: Expr = field(init=False, compare=False)
     reads: tuple[tuple[str, str, str], ...] = field(init=False, compare=False)  # (name, fact key, kind)
-    bodies: tuple[dict[str, Any], ...] = field(init=False, compare=False)  # the `then` items as plain dicts
+    bodies: tuple[dict[str, Any], ...] = field(init=False, compare=False)  # the `then` items as plain dicts (as decisions show them)
+    essential: tuple[bool, ...] = field(init=False, compare=False)  # per `then` item: a test the conflict policy never suppresses
     read_keys: tuple[str, ...] = field(init=False, compare=False)  # the fact keys its condition reads
     memo: dict[tuple[object, ...], Any] = field(init=False, compare=False, repr=False)  # decide(): values read -> reason
 
@@ -37,7 +38,8 @@ class CheckedRule:
         # precomputed once: decide() uses them for every decision
         object.__setattr__(self, "when_nnf", lang.nnf(self.when))
         object.__setattr__(self, "reads", lang.reads(self.when))
-        object.__setattr__(self, "bodies", tuple(r.model_dump(exclude_none=True) for r in self.rule.then))
+        object.__setattr__(self, "bodies", tuple(r.model_dump(exclude_none=True, exclude={"essential"}) for r in self.rule.then))
+        object.__setattr__(self, "essential", tuple(bool(getattr(r, "essential", None)) for r in self.rule.then))
         object.__setattr__(self, "read_keys", tuple(dict.fromkeys(key for _, key, _ in self.reads)))
         object.__setattr__(self, "memo", {})
 
@@ -144,10 +146,17 @@ def _vocabulary(loc: Located) -> Vocabulary:
         d = Dictionary.model_validate(loc.data)
     except ValidationError as exc:
         raise PathwayError(_structure_errors(loc, exc)) from None
-    return merge_vocabulary(Vocabulary({}, frozenset()), d)
+    diags: list[Diagnostic] = []
+    vocab = merge_vocabulary(Vocabulary({}, frozenset()), d, loc, (), diags)
+    if diags:
+        raise PathwayError(diags)
+    return vocab
 
 
-def merge_vocabulary(base: Vocabulary, add: Dictionary) -> Vocabulary:
+def merge_vocabulary(base: Vocabulary, add: Dictionary, loc: Located, at: YamlPath, diags: list[Diagnostic]) -> Vocabulary:
+    """``base`` with a dictionary block added (the shared dictionary, or a pathway's own ``dictionary:``
+    at ``at``): observations, findings, code sets, definitions, target profiles and site capabilities.
+    Problems go to ``diags``, located in ``loc``."""
     obs = dict(base.observations)
     for code, od in add.observations.items():
         obs[code] = lang.ObsDef(
@@ -159,8 +168,111 @@ def merge_vocabulary(base: Vocabulary, add: Dictionary) -> Vocabulary:
             label=od.label or code,
             conversions={u: (c.factor, c.offset) for u, c in od.conversions.items()},
             decimals=od.decimals,
+            current=od.current,
         )
-    return Vocabulary(obs, base.findings | frozenset(add.findings))
+    for name in add.code_sets:
+        if name in base.code_sets:
+            diags.append(loc.diag((*at, "code_sets", name), f"code set {name!r} is already in the shared dictionary"))
+    sets = {**base.code_sets, **_code_sets(add, base, loc, at, diags)}
+    for name in add.site_capabilities:
+        if name in base.capabilities:
+            diags.append(loc.diag((*at, "site_capabilities", name), f"site capability {name!r} is already in the shared dictionary"))
+    vocab = Vocabulary(
+        obs,
+        base.findings | frozenset(add.findings),
+        dict(base.definitions),
+        sets,
+        dict(base.targets),
+        {**base.capabilities, **add.site_capabilities},
+        add.visit_reading or base.visit_reading,
+    )
+    defs = _definitions(add.definitions, vocab, loc, (*at, "definitions"), diags)
+    vocab = replace(vocab, definitions=defs, shared_texts={**base.shared_texts, **add.definitions})
+    targets = dict(base.targets)
+    for name, tp in add.target_profiles.items():
+        tpath: YamlPath = (*at, "target_profiles", name)
+        if name in base.targets:
+            diags.append(loc.diag(tpath, f"target profile {name!r} is already in the shared dictionary"))
+            continue
+        rows: list[tuple[Expr | None, Expr]] = []
+        for i, row in enumerate(tp.targets):
+            rpath: YamlPath = (*tpath, "targets", i)
+            last = i == len(tp.targets) - 1
+            if (row.for_ is None) != last:
+                why = "the last row is for everyone else: leave out its 'for'" if last else "only the last row may leave out 'for'"
+                diags.append(loc.diag(rpath, why))
+            who = None if row.for_ is None else _parse(loc, (*rpath, "for"), row.for_, vocab, diags)
+            goal = _parse(loc, (*rpath, "target"), row.target, vocab, diags)
+            if goal is not None and (row.for_ is None or who is not None):
+                rows.append((who, goal))
+        if len(rows) == len(tp.targets):
+            texts = tuple((row.for_, row.target) for row in tp.targets)
+            targets[name] = lang.TargetDef(name, tp.label, tuple(rows), texts, tp.citation or "")
+    return replace(vocab, targets=targets)
+
+
+class _SetProblem(Exception):
+    """A code set whose members cannot be worked out; ``message`` None: a set it includes is the one at fault."""
+
+    def __init__(self, message: str | None) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _code_sets(add: Dictionary, base: Vocabulary, loc: Located, at: YamlPath, diags: list[Diagnostic]) -> dict[str, lang.CodeSetDef]:
+    """The dictionary block's code sets with their members worked out: each set's codes checked
+    against its system, then its includes followed (sets of the same system, no cycles)."""
+    known = {n: c.system for n, c in base.code_sets.items()} | {n: c.system for n, c in add.code_sets.items()}
+    pattern = {"atc": lang._ATC, "icd10": lang._ICD}
+
+    def members(name: str, trail: tuple[str, ...]) -> set[str]:
+        if name in base.code_sets:
+            return set(base.code_sets[name].codes)
+        cs = add.code_sets[name]
+        codes = set(cs.codes)
+        for inc in cs.includes:
+            own = len(trail) == 1  # a problem of this set's own list, not of a set it includes
+            if inc not in known:
+                raise _SetProblem(f"unknown code set {inc!r}" + lang.did_you_mean(inc, known) if own else None)
+            if inc in trail:
+                raise _SetProblem(f"code set {trail[0]!r} includes itself (through {' -> '.join((*trail, inc))})")
+            if known[inc] != cs.system:
+                raise _SetProblem(f"code set {inc!r} holds {known[inc].upper()} codes, not {cs.system.upper()}" if own else None)
+            codes |= members(inc, (*trail, inc))
+        return codes
+
+    out: dict[str, lang.CodeSetDef] = {}
+    for name, cs in add.code_sets.items():
+        bad = [j for j, c in enumerate(cs.codes) if not pattern[cs.system].match(c)]
+        for j in bad:
+            diags.append(loc.diag((*at, "code_sets", name, "codes", j), f"{cs.codes[j]!r} is not an {cs.system.upper()} code or prefix"))
+        try:
+            got = members(name, (name,))
+        except _SetProblem as problem:
+            if problem.message is not None:
+                diags.append(loc.diag((*at, "code_sets", name, "includes"), problem.message))
+            continue
+        if not bad:
+            out[name] = lang.CodeSetDef(name, cs.system, cs.label, tuple(sorted(got)), tuple(cs.includes), cs.source or "")
+    return out
+
+
+def _definitions(texts: dict[str, str], vocab: Vocabulary, loc: Located, at: YamlPath, diags: list[Diagnostic]) -> dict[str, Expr]:
+    """Named conditions, each parsed with the ones above it (and the vocabulary's own) in scope."""
+    defs: dict[str, Expr] = dict(vocab.definitions)
+    reserved = set(vocab.observations) | vocab.findings | set(lang.NUMERIC_FIELDS) | set(lang.ENUM_FIELDS) | lang.CALLS | lang.KEYWORDS
+    reserved |= {"pregnant", "true", "false", "everyone"}
+    for name, text in texts.items():
+        if name in reserved:
+            diags.append(loc.diag((*at, name), f"definition name {name!r} is already a name in the condition language"))
+            continue
+        if name in vocab.definitions:
+            diags.append(loc.diag((*at, name), f"definition {name!r} is already in the shared dictionary"))
+            continue
+        d = _parse(loc, (*at, name), text, replace(vocab, definitions=dict(defs)), diags)
+        if d is not None:
+            defs[name] = d
+    return defs
 
 
 # ---------------------------------------------------------------- satisfiability
@@ -342,18 +454,16 @@ def check_pathway(loc: Located, base: Vocabulary) -> tuple[CheckedPathway | None
     for code in model.dictionary.observations:
         if code in base.observations:
             diags.append(loc.diag(("dictionary", "observations", code), f"observation {code!r} is already in the shared dictionary"))
-    vocab = merge_vocabulary(base, model.dictionary)
-    defs: dict[str, Expr] = {}
-    reserved = set(vocab.observations) | vocab.findings | set(lang.NUMERIC_FIELDS) | set(lang.ENUM_FIELDS) | lang.CALLS | lang.KEYWORDS
-    for name, text in model.definitions.items():
-        if name in reserved or name in ("pregnant", "true", "false"):
-            diags.append(loc.diag(("definitions", name), f"definition name {name!r} is already a name in the condition language"))
-            continue
-        d = _parse(loc, ("definitions", name), text, replace(vocab, definitions=dict(defs)), diags)
-        if d is not None:
-            defs[name] = d
-    vocab = replace(vocab, definitions=defs)
-    applies = _parse(loc, ("applies_to",), model.applies_to, vocab, diags)
+    if model.dictionary.visit_reading is not None:
+        diags.append(
+            loc.diag(("dictionary", "visit_reading"), "visit_reading is the clinic's convention: set it once, in the shared dictionary")
+        )
+    vocab = merge_vocabulary(base, model.dictionary, loc, ("dictionary",), diags)
+    vocab = replace(vocab, definitions=_definitions(model.definitions, vocab, loc, ("definitions",), diags))
+    if model.applies_to.strip() == "everyone":  # a safety pathway: its rules run for every case
+        applies: Expr | None = Const(True)
+    else:
+        applies = _parse(loc, ("applies_to",), model.applies_to, vocab, diags)
     for i, f in enumerate(model.emergency_findings):
         if f not in vocab.findings:
             diags.append(loc.diag(("emergency_findings", i), f"unknown finding {f!r}" + lang.did_you_mean(f, vocab.findings)))
@@ -371,6 +481,7 @@ def check_pathway(loc: Located, base: Vocabulary) -> tuple[CheckedPathway | None
             diags.append(
                 loc.diag((*rp, "citation"), f"unknown citation {rule.citation!r}" + lang.did_you_mean(rule.citation, model.citations))
             )
+        then: list[Any] = []
         for j, rec in enumerate(rule.then):
             if isinstance(rec, TestRec) and rec.code not in vocab.observations:
                 diags.append(
@@ -379,10 +490,25 @@ def check_pathway(loc: Located, base: Vocabulary) -> tuple[CheckedPathway | None
                         f"unknown observation {rec.code!r}" + lang.did_you_mean(rec.code, vocab.observations),
                     )
                 )
+            if isinstance(rec, MedicationRec) and rec.atc[:1].islower():  # a code set: one recommendation per member
+                cs = vocab.code_sets.get(rec.atc)
+                if cs is None:
+                    diags.append(loc.diag((*rp, "then", j, "atc"), lang.unknown_code(rec.atc, "ATC", vocab.code_sets)))
+                    continue
+                if cs.system != "atc":
+                    diags.append(
+                        loc.diag((*rp, "then", j, "atc"), f"code set {rec.atc!r} holds ICD-10 codes; a medication needs ATC codes")
+                    )
+                    continue
+                then.extend(rec.model_copy(update={"atc": code}) for code in cs.codes)
+            else:
+                then.append(rec)
+        if len(then) != len(rule.then):
+            rule = rule.model_copy(update={"then": then})
         when = _parse(loc, (*rp, "when"), rule.when, vocab, diags)
         if when is None or applies is None:
             continue
-        cond = lang.conj(applies, when)
+        cond = when if rule.scope == "everyone" else lang.conj(applies, when)
         if not satisfiable(cond, vocab):
             diags.append(loc.diag((*rp, "when"), "this condition can never be true (together with applies_to)"))
             continue
@@ -471,23 +597,13 @@ def check_set(locs: Sequence[Located], base: Vocabulary) -> tuple[list[CheckedPa
 
 
 def validate_paths(paths: Sequence[Path | str], default_dir: Path) -> tuple[list[CheckedPathway], list[Diagnostic]]:
-    """Load and validate files and directories; collect every diagnostic rather than stopping at the first."""
-    files = pathway_files(paths)
-    diags: list[Diagnostic] = []
-    if not files:
-        return [], [Diagnostic(str(paths[0]) if paths else ".", 1, 1, "", "no pathway files found")]
-    try:
-        base = load_vocabulary(find_dictionary(files, default_dir))
-    except PathwayError as exc:
-        return [], exc.diagnostics
-    locs: list[Located] = []
-    for f in files:
-        try:
-            locs.append(load_file(f, str(f)))
-        except PathwayError as exc:
-            diags.extend(exc.diagnostics)
-    checked, more = check_set(locs, base)
-    return checked, sorted(diags + more)
+    """Load and validate files and directories; collect every diagnostic rather than stopping at the first.
+    (read_set, then validate_set: the service compiles exactly what this checks.)"""
+    sources, unread = read_set(paths, default_dir)
+    if sources is None:
+        return [], unread
+    checked, diags = validate_set(sources)
+    return checked, sorted(unread + diags)
 
 
 @dataclass(frozen=True)
@@ -510,20 +626,25 @@ def _read(path: Path) -> str:
 
 
 def read_set(paths: Sequence[Path | str], default_dir: Path) -> tuple[SourceSet | None, list[Diagnostic]]:
-    """Read the files validate_paths would read, as text; diagnostics for those that cannot be read."""
+    """Read the dictionary and the pathway files of ``paths`` as text. A file that cannot be read is a
+    diagnostic (the others are still read); None when there is no pathway file or the dictionary
+    cannot be read."""
     files = pathway_files(paths)
     if not files:
         return None, [Diagnostic(str(paths[0]) if paths else ".", 1, 1, "", "no pathway files found")]
+    dictionary = find_dictionary(files, default_dir)
+    try:
+        dictionary_text = _read(dictionary)
+    except PathwayError as exc:
+        return None, exc.diagnostics
     diags: list[Diagnostic] = []
     texts: list[tuple[str, str]] = []
-    for f in [find_dictionary(files, default_dir), *files]:
+    for f in files:
         try:
             texts.append((str(f), _read(f)))
         except PathwayError as exc:
             diags.extend(exc.diagnostics)
-    if diags:
-        return None, sorted(diags)
-    return SourceSet(texts[0], tuple(texts[1:])), []
+    return SourceSet((str(dictionary), dictionary_text), tuple(texts)), diags
 
 
 def validate_set(sources: SourceSet) -> tuple[list[CheckedPathway], list[Diagnostic]]:

@@ -99,5 +99,5 @@ def test_a_set_read_into_memory_compiles_without_its_files(tmp_path: Path) -> No
     assert [p.id for p in Engine.from_sources(sources).pathways] == sorted(p.id for p in from_files)
     d.mkdir()
     (d / "a.yaml").write_bytes(b"id: \xff\n")
-    none, diags = read_set([d], bundled_pathways())
-    assert none is None and [x.message for x in diags] == ["not valid UTF-8: invalid start byte"]
+    partial, diags = read_set([d], bundled_pathways())
+    assert partial is not None and partial.pathways == () and [x.message for x in diags] == ["not valid UTF-8: invalid start byte"]

@@ -69,5 +69,5 @@ def test_quick_start_cli_commands_run() -> None:
 def test_every_documented_command_exists() -> None:
     from carepath.cli import _COMMANDS, PLUGINS
 
-    documented = set(re.findall(r"`carepath (\w+)", README))
+    documented = set(re.findall(r"`carepath ([\w-]+)", README))
     assert documented <= set(_COMMANDS) | set(PLUGINS)

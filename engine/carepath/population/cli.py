@@ -251,3 +251,35 @@ def _report(args: argparse.Namespace) -> int:
     with OutputFile(args.out) as out:
         out.write(text.encode())
     return 0
+
+
+def _diff_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("old", metavar="OLD", help="the pathways before: a directory, or a git revision (REV or REV:DIR; default DIR pathways)")
+    p.add_argument("new", metavar="NEW", help="the pathways after: a directory or a git revision, likewise")
+    p.add_argument("--cohort", metavar="COHORT", required=True, help="cases JSONL (e.g. from carepath synth), or - for stdin")
+    p.add_argument("--out", metavar="FILE", help="diff.html or diff.md (default: Markdown on stdout)")
+    p.add_argument("--title", default="carepath diff: what the edit changes")
+
+
+@command("diff", _diff_setup)
+def _diff(args: argparse.Namespace) -> int:
+    """Evaluate a cohort with two pathway sets; report per rule and recommendation who gains or loses what."""
+    from ..evaluate import Engine
+    from .diff import pathway_source, render, run
+
+    if args.out and Path(args.out).suffix.lower() not in REPORT_SUFFIXES:
+        raise CarepathError(f"--out {args.out}: a diff report is .html or .md (Markdown)")
+    with pathway_source(args.old) as old_dir, pathway_source(args.new) as new_dir:
+        old, new = Engine.from_directory(old_dir), Engine.from_directory(new_dir)
+    if args.cohort == "-":
+        diff = run(old, new, sys.stdin.buffer, args.old, args.new)
+    else:
+        try:
+            with open(args.cohort, "rb") as fh:
+                diff = run(old, new, fh, args.old, args.new)
+        except OSError as exc:
+            raise CarepathError(f"cannot read {args.cohort}: {exc.strerror}") from None
+    text = render(diff, args.title, html=bool(args.out) and Path(args.out).suffix.lower() in HTML_SUFFIXES)
+    with OutputFile(args.out) as out:
+        out.write(text.encode())
+    return 0

@@ -247,8 +247,16 @@ def tables(s: Summary) -> list[tuple[str, list[str], list[list[str]]]]:
 
 
 def render_markdown(s: Summary, title: str) -> str:
+    return render_tables_markdown(title, tables(s))
+
+
+Table = tuple[str, list[str], list[list[str]]]  # (heading, header, rows)
+
+
+def render_tables_markdown(title: str, tables: list[Table]) -> str:
+    """A Markdown page of titled tables (the report's look; carepath diff uses it too)."""
     lines = [f"# {title}", ""]
-    for name, header, rows in tables(s):
+    for name, header, rows in tables:
         lines += [f"## {name}", ""]
         if not rows:
             lines += ["(none)", ""]
@@ -305,10 +313,15 @@ def charts(s: Summary) -> list[str]:
 
 
 def render_html(s: Summary, title: str) -> str:
+    return render_tables_html(title, f"{s.decisions:,} decisions; {sum(s.errors.values()):,} error records.", charts(s), tables(s))
+
+
+def render_tables_html(title: str, intro: str, svgs: list[str], tables: list[Table]) -> str:
+    """An HTML page of charts and titled tables (the report's look; carepath diff uses it too)."""
     esc = html.escape
-    body = [f"<h1>{esc(title)}</h1>", f"<p>{s.decisions:,} decisions; {sum(s.errors.values()):,} error records.</p>"]
-    body += [f'<div class="chart">{c}</div>' for c in charts(s)]
-    for name, header, rows in tables(s):
+    body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(intro)}</p>"]
+    body += [f'<div class="chart">{c}</div>' for c in svgs]
+    for name, header, rows in tables:
         body.append(f"<h2>{esc(name)}</h2>")
         if not rows:
             body.append("<p>(none)</p>")

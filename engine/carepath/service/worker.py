@@ -154,7 +154,7 @@ def load(pathways: str | SourceSet | None) -> tuple[Engine, SourceSet]:
         return Engine.from_sources(pathways), pathways
     directory = Path(pathways) if pathways else bundled_pathways()
     sources, diags = read_set([directory], bundled_pathways())
-    if sources is None:
+    if sources is None or diags:
         raise PathwayError(diags)
     return Engine.from_sources(sources), sources
 

@@ -102,6 +102,16 @@ ANY: Final = _Any()
 """Leave a keyword of :func:`cases` to the generator."""
 
 
+def _literals(e: Expr) -> list[lang.Literal]:
+    """The literals of a condition, and those of the condition inside each consecutive_visits."""
+    out: list[lang.Literal] = []
+    for lit in lang.literals(e):
+        out.append(lit)
+        if isinstance(lit, lang.Visits) and lit.cond is not None:
+            out += _literals(lit.cond)
+    return out
+
+
 def prefixes(arg: str) -> tuple[str, ...]:
     """The codes of a dx/on/allergy flag (one prefix, or several joined by '|')."""
     return tuple(arg.split("|"))
@@ -209,7 +219,7 @@ class CaseSpace:
             exprs: list[Expr] = [p.applies, *(r.when for r in p.rules), *(g for _, g in p.invariants)]
             p_obs: list[str] = []
             for e in exprs:
-                for lit in lang.literals(e):
+                for lit in _literals(e):
                     if isinstance(lit, Cmp):
                         n = lit.num
                         if n.kind in ("obs", "prev"):
@@ -222,19 +232,22 @@ class CaseSpace:
                             p_obs.append(str(n.arg))
                         elif n.kind == "field":
                             fields.setdefault(str(n.arg), set()).add(lit.value)
-                        elif n.kind == "count":
-                            atc.update(n.arg)
+                        elif n.kind == "count":  # each class a code, or a code set's members joined by |
+                            atc.update(p for g in n.arg for p in prefixes(g))
                         elif n.kind == "days_on":
-                            atc.add(str(n.arg))
+                            atc.update(prefixes(str(n.arg)))
                             since.add(lit.value)
                         elif n.kind == "after":  # a reading's date against a start: steered by _steer_after
                             p_obs.append(n.pair[0])
-                            atc.add(n.pair[1])
+                            atc.update(prefixes(n.pair[1]))
                         elif n.kind in ("srise", "srise_pct"):  # steered by _steer_since_start
                             p_obs.append(n.started[0])
                             atc.update(n.started[1:])
                     elif isinstance(lit, Present) and lit.kind == "obs":
                         p_obs.append(lit.name)
+                    elif isinstance(lit, lang.Visits):
+                        atc.update(lit.since)
+                        since.update((1.0, 14.0, 30.0, 90.0))  # starts before and between the visits
                     elif isinstance(lit, Flag):
                         if lit.kind in ("on", "allergy"):
                             atc.update(prefixes(lit.arg))
@@ -242,8 +255,8 @@ class CaseSpace:
                             icd.update(prefixes(lit.arg))
                         elif lit.kind == "finding":
                             used_findings.add(lit.arg)
-            for rule in p.model.rules:
-                for rec in rule.then:
+            for cr in p.rules:  # as checked: a recommendation naming a code set is one per member
+                for rec in cr.rule.then:
                     if rec.kind == "medication":
                         atc.add(rec.atc)
             p_obs.extend(o for o in p.model.worse_is_higher if o in obs)
@@ -499,6 +512,8 @@ class CaseSpace:
                 b = any(c.startswith(ps) for c in d.conditions)
             elif e.kind == "on":
                 b = any(str(m[0]).startswith(ps) for m in d.meds)
+            elif e.kind in ("site", "visits"):  # the site is the engine's; visits are worked out by derive
+                return None
             else:
                 b = any(a.startswith(ps) or any(q.startswith(a) for q in ps) for a in d.allergies)
             return None if b is None else b == e.value
@@ -531,9 +546,9 @@ class CaseSpace:
             rs = d.readings.get(n.pair[0]) or []
             on = self._num(d, lang.Num("days_on", n.pair[1]))
             return None if on is None or not rs else on - rs[0][0]
-        if n.kind == "count":
-            return float(sum(1 for g in n.arg if any(str(m[0]).startswith(g) for m in d.meds)))
-        starts = [m[1] for m in d.meds if str(m[0]).startswith(str(n.arg))]
+        if n.kind == "count":  # each class: a code, or a code set's members joined by |
+            return float(sum(1 for g in n.arg if any(str(m[0]).startswith(prefixes(g)) for m in d.meds)))
+        starts = [m[1] for m in d.meds if str(m[0]).startswith(prefixes(str(n.arg)))]
         if not starts or None in starts:  # the latest start, unknown if any matching drug has no start
             return None
         return float(min(x for x in starts if x is not None))
@@ -736,15 +751,14 @@ class CaseSpace:
             if k is None:
                 return
             chosen = draw(st.permutations(group))[: int(k)]
-            d.meds = [m for m in d.meds if not any(str(m[0]).startswith(g) for g in group)]
+            d.meds = [m for m in d.meds if not any(str(m[0]).startswith(prefixes(g)) for g in group)]
             for g in chosen:
-                d.meds.append([draw(self._sample(complete_atc(g))), None])
+                d.meds.append([draw(self._sample(complete_atc(draw(self._sample(prefixes(g)))))), None])
         elif n.kind == "days_on":
-            prefix = str(n.arg)
             v = self._pick(draw, [*self.since, x - 1, x, x + 1], op, x)
             if v is None or v < 0:
                 return
-            mine = self._taking(draw, d, (prefix,))
+            mine = self._taking(draw, d, prefixes(str(n.arg)))
             for m in mine:
                 m[1] = int(v)
 
