@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from grpc_helpers import SAMPLE, varied_case  # noqa: E402
 
-from carepath._proto.v1 import decision_service_pb2 as ds  # noqa: E402
 from carepath.service.convert import case_from_dict  # noqa: E402
+from carepath_client._proto.v1 import decision_service_pb2 as ds  # noqa: E402
 
 EVALUATE = "/carepath.v1.DecisionService/Evaluate"
 ECHO = "/bench.v1.EchoService/Echo"

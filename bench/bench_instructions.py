@@ -27,8 +27,8 @@ Printed: instructions per case of each section (millions); this tree's microseco
 (one pass without valgrind, so noisy) and instructions per nanosecond (a section far below the
 others stalls on memory); the raw(all)/evaluate ratio, the bench_batch "ceiling", in
 instructions and in time; and with --against, each revision's counts over this tree's.
---against REV copies that revision's engine/carepath with `git archive` into a temporary
-directory and runs it on this tree's pathways.
+--against REV copies that revision's engine/carepath (and its client package) with `git archive`
+into a temporary directory and runs it on this tree's pathways.
 """
 
 from __future__ import annotations
@@ -86,10 +86,10 @@ def child(n: int, pathways: str | None, helper: str | None) -> None:
     engine = Engine.from_directory(pathways)
     lines = [line.encode() for line in synth_lines(4 * n, 1)]
     warm, lines, fresh, requests = lines[:n], lines[n : 2 * n], lines[2 * n : 3 * n], lines[3 * n :]
-    from carepath._proto.v1 import decision_service_pb2 as ds
     from carepath.evaluate import bundled_pathways
     from carepath.service.convert import case_from_dict
     from carepath.service.worker import Worker
+    from carepath_client._proto.v1 import decision_service_pb2 as ds
 
     try:  # a Worker holds the set it compiled (validate.SourceSet)
         from carepath.validate import read_set
@@ -212,13 +212,18 @@ def wall(pythonpath: str, n: int, pathways: str) -> dict[str, float]:
     return {name: float(us) for name, us in (line.split("\t") for line in out.splitlines() if "\t" in line)}
 
 
-def checkout(rev: str, tmp: Path) -> Path:
-    """engine/carepath of REV in a directory of its own, importable as carepath."""
+def checkout(rev: str, tmp: Path) -> str:
+    """engine/carepath of REV (and its clients/python/carepath_client, where REV has one) in a
+    directory of its own, importable as carepath: the PYTHONPATH that puts them first."""
     dest = tmp / f"rev-{re.sub(r'[^A-Za-z0-9]', '_', rev)}"
     dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "engine/carepath"], check=True, capture_output=True).stdout
+    client = "clients/python/carepath_client"
+    has_client = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:{client}"], capture_output=True).returncode == 0
+    parts = ["engine/carepath", *([client] if has_client else [])]
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *parts], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest / "engine"  # the generated protobuf modules are in git: REV's own come along
+    # the generated protobuf modules are in git (in the engine or, since the split, in the client): REV's own come along
+    return os.pathsep.join(str(dest / p) for p in ("engine", "clients/python"))
 
 
 def main() -> int:
@@ -239,7 +244,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="carepath-cg-") as d:
         tmp = Path(d)
         helper = build_helper(tmp)
-        runs = [("this tree", str(ROOT / "engine"))] + [(rev, str(checkout(rev, tmp))) for rev in args.against]
+        this_tree = os.pathsep.join(str(ROOT / p) for p in ("engine", "clients/python"))
+        runs = [("this tree", this_tree)] + [(rev, checkout(rev, tmp)) for rev in args.against]
         results = []
         for label, path in runs:
             print(f"counting {label} ({args.cases} cases a section) ...", file=sys.stderr, flush=True)

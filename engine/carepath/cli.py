@@ -273,6 +273,8 @@ PLUGINS = {
     "report": "carepath.population.cli",
     "fhir-to-case": "carepath.fhir.cli",
 }
+# What an optional extra brings (pyproject.toml), for the message when a command needs it.
+_EXTRAS = {"hypothesis": "testing"}
 
 
 def _load_plugins(argv: Sequence[str]) -> None:
@@ -287,6 +289,11 @@ def _load_plugins(argv: Sequence[str]) -> None:
         except ModuleNotFoundError as exc:
             if exc.name is not None and mod.startswith(exc.name):
                 continue  # that part of carepath is not installed
+            extra = _EXTRAS.get((exc.name or "").partition(".")[0])
+            if extra:
+                names = ", ".join(name for name, m in PLUGINS.items() if m == mod)
+                print(f"carepath: {names} need the optional extra {extra!r}: pip install 'carepath[{extra}]'", file=sys.stderr)
+                continue
             print(f"carepath: the {mod} commands are unavailable: {exc}", file=sys.stderr)
         except ImportError as exc:
             print(f"carepath: the {mod} commands are unavailable: {exc}", file=sys.stderr)

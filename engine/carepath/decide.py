@@ -196,15 +196,33 @@ class Planned(NamedTuple):
     reads: list[tuple[Values, str]]
     fired: Fired
     enrolled: dict[str, bool]
+    site: dict[str, str]  # the site profile's identity (carepath.site.Site.identity)
 
 
-def decide(case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, bool], plans: dict[Any, Plan] | None = None) -> dict[str, Any]:
-    """Build the decision: deterministic for the same case and pathways. ``plans`` is the engine's
+def decide(
+    case: Case,
+    facts: lang.Facts,
+    fired: Fired,
+    enrolled: dict[str, bool],
+    plans: dict[Any, Plan] | None = None,
+    site: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Build the decision: deterministic for the same case, pathways and site. ``plans`` is the engine's
     store of plans by shape (None: make the plan afresh)."""
-    return render(planned(case, facts, fired, enrolled, plans))
+    return render(planned(case, facts, fired, enrolled, plans, site))
 
 
-def planned(case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, bool], plans: dict[Any, Plan] | None = None) -> Planned:
+DEFAULT_SITE_ID = {"id": "default", "sha256": ""}  # carepath.site.DEFAULT_SITE's identity
+
+
+def planned(
+    case: Case,
+    facts: lang.Facts,
+    fired: Fired,
+    enrolled: dict[str, bool],
+    plans: dict[Any, Plan] | None = None,
+    site: dict[str, str] | None = None,
+) -> Planned:
     """The decision's plan (from the store when its shape was seen) and what each fired rule read."""
     allergies = tuple(case.allergies)
     key = (case.setting, allergies, tuple([(i, tuple([cr.index for cr in rules])) for i, _, rules in fired]))
@@ -221,7 +239,7 @@ def planned(case: Case, facts: lang.Facts, fired: Fired, enrolled: dict[str, boo
         k = tuple(map(get, cr.read_keys))
         hit = cr.memo.get(k)
         reads.append(read_rule(cr, prep, facts, k) if hit is None else hit)
-    return Planned(case, plan, reads, fired, enrolled)
+    return Planned(case, plan, reads, fired, enrolled, site or DEFAULT_SITE_ID)
 
 
 def merged_read(reads: list[tuple[Values, str]], srcs: tuple[int, ...]) -> tuple[Values | dict[str, object], str]:
@@ -269,6 +287,7 @@ def render(p: Planned) -> dict[str, Any]:
         "pathways": sorted(pathways, key=lambda p: str(p["id"])),
         "recommendations": out,
         "trace": trace,
+        "site": p.site,
     }
 
 

@@ -1,47 +1,24 @@
-"""One root exception, two families: pathway errors (authoring time) and case errors (call time)."""
+"""One root exception, two families: pathway errors (authoring time) and case errors (call time).
+
+The root, the case family and the records they carry are defined in the client package
+(carepath_client.errors), so the client and the engine raise the same classes; they are
+re-exported here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from carepath_client.errors import CarepathError, CaseError, Diagnostic, FieldViolation
 
-Severity = Literal["error", "warning"]
-
-
-@dataclass(frozen=True, order=True)
-class Diagnostic:
-    """A problem in a pathway file, located to the character.
-
-    An error fails validation; a warning (the readability checks, carepath.readability) is printed
-    as ``FILE:LINE:COL: path: warning: message`` and fails only ``carepath validate --strict``.
-    """
-
-    file: str
-    line: int
-    col: int
-    path: str
-    message: str
-    severity: Severity = "error"
-
-    def __str__(self) -> str:
-        where = f"{self.path}: " if self.path else ""
-        kind = "warning: " if self.severity == "warning" else ""
-        return f"{self.file}:{self.line}:{self.col}: {where}{kind}{self.message}"
-
-
-@dataclass(frozen=True)
-class FieldViolation:
-    """A problem in a case, named by its field path (e.g. ``observations[2].unit``)."""
-
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}" if self.field else self.message
-
-
-class CarepathError(Exception):
-    """Root of every error carepath raises on purpose."""
+__all__ = [
+    "CarepathError",
+    "CaseError",
+    "Diagnostic",
+    "FieldViolation",
+    "PathwayError",
+    "Terminated",
+    "UnknownPathwayError",
+    "raise_terminated",
+]
 
 
 class PathwayError(CarepathError):
@@ -50,14 +27,6 @@ class PathwayError(CarepathError):
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = sorted(diagnostics)
         super().__init__("\n".join(str(d) for d in self.diagnostics))
-
-
-class CaseError(CarepathError):
-    """A case broke the contract; nothing was evaluated."""
-
-    def __init__(self, violations: list[FieldViolation]) -> None:
-        self.violations = violations
-        super().__init__("; ".join(str(v) for v in violations))
 
 
 class UnknownPathwayError(CarepathError):

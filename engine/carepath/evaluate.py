@@ -249,7 +249,7 @@ class Engine:
         groups: list[tuple[int, CheckedPathway, list[CheckedRule]]] = [
             (i, c.pathway, [c.pathway.rules[k] for k in ks]) for i, c, ks in fired
         ]
-        return planned(case, facts, groups, enrolled, self._plans)
+        return planned(case, facts, groups, enrolled, self._plans, self.site.identity)
 
     def explain(self, data: Any, pathway_ids: Sequence[str] | None = None, near: int = NEAR) -> str:
         """For a person: why each recommendation was made, and which rules came close and why not

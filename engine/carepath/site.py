@@ -42,7 +42,8 @@ class Site:
 
     @property
     def identity(self) -> dict[str, str]:
-        return {"id": self.id, "sha256": self.sha256} if self.sha256 else {"id": self.id}
+        """How a decision names it: id and content hash (empty for the built-in default)."""
+        return {"id": self.id, "sha256": self.sha256}
 
     def check(self, vocab: lang.Vocabulary) -> None:
         """Raise PathwayError naming each capability the dictionary does not declare."""

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# Also bench/bench_grpc.py imports this module, outside pytest: so it names these paths itself rather than
+# importing them from tests/conftest.py (the test modules take them from there).
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "pathways"
 BAD_CASES = ROOT / "tests" / "unit" / "bad_cases"

@@ -16,14 +16,15 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import FIXTURES
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
-from grpc_helpers import FIXTURES, SAMPLE, Server, serving, varied_case, wait_for
+from grpc_helpers import SAMPLE, Server, serving, varied_case, wait_for
 from grpc_status import rpc_status
 
-from carepath._proto.v1 import decision_service_pb2 as ds
-from carepath._proto.v1 import pathway_service_pb2 as ps
 from carepath.client import CarepathClient
 from carepath.service.convert import case_from_dict
+from carepath_client._proto.v1 import decision_service_pb2 as ds
+from carepath_client._proto.v1 import pathway_service_pb2 as ps
 
 pytestmark = pytest.mark.timeout(120)
 

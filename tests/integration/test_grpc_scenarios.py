@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from grpc_helpers import ROOT, Server, serving
+from conftest import BUNDLED, SCENARIO_DIR
+from grpc_helpers import Server, serving
 
 from carepath.cli import dumps
 from carepath.client import CarepathClient
@@ -13,24 +14,13 @@ from carepath.evaluate import Engine
 from carepath.scenarios import Scenario, check, iter_scenarios
 
 pytestmark = pytest.mark.timeout(120)
-BUNDLED = ROOT / "pathways"
-SCENARIOS = iter_scenarios(ROOT / "tests" / "scenarios")
+PATHWAYS = BUNDLED  # the `engine` fixture's (conftest.py)
+SCENARIOS = iter_scenarios(SCENARIO_DIR)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield from serving(tmp_path_factory.mktemp("srv"), BUNDLED, 2)
-
-
-@pytest.fixture(scope="module")
-def client(server: Server) -> Iterator[CarepathClient]:
-    with CarepathClient(server.target) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine.from_directory(BUNDLED)
 
 
 def test_there_are_golden_scenarios() -> None:

@@ -16,18 +16,19 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from conftest import FIXTURES, ROOT
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_helpers import BAD_CASES, CARE, FIXTURES, ROOT, SAMPLE, Server, scenario_cases, serving, varied_case, wait_for
+from grpc_helpers import BAD_CASES, CARE, SAMPLE, Server, scenario_cases, serving, varied_case, wait_for
 from grpc_status import rpc_status
 
-from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath.case import parse_json
 from carepath.cli import dumps
 from carepath.client import CallError, CarepathClient
 from carepath.errors import CaseError
 from carepath.evaluate import Engine
 from carepath.service.convert import case_from_dict
+from carepath_client._proto.v1 import decision_service_pb2 as ds
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,17 +36,6 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield from serving(tmp_path_factory.mktemp("srv"))
-
-
-@pytest.fixture(scope="module")
-def client(server: Server) -> Iterator[CarepathClient]:
-    with CarepathClient(server.target) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine.from_directory(FIXTURES)
 
 
 @pytest.mark.parametrize(("name", "case"), scenario_cases(), ids=[n for n, _ in scenario_cases()])
@@ -673,7 +663,7 @@ def test_a_stream_cut_by_a_drain_is_resumed_by_the_client_on_the_next_server(tmp
 def test_pathway_service_never_sends_the_servers_paths(server: Server) -> None:
     """No response of ListPathways or GetPathway holds the server's pathway directory (nor any '/')
     outside the pathway's own source text."""
-    from carepath._proto.v1 import pathway_service_pb2 as ps
+    from carepath_client._proto.v1 import pathway_service_pb2 as ps
 
     with grpc.insecure_channel(server.target) as ch:
         raw_list = ch.unary_unary("/carepath.v1.PathwayService/ListPathways", request_serializer=None, response_deserializer=None)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from grpc_helpers import FIXTURES, SAMPLE, Server, varied_case, wait_for
+from conftest import FIXTURES
+from grpc_helpers import SAMPLE, Server, varied_case, wait_for
 
 from carepath.cli import dumps
 from carepath.client import CarepathClient

@@ -7,15 +7,16 @@ import json
 from typing import Any
 
 import pytest
-from grpc_helpers import FIXTURES, ROOT, SAMPLE, varied_case
+from conftest import FIXTURES, ROOT
+from grpc_helpers import SAMPLE, varied_case
 
-from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath.decide import Planned, Values, render
 from carepath.errors import CaseError
 from carepath.evaluate import Engine
 from carepath.population.synth import synth_lines
 from carepath.scenarios import iter_scenarios
 from carepath.service.convert import decision_to_proto, evaluate_response_bytes, planned_response_bytes
+from carepath_client._proto.v1 import decision_service_pb2 as ds
 
 
 def reference(rid: str, d: Any) -> bytes:
@@ -99,7 +100,7 @@ def test_planned_bytes_fall_back_to_the_rendered_path_on_anything_unexpected() -
         plan = copy.copy(planned.plan)
         plan.recs = [(odd, rules, srcs), *planned.plan.recs[1:]]
         plan.wire = {}
-        moved = Planned(planned.case, plan, planned.reads, planned.fired, planned.enrolled)
+        moved = Planned(planned.case, plan, planned.reads, planned.fired, planned.enrolled, planned.site)
         assert outcome(planned_response_bytes, "r", moved) == outcome(lambda rid, p: reference(rid, render(p)), "r", moved)
 
 

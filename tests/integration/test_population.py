@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import FIXTURES
 
 from carepath.errors import CaseError
 from carepath.evaluate import Engine
@@ -19,8 +20,6 @@ from carepath.population.batch import run_batch
 from carepath.population.report import aggregate, render_markdown
 from carepath.population.synth import exams_known, synth_lines
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "pathways"
 NO_EXAMS: frozenset[str] = frozenset()  # cohorts for the fixture pathways, which define no diabetes exam codes
 CLI = [sys.executable, "-c", "import sys; from carepath.cli import main; sys.exit(main())"]
 

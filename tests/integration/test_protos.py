@@ -4,7 +4,8 @@ What is compared is what the protos define, not which protoc made the files: the
 FileDescriptorProto inside each ``*_pb2.py`` (messages, fields, services, options), and the rest
 of the text with the version stamps masked (grpcio-tools writes its own version into
 ``*_pb2_grpc.py`` and protobuf's into ``*_pb2.py``; a newer grpcio-tools changes only those).
-The stamps themselves are checked against pyproject.toml's floors: an installed grpcio or
+The stamps themselves are checked against the client's floors (clients/python/pyproject.toml: the
+generated code ships in carepath-client, and the engine gets grpcio and protobuf through it): an installed grpcio or
 protobuf older than the stamp refuses to import the generated code.
 """
 
@@ -17,8 +18,10 @@ import sys
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-CHECKED_IN = ROOT / "engine" / "carepath" / "_proto"
+from conftest import ROOT
+
+CLIENT = ROOT / "clients" / "python"
+CHECKED_IN = CLIENT / "carepath_client" / "_proto"
 _STAMPS = (
     re.compile(r"^GRPC_GENERATED_VERSION = '[^']*'$", re.M),
     re.compile(r"^# Protobuf Python Version: .*$", re.M),
@@ -63,7 +66,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def _floor(requirement_prefix: str) -> tuple[int, ...]:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["dependencies"]
     (spec,) = [d for d in deps if re.match(rf"{requirement_prefix}\s*>=", d)]
     m = re.search(r">=\s*([\d.]+)", spec)
     assert m, spec
@@ -75,8 +78,8 @@ def test_dependency_floors_admit_only_runtimes_the_generated_code_accepts() -> N
     grpc_stamps = {_version(m) for t in texts.values() for m in re.findall(r"^GRPC_GENERATED_VERSION = '([^']*)'$", t, re.M)}
     pb_stamps = {_version(m) for t in texts.values() for m in re.findall(r"^# Protobuf Python Version: (\S+)$", t, re.M)}
     assert len(grpc_stamps) == 1 and len(pb_stamps) == 1, (grpc_stamps, pb_stamps)
-    assert _floor("grpcio") >= max(grpc_stamps), "pyproject's grpcio floor is below the version the stubs need"
-    assert _floor("protobuf") >= max(pb_stamps), "pyproject's protobuf floor is below the version the messages need"
+    assert _floor("grpcio") >= max(grpc_stamps), "the client's grpcio floor is below the version the stubs need"
+    assert _floor("protobuf") >= max(pb_stamps), "the client's protobuf floor is below the version the messages need"
 
 
 def test_the_lock_pins_the_grpcio_tools_that_made_the_code() -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import FIXTURES as FIXTURE
 
 from carepath.cli import main
-
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "pathways"
 
 
 def faulty(tmp: Path, drop_rule: str) -> Path:

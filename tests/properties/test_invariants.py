@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BUNDLED
 from hypothesis import given, settings
 
 from carepath.cli import main
@@ -18,8 +19,7 @@ from carepath.testing.invariants import Checker, Violation, yaml_invariants
 from carepath.testing.plugin import Pathways
 from carepath.testing.runner import check_engine
 
-HERE = Path(__file__).parent
-PATHWAYS = HERE.parents[1] / "pathways"
+PATHWAYS = BUNDLED
 
 
 def test_builtin_invariants_hold_incl_differential(pathways: Pathways) -> None:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BUNDLED, SCENARIO_DIR
 
 from carepath.evaluate import Engine
 from carepath.scenarios import Scenario, check, fired_rules, iter_scenarios
 
-ROOT = Path(__file__).resolve().parent
-REPO = ROOT.parent.parent
-SCENARIOS = iter_scenarios(ROOT)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    yield Engine.from_directory(REPO / "pathways")
+PATHWAYS = BUNDLED  # the `engine` fixture's (conftest.py)
+SCENARIOS = iter_scenarios(SCENARIO_DIR)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f"{s.pathway}/{s.name}" for s in SCENARIOS])

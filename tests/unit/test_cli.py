@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "pathways"
 BROKEN = Path(__file__).parent / "broken_pathways"
 CASE = Path(__file__).parent / "bad_cases" / "01-missing-patient-id.json"
 

@@ -6,10 +6,9 @@ by jsonschema against the committed schema file, as a non-Python integrator woul
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-import pytest
+from conftest import BUNDLED, ROOT, SCENARIO_DIR
 from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter, ValidationError
 
@@ -18,7 +17,7 @@ from carepath.evaluate import Engine
 from carepath.population.synth import synth
 from carepath.scenarios import iter_scenarios
 
-ROOT = Path(__file__).resolve().parents[2]
+PATHWAYS = BUNDLED  # the `engine` fixture's (conftest.py)
 DECISION: TypeAdapter[contract.Decision] = TypeAdapter(contract.Decision)
 SCHEMA = Draft202012Validator(json.loads((ROOT / "docs" / "decision.schema.json").read_text(encoding="utf-8")))
 
@@ -31,13 +30,8 @@ def problems(decision: Any) -> list[str]:
     return []
 
 
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine.from_directory()
-
-
 def test_scenario_and_cohort_decisions_have_the_contract_shape(engine: Engine) -> None:
-    cases = [s.case for s in iter_scenarios(ROOT / "tests" / "scenarios")] + list(synth(400, 3))
+    cases = [s.case for s in iter_scenarios(SCENARIO_DIR)] + list(synth(400, 3))
     kinds: set[str] = set()
     optional: set[str] = set()
     for case in cases:
@@ -52,7 +46,7 @@ def test_scenario_and_cohort_decisions_have_the_contract_shape(engine: Engine) -
 
 
 def test_a_wrong_shape_is_named(engine: Engine) -> None:
-    decision = engine.evaluate(iter_scenarios(ROOT / "tests" / "scenarios")[0].case)
+    decision = engine.evaluate(iter_scenarios(SCENARIO_DIR)[0].case)
     rec = dict(decision["recommendations"][0])
     assert problems(decision) == []
     assert problems({**decision, "extra": 1}) == ["extra: extra_forbidden"]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import FIXTURES
 
 from carepath.errors import CaseError
 from carepath.evaluate import Engine
 from carepath.validate import load_vocabulary, validate_source
 
 HERE = Path(__file__).parent
-FIXTURES = HERE.parent / "fixtures" / "pathways"
 BROKEN = sorted((HERE / "broken_pathways").glob("*.yaml"))
 BAD_CASES = yaml.safe_load((HERE / "bad_cases" / "expected.yaml").read_text(encoding="utf-8"))
 
@@ -33,11 +33,6 @@ def test_broken_pathway_reports_line_col_path_and_message(path: Path) -> None:
     assert checked is None
     rendered = [str(d) for d in diags]
     assert f"{path}:{line}:{col}: {rest}" in rendered, rendered
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine.from_directory(FIXTURES)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CASES), ids=sorted(BAD_CASES))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import BUNDLED, ROOT
+
 from carepath.docs import write_docs
 from carepath.evaluate import Engine
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_review_pages_are_current(tmp_path: Path) -> None:
-    engine = Engine.from_directory(ROOT / "pathways")
+    engine = Engine.from_directory(BUNDLED)
     for page in write_docs(engine.pathways, tmp_path):
         committed = ROOT / "docs" / "pathways" / page.name
         assert committed.exists(), f"missing {committed}: run carepath docs"
@@ -19,7 +19,7 @@ def test_review_pages_are_current(tmp_path: Path) -> None:
 
 
 def test_review_page_has_rules_flowchart_and_changelog(tmp_path: Path) -> None:
-    engine = Engine.from_directory(ROOT / "pathways")
+    engine = Engine.from_directory(BUNDLED)
     write_docs(engine.pathways, tmp_path)
     text = (tmp_path / "hypertension.md").read_text(encoding="utf-8")
     for heading in ("## Rules", "```mermaid", "## Changelog", "## Needs committee sign-off"):

@@ -5,16 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import pickle
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BUNDLED, FIXTURES, SCENARIO_DIR
 
 from carepath.cli import dumps
 from carepath.errors import UnknownPathwayError
 from carepath.evaluate import Engine
-
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "pathways"
 
 BASE: dict[str, Any] = {
     "patient_id": "p-0001",
@@ -35,11 +33,6 @@ BASE: dict[str, Any] = {
     "findings": [],
     "smi_risk_grade": None,
 }
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine.from_directory(FIXTURES)
 
 
 def case(**changes: Any) -> dict[str, Any]:
@@ -205,8 +198,7 @@ def test_engines_give_back_durable_rules_handles(monkeypatch: pytest.MonkeyPatch
 
     from carepath.validate import validate_paths
 
-    root = Path(__file__).resolve().parents[2] / "pathways"
-    checked, diags = validate_paths([root], root)
+    checked, diags = validate_paths([BUNDLED], BUNDLED)
     assert not diags
     created: list[int] = []
     live: set[int] = set()
@@ -296,8 +288,7 @@ def test_compiled_reasons_equal_the_interpreted_walk() -> None:
     from carepath.scenarios import iter_scenarios
 
     bundled = Engine.from_directory(None)
-    root = Path(__file__).parent.parent / "scenarios"
-    cases = [s.case for s in iter_scenarios(root)] + [json.loads(line) for line in synth_lines(300, 3)]
+    cases = [s.case for s in iter_scenarios(SCENARIO_DIR)] + [json.loads(line) for line in synth_lines(300, 3)]
     compiled = {(cp.id, cr.index): reasoner(cr.when_nnf, cp.vocab) for cp in bundled.pathways for cr in cp.rules}
     checked = 0
     for case in cases:

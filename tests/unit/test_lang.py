@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
 from carepath import lang
 from carepath.validate import load_vocabulary, satisfiable
 
-VOCAB = load_vocabulary(Path(__file__).parent.parent / "fixtures" / "pathways" / "dictionary.yaml")
+VOCAB = load_vocabulary(FIXTURES / "dictionary.yaml")
 
 
 def parse(text: str) -> lang.Expr:

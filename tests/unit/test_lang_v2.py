@@ -307,6 +307,9 @@ def test_the_site_profile_decides_what_is_done_here(tmp_path: Path) -> None:
     c = case(conditions=["I10", "E11.9"])
     assert "v2.fundus_here" in fired(decide(here, c)) and "v2.fundus_refer" not in fired(decide(here, c))
     assert "v2.fundus_refer" in fired(decide(elsewhere, c))
+    site = load_site(tmp_path / "chc.yaml")
+    assert decide(here, c)["site"] == {"id": "chc-luohu", "sha256": site.sha256} and len(site.sha256) == 64
+    assert decide(elsewhere, c)["site"] == {"id": "default", "sha256": ""}, "the decision names the site profile it used"
     (tmp_path / "bad.yaml").write_text("id: bad\ntitle: t\ncapabilities: [poc_hba1c, fundus]\n")
     with pytest.raises(PathwayError) as err:
         Engine(pathways, site=load_site(tmp_path / "bad.yaml"))

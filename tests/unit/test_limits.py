@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE_CASE, FIXTURES
 
 from carepath import lang, load
 from carepath.case import parse_json
@@ -18,9 +19,8 @@ from carepath.evaluate import Engine
 from carepath.population.batch import evaluate_lines
 from carepath.validate import load_vocabulary, validate_source
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "pathways"
 MINI = (FIXTURES / "mini_htn.yaml").read_text(encoding="utf-8")
-CASE = (Path(__file__).parents[2] / "examples" / "case.json").read_text(encoding="utf-8")
+CASE = EXAMPLE_CASE.read_text(encoding="utf-8")
 
 
 def alias_bomb(levels: int) -> str:

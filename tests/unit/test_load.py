@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from carepath import load
 
-ROOT = Path(__file__).parents[2]
 YAML_FILES = sorted(p for d in ("pathways", "tests", "examples") for p in (ROOT / d).rglob("*.y*ml"))
 
 

@@ -25,12 +25,12 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from carepath._proto.v1 import decision_service_pb2 as ds
-from carepath._proto.v1 import pathway_service_pb2 as ps
 from carepath.service import status
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
 from carepath.service.validator import MAX_SOURCE, Busy, Failed, TimedOut, Validator
 from carepath.service.worker import clean_request_id, internal_error_line, utc_now
+from carepath_client._proto.v1 import decision_service_pb2 as ds
+from carepath_client._proto.v1 import pathway_service_pb2 as ps
 
 log = logging.getLogger("carepath.service")
 rpc_log = logging.getLogger("carepath.rpc")

@@ -10,9 +10,9 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 
-from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath.service import pool
 from carepath.service import worker as w
+from carepath_client._proto.v1 import decision_service_pb2 as ds
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from carepath._proto.v1 import decision_service_pb2 as ds
 from carepath.case import LISTS, parse_json, too_many
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
 from carepath.evaluate import Engine, bundled_pathways
 from carepath.service.convert import case_to_dict, planned_response_bytes
 from carepath.validate import SourceSet, read_set
+from carepath_client._proto.v1 import decision_service_pb2 as ds
 
 # statuses a worker replies with (mapped to gRPC codes in carepath.service.status)
 OK, CASE_ERROR, NOT_FOUND, DEADLINE, INTERNAL, READY, FAILED = "ok", "case_error", "not_found", "deadline", "internal", "ready", "failed"

@@ -23,8 +23,8 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from carepath._proto.v1 import case_pb2 as carepath_dot_v1_dot_case__pb2
-from carepath._proto.v1 import decision_pb2 as carepath_dot_v1_dot_decision__pb2
+from carepath_client._proto.v1 import case_pb2 as carepath_dot_v1_dot_case__pb2
+from carepath_client._proto.v1 import decision_pb2 as carepath_dot_v1_dot_decision__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"carepath/v1/decision_service.proto\x12\x0b\x63\x61repath.v1\x1a\x16\x63\x61repath/v1/case.proto\x1a\x1a\x63\x61repath/v1/decision.proto\"{\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04\x63\x61se\x18\x02 \x01(\x0b\x32\x11.carepath.v1.CaseH\x00\x12\x13\n\tcase_json\x18\x03 \x01(\tH\x00\x12\x13\n\x0bpathway_ids\x18\x04 \x03(\tB\x07\n\x05input\"O\n\x10\x45valuateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x15.carepath.v1.Decision\"\x81\x01\n\x15\x45valuateStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04\x63\x61se\x18\x02 \x01(\x0b\x32\x11.carepath.v1.CaseH\x00\x12\x13\n\tcase_json\x18\x03 \x01(\tH\x00\x12\x13\n\x0bpathway_ids\x18\x04 \x03(\tB\x07\n\x05input\"\x8e\x01\n\x16\x45valuateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x15.carepath.v1.DecisionH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.carepath.v1.EvaluateErrorH\x00\x42\x08\n\x06result\"e\n\rEvaluateError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x35\n\x10\x66ield_violations\x18\x03 \x03(\x0b\x32\x1b.carepath.v1.FieldViolation\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t2\xb9\x01\n\x0f\x44\x65\x63isionService\x12G\n\x08\x45valuate\x12\x1c.carepath.v1.EvaluateRequest\x1a\x1d.carepath.v1.EvaluateResponse\x12]\n\x0e\x45valuateStream\x12\".carepath.v1.EvaluateStreamRequest\x1a#.carepath.v1.EvaluateStreamResponse(\x01\x30\x01\x62\x06proto3')

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from carepath._proto.v1 import decision_service_pb2 as carepath_dot_v1_dot_decision__service__pb2
+from carepath_client._proto.v1 import decision_service_pb2 as carepath_dot_v1_dot_decision__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -9,18 +9,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Decision(_message.Message):
-    __slots__ = ("patient_id", "as_of", "pathways", "recommendations", "trace")
+    __slots__ = ("patient_id", "as_of", "pathways", "recommendations", "trace", "site")
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     PATHWAYS_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATIONS_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
     patient_id: str
     as_of: str
     pathways: _containers.RepeatedCompositeFieldContainer[PathwayRef]
     recommendations: _containers.RepeatedCompositeFieldContainer[Recommendation]
     trace: _containers.RepeatedCompositeFieldContainer[TraceEntry]
-    def __init__(self, patient_id: _Optional[str] = ..., as_of: _Optional[str] = ..., pathways: _Optional[_Iterable[_Union[PathwayRef, _Mapping]]] = ..., recommendations: _Optional[_Iterable[_Union[Recommendation, _Mapping]]] = ..., trace: _Optional[_Iterable[_Union[TraceEntry, _Mapping]]] = ...) -> None: ...
+    site: SiteRef
+    def __init__(self, patient_id: _Optional[str] = ..., as_of: _Optional[str] = ..., pathways: _Optional[_Iterable[_Union[PathwayRef, _Mapping]]] = ..., recommendations: _Optional[_Iterable[_Union[Recommendation, _Mapping]]] = ..., trace: _Optional[_Iterable[_Union[TraceEntry, _Mapping]]] = ..., site: _Optional[_Union[SiteRef, _Mapping]] = ...) -> None: ...
+
+class SiteRef(_message.Message):
+    __slots__ = ("id", "sha256")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    sha256: str
+    def __init__(self, id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class PathwayRef(_message.Message):
     __slots__ = ("id", "version", "sha256", "enrolled")
