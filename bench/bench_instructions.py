@@ -86,11 +86,19 @@ def child(n: int, pathways: str | None, helper: str | None) -> None:
     engine = Engine.from_directory(pathways)
     lines = [line.encode() for line in synth_lines(4 * n, 1)]
     warm, lines, fresh, requests = lines[:n], lines[n : 2 * n], lines[2 * n : 3 * n], lines[3 * n :]
+    from carepath.evaluate import bundled_pathways
     from carepath.service.convert import case_from_dict
     from carepath.service.worker import Worker
     from carepath_client._proto.v1 import decision_service_pb2 as ds
 
-    worker = Worker(engine, pathways)
+    try:  # a Worker holds the set it compiled (validate.SourceSet)
+        from carepath.validate import read_set
+    except ImportError:  # a revision from before that: it held the directory
+        worker = Worker(engine, pathways)  # type: ignore[arg-type, unused-ignore]
+    else:
+        sources = read_set([pathways or bundled_pathways()], bundled_pathways())[0]
+        assert sources is not None
+        worker = Worker(engine, sources)
     wire = [ds.EvaluateRequest(request_id=f"r{i}", case=case_from_dict(parse_json(x))).SerializeToString() for i, x in enumerate(requests)]
     for line in warm:  # the memos and plan store in the state a running worker has them
         dumps_line(engine.evaluate(parse_json(line)))

@@ -20,7 +20,7 @@ from .decide import Plan, Planned, describe_recommendation, planned, render
 from .derive import Features, derive
 from .errors import PathwayError, UnknownPathwayError
 from .site import DEFAULT_SITE, Site
-from .validate import CheckedPathway, CheckedRule, load_vocabulary, validate_paths
+from .validate import CheckedPathway, CheckedRule, SourceSet, load_vocabulary, validate_paths, validate_set
 
 Backend = Literal["durable", "reference"]
 _SID = "case"  # the one durable-rules session of each ruleset (see Engine._post)
@@ -123,6 +123,14 @@ class Engine:
     @classmethod
     def from_paths(cls, paths: Iterable[Path | str], site: Site | None = None) -> Engine:
         checked, diags = validate_paths(list(paths), bundled_pathways())
+        if diags:
+            raise PathwayError(diags)
+        return cls(checked, site)
+
+    @classmethod
+    def from_sources(cls, sources: SourceSet, site: Site | None = None) -> Engine:
+        """The engine of a set already read into memory (validate.read_set): no file is read."""
+        checked, diags = validate_set(sources)
         if diags:
             raise PathwayError(diags)
         return cls(checked, site)

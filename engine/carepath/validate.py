@@ -133,7 +133,15 @@ def _structure_errors(loc: Located, exc: ValidationError) -> list[Diagnostic]:
 
 
 def load_vocabulary(path: Path) -> Vocabulary:
-    loc = load_file(path, str(path))
+    return _vocabulary(load_file(path, str(path)))
+
+
+def vocabulary_text(text: str, name: str) -> Vocabulary:
+    """The vocabulary of a dictionary file's text (raises PathwayError)."""
+    return _vocabulary(load_text(text, name))
+
+
+def _vocabulary(loc: Located) -> Vocabulary:
     try:
         d = Dictionary.model_validate(loc.data)
     except ValidationError as exc:
@@ -589,19 +597,67 @@ def check_set(locs: Sequence[Located], base: Vocabulary) -> tuple[list[CheckedPa
 
 
 def validate_paths(paths: Sequence[Path | str], default_dir: Path) -> tuple[list[CheckedPathway], list[Diagnostic]]:
-    """Load and validate files and directories; collect every diagnostic rather than stopping at the first."""
-    files = pathway_files(paths)
-    diags: list[Diagnostic] = []
-    if not files:
-        return [], [Diagnostic(str(paths[0]) if paths else ".", 1, 1, "", "no pathway files found")]
+    """Load and validate files and directories; collect every diagnostic rather than stopping at the first.
+    (read_set, then validate_set: the service compiles exactly what this checks.)"""
+    sources, unread = read_set(paths, default_dir)
+    if sources is None:
+        return [], unread
+    checked, diags = validate_set(sources)
+    return checked, sorted(unread + diags)
+
+
+@dataclass(frozen=True)
+class SourceSet:
+    """A pathway set as the text it was read from (the dictionary and every pathway file, each as
+    (display name, text)): read once, so that the same set can be compiled again without the files
+    (e.g. by a process that replaces one that compiled it), whatever has happened on disk since."""
+
+    dictionary: tuple[str, str]
+    pathways: tuple[tuple[str, str], ...]
+
+
+def _read(path: Path) -> str:
     try:
-        base = load_vocabulary(find_dictionary(files, default_dir))
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PathwayError([Diagnostic(str(path), 1, 1, "", f"not valid UTF-8: {exc.reason}")]) from None
+    except OSError as exc:
+        raise PathwayError([Diagnostic(str(path), 1, 1, "", f"cannot read: {exc.strerror}")]) from None
+
+
+def read_set(paths: Sequence[Path | str], default_dir: Path) -> tuple[SourceSet | None, list[Diagnostic]]:
+    """Read the dictionary and the pathway files of ``paths`` as text. A file that cannot be read is a
+    diagnostic (the others are still read); None when there is no pathway file or the dictionary
+    cannot be read."""
+    files = pathway_files(paths)
+    if not files:
+        return None, [Diagnostic(str(paths[0]) if paths else ".", 1, 1, "", "no pathway files found")]
+    dictionary = find_dictionary(files, default_dir)
+    try:
+        dictionary_text = _read(dictionary)
     except PathwayError as exc:
-        return [], exc.diagnostics
-    locs: list[Located] = []
+        return None, exc.diagnostics
+    diags: list[Diagnostic] = []
+    texts: list[tuple[str, str]] = []
     for f in files:
         try:
-            locs.append(load_file(f, str(f)))
+            texts.append((str(f), _read(f)))
+        except PathwayError as exc:
+            diags.extend(exc.diagnostics)
+    return SourceSet((str(dictionary), dictionary_text), tuple(texts)), diags
+
+
+def validate_set(sources: SourceSet) -> tuple[list[CheckedPathway], list[Diagnostic]]:
+    """Validate a set read by read_set: the same checks as validate_paths, on the text in hand."""
+    try:
+        base = vocabulary_text(sources.dictionary[1], sources.dictionary[0])
+    except PathwayError as exc:
+        return [], exc.diagnostics
+    diags: list[Diagnostic] = []
+    locs: list[Located] = []
+    for file, source in sources.pathways:
+        try:
+            locs.append(load_text(source, file))
         except PathwayError as exc:
             diags.extend(exc.diagnostics)
     checked, more = check_set(locs, base)

@@ -92,6 +92,20 @@ class Server:
                     out.append(ev)
         return out
 
+    def unstamped(self) -> list[str]:
+        """Log lines that are not a JSON object starting with a UTC "ts" (ISO 8601, milliseconds, Z)."""
+        stamp = re.compile(r'^\{"ts": ?"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",')
+        out = []
+        for line in self.log().splitlines():
+            try:
+                json.loads(line)
+            except ValueError:
+                out.append(line)
+                continue
+            if not stamp.match(line):
+                out.append(line)
+        return out
+
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import grpc
 import pytest
 from conftest import FIXTURES
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
-from grpc_helpers import SAMPLE, Server, serving, varied_case
+from grpc_helpers import SAMPLE, Server, serving, varied_case, wait_for
 from grpc_status import rpc_status
 
 from carepath.client import CarepathClient
@@ -104,13 +105,13 @@ def still_serving(channel: grpc.Channel) -> None:
         ("a: &x [*x]\n", (1, 8), "alias *x is inside the node it names (a recursive structure)"),
         ("[" * 900 + "]" * 900, (1, 65), "nested more than 64 levels deep (the limit)"),
         (
-            "".join("  " * i + f"k{i}:\n" for i in range(2000)) + "  " * 2000 + "v\n",
+            "".join("  " * i + f"k{i}:\n" for i in range(700)) + "  " * 700 + "v\n",  # 0.5 MB (the limit is 1 MiB)
             (64, 127),
             "nested more than 64 levels deep (the limit)",
         ),
         ("id: " + "9" * 5000 + "\n", (1, 5), "cannot read '99999999999999999999...(5000 characters)' as int: more than 4300 digits"),
     ],
-    ids=["bomb-6", "bomb-8", "self-alias", "seq-900", "map-2000", "int-5000"],
+    ids=["bomb-6", "bomb-8", "self-alias", "seq-900", "map-700", "int-5000"],
 )
 def test_validate_pathway_hostile_yaml_is_a_diagnostic(channel: grpc.Channel, source: str, where: tuple[int, int], message: str) -> None:
     t0 = time.perf_counter()
@@ -120,6 +121,14 @@ def test_validate_pathway_hostile_yaml_is_a_diagnostic(channel: grpc.Channel, so
     assert time.perf_counter() - t0 < 5
     assert not resp.valid
     assert [(d.file, d.line, d.col, d.path, d.message) for d in resp.diagnostics] == [("hostile.yaml", *where, "", message)]
+    still_serving(channel)
+
+
+def test_validate_pathway_source_over_1_mib_is_refused_before_parsing(channel: grpc.Channel) -> None:
+    source = "".join("  " * i + f"k{i}:\n" for i in range(2000)) + "  " * 2000 + "v\n"  # 4 MB
+    err = failed(channel, PATHWAY + "ValidatePathway", ps.ValidatePathwayRequest(source=source, file="big.yaml"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err) == [("source", f"must be at most 1048576 bytes (got {len(source)})")]
     still_serving(channel)
 
 
@@ -190,22 +199,66 @@ def test_get_pathway_with_a_100000_character_id_is_not_found(channel: grpc.Chann
     assert err.details() == f"unknown pathway '{'x' * 63}…' (loaded: mini_htn)"
 
 
-def test_request_id_over_128_characters_is_invalid_argument(server: Server, channel: grpc.Channel) -> None:
-    rid = "r" * 10000
-    err = failed(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id=rid, case_json=json.dumps(SAMPLE)))
+def huge_case(n: int) -> ds.EvaluateRequest:
+    """The sample as a typed Case with n more observations (120,000: 4 MB, just under the message limit)."""
+    req = ds.EvaluateRequest(request_id="huge", case=case_from_dict(SAMPLE))
+    obs = req.case.observations
+    for _ in range(n):
+        obs.add(code="sbp", value=120.0, unit="mmHg", date="2026-01-01")
+    return req
+
+
+def test_a_typed_case_with_120000_observations_is_refused_naming_the_field(server: Server, channel: grpc.Channel) -> None:
+    """The list lengths are checked on the decoded message before any item is converted or
+    validated (a 120,000-item case cost a worker ~0.2 s before; now the decode, ~13 ms)."""
+    req = huge_case(120_000)
+    n = len(req.case.observations)
+    err = failed(channel, DECISION + "Evaluate", req)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(err) == [("request_id", "must be at most 128 characters (got 10000)")]
-    assert err.details() == "invalid case: request_id: must be at most 128 characters (got 10000)"
-    results = stream(channel, [ds.EvaluateStreamRequest(request_id=r, case_json=json.dumps(SAMPLE)) for r in (rid, "next")])
+    assert violations(err) == [("observations", f"must have at most 10000 items (got {n})")]
+    assert err.details() == f"invalid case: observations: must have at most 10000 items (got {n})"
+    stream_req = ds.EvaluateStreamRequest.FromString(req.SerializeToString())
+    results = stream(channel, [stream_req, ds.EvaluateStreamRequest(request_id="next", case_json=json.dumps(SAMPLE))])
     assert [(v.field, v.description) for v in results[0].error.field_violations] == [
-        ("request_id", "must be at most 128 characters (got 10000)")
+        ("observations", f"must have at most 10000 items (got {n})")
     ]
-    assert results[0].request_id == "r" * 128
-    assert results[1].request_id == "next" and results[1].decision.patient_id == "p-0001"
-    ok = call(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id="q" * 128, case_json=json.dumps(SAMPLE)), ds.EvaluateResponse)
-    assert ok.request_id == "q" * 128
-    time.sleep(0.2)  # the log lines are written every 20 ms
-    assert all(len(e["request_id"]) <= 128 for e in server.events("rpc"))
+    assert results[1].decision.patient_id == "p-0001"
+    as_json = dict(SAMPLE, conditions=["I10"] * 10_001, findings=["chest_pain"] * 20_000)
+    err = failed(channel, DECISION + "Evaluate", ds.EvaluateRequest(case_json=json.dumps(as_json)))
+    assert violations(err) == [
+        ("conditions", "must have at most 10000 items (got 10001)"),
+        ("findings", "must have at most 10000 items (got 20000)"),
+    ]
+    still_serving(channel)
+    assert not server.events("worker_died")
+
+
+@pytest.mark.parametrize(
+    "rid",
+    ["r" * 10000, "Jane Doe 1970-01-01", "x" * 65, "id\nwith newline", "ünïcode"],
+    ids=["10000", "name-dob", "65", "newline", "unicode"],
+)
+def test_a_request_id_that_is_not_an_id_is_replaced_and_never_logged(server: Server, channel: grpc.Channel, rid: str) -> None:
+    """request_id must match [A-Za-z0-9._:-]{1,64}; anything else is replaced by a made-up id (the
+    response carries it), and the log line says it was replaced without the caller's value."""
+    ok = call(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id=rid, case_json=json.dumps(SAMPLE)), ds.EvaluateResponse)
+    assert ok.request_id != rid and re.fullmatch(r"[0-9a-f]{16}", ok.request_id)
+    assert ok.decision.patient_id == "p-0001"
+    results = stream(channel, [ds.EvaluateStreamRequest(request_id=r, case_json=json.dumps(SAMPLE)) for r in (rid, "next")])
+    assert re.fullmatch(r"[0-9a-f]{16}", results[0].request_id) and results[0].decision.patient_id == "p-0001"
+    assert results[1].request_id == "next"
+    bad = failed(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id=rid, case_json="{}"))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and rid[:8] not in bad.details()
+    wait_for(lambda: any(e["request_id"] == results[0].request_id for e in server.events("rpc")), 5, "the log lines")
+    replaced = [e for e in server.events("rpc") if e.get("request_id_replaced")]
+    assert {ok.request_id, results[0].request_id} <= {e["request_id"] for e in replaced}
+    assert rid not in server.log() and json.dumps(rid)[1:-1] not in server.log()
+
+
+def test_a_request_id_that_is_an_id_is_kept(channel: grpc.Channel) -> None:
+    for rid in ("order-17:a.b_c", "q" * 64, "A"):
+        ok = call(channel, DECISION + "Evaluate", ds.EvaluateRequest(request_id=rid, case_json=json.dumps(SAMPLE)), ds.EvaluateResponse)
+        assert ok.request_id == rid
 
 
 def test_validate_pathway_file_name_over_256_characters_is_invalid_argument(channel: grpc.Channel) -> None:
@@ -321,31 +374,121 @@ def test_stream_outlives_the_per_batch_deadline_cap(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 6: internal errors are traceable
 
 
-def test_internal_error_logs_its_request_id_with_the_traceback(tmp_path: Path) -> None:
-    """A real fault: the dictionary is broken after the workers started, so ValidatePathway (which
-    reads it on first use) fails inside the worker. The caller's request id is on the log line
-    that holds the traceback."""
-    pathways = tmp_path / "pathways"
-    pathways.mkdir()
-    for f in FIXTURES.glob("*.yaml"):
-        (pathways / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
-    s = Server(tmp_path, pathways, 1)
+def slow_pathway(copies: int) -> str:
+    """A valid pathway whose validation takes a while: the fixture's rules, ``copies`` times over
+    (the pairwise checks grow with the square of the rules: 120 copies, 240 KB, ~2 s on one core)."""
+    import copy
+
+    import yaml
+
+    data = yaml.safe_load((FIXTURES / "mini_htn.yaml").read_text(encoding="utf-8"))
+    data["rules"] = [dict(copy.deepcopy(r), id=f"{r['id']}.c{i}") for i in range(copies) for r in data["rules"]]
+    return str(yaml.safe_dump(data))
+
+
+def validation_process(s: Server) -> int | None:
+    """The pid of a running ValidatePathway process: a child of the forkserver that is not a worker."""
+    import psutil
+
+    workers = {e["pid"] for e in s.events("worker_started")}
+    for w in workers:
+        try:
+            forkserver = psutil.Process(w).parent()
+        except psutil.NoSuchProcess:
+            continue
+        if forkserver is not None:
+            others = [c.pid for c in forkserver.children() if c.pid not in workers]
+            return others[0] if others else None
+    return None
+
+
+def test_validate_pathway_runs_beside_the_workers_and_is_bounded(tmp_path: Path) -> None:
+    """With one evaluation worker, a slow ValidatePathway does not hold up evaluations (it runs in a
+    process of its own): 20 evaluations are answered while it runs; meanwhile 4 more may wait and the
+    rest are refused with RESOURCE_EXHAUSTED."""
+    import threading
+
+    s = Server(tmp_path, FIXTURES, 1)
     s.wait_serving()
     try:
-        (pathways / "dictionary.yaml").write_text("observations: [\n", encoding="utf-8")
-        with grpc.insecure_channel(s.target) as ch:
-            err = failed(ch, PATHWAY + "ValidatePathway", ps.ValidatePathwayRequest(source="id: x\n"))
+        results: list[Any] = []
+
+        def validate(source: str) -> None:
+            with grpc.insecure_channel(s.target) as ch:
+                try:
+                    results.append(
+                        call(ch, PATHWAY + "ValidatePathway", ps.ValidatePathwayRequest(source=source), ps.ValidatePathwayResponse)
+                    )
+                except grpc.RpcError as exc:
+                    results.append(exc.code())
+
+        first = threading.Thread(target=validate, args=(slow_pathway(150),))
+        first.start()
+        with CarepathClient(s.target, timeout=30) as c:
+            while validation_process(s) is None and first.is_alive():
+                time.sleep(0.01)
+            evaluated_meanwhile = 0
+            while not results and evaluated_meanwhile < 20:
+                assert c.evaluate(SAMPLE)["patient_id"] == "p-0001"
+                evaluated_meanwhile += 1
+            assert not results, "the validation finished before 20 evaluations did: make it slower"
+            small = (FIXTURES / "mini_htn.yaml").read_text(encoding="utf-8")
+            more = [threading.Thread(target=validate, args=(small,)) for _ in range(7)]
+            for t in more:
+                t.start()
+            for t in [first, *more]:
+                t.join(120)
+        # At nice +10, a validation gets little CPU while the machine is busy, and is stopped at 20 s
+        # (DEADLINE_EXCEEDED, for the ones waiting behind it too): that is the bound working.
+        codes = [r for r in results if not isinstance(r, ps.ValidatePathwayResponse)]
+        assert len(results) == 8 and grpc.StatusCode.RESOURCE_EXHAUSTED in codes, results
+        assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}, results
+        assert all(r.valid for r in results if isinstance(r, ps.ValidatePathwayResponse))
+        with CarepathClient(s.target, timeout=60) as c:
+            assert c.validate_pathway(small) == []  # and the next one is served
+    finally:
+        assert s.stop() == 0
+
+
+def test_internal_error_logs_its_request_id_with_the_traceback(tmp_path: Path) -> None:
+    """A real fault: the process validating a pathway is killed (SIGKILL) while it works. The caller
+    gets INTERNAL with a request id, and that id is on the log line that says what happened."""
+    import os
+    import signal
+    import threading
+
+    s = Server(tmp_path, FIXTURES, 1)
+    s.wait_serving()
+    try:
+        errors: list[Any] = []
+
+        def validate() -> None:
+            with grpc.insecure_channel(s.target) as ch:
+                errors.append(failed(ch, PATHWAY + "ValidatePathway", ps.ValidatePathwayRequest(source=slow_pathway(150))))
+
+        t = threading.Thread(target=validate)
+        t.start()
+        pid = None
+        while pid is None and t.is_alive():
+            pid = validation_process(s)
+            time.sleep(0.01)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        t.join(60)
+        err = errors[0]
         assert err.code() == grpc.StatusCode.INTERNAL
         message = err.details()
         assert message.startswith("internal error (request id ") and message.endswith(")")
         rid = message.removeprefix("internal error (request id ").removesuffix(")")
         assert len(rid) == 16
         time.sleep(0.3)
-        errors = s.events("internal_error")
-        assert [(e["request_id"], e["method"]) for e in errors] == [(rid, "ValidatePathway")]
-        assert errors[0]["error"].startswith("PathwayError: ")
-        assert "Traceback (most recent call last)" in errors[0]["traceback"] and "load_vocabulary" in errors[0]["traceback"]
+        logged = s.events("internal_error")
+        assert [(e["request_id"], e["method"], e["error"]) for e in logged] == [
+            (rid, "ValidatePathway", "the validation process ended without a result (exit code -9)")
+        ]
         assert [e["status"] for e in s.events("rpc") if e["request_id"] == rid] == ["INTERNAL"]
         assert "Traceback" not in "".join(ln for ln in s.log().splitlines() if not ln.startswith("{"))  # only inside JSON lines
+        with CarepathClient(s.target) as c:
+            assert c.validate_pathway((FIXTURES / "mini_htn.yaml").read_text(encoding="utf-8")) == []  # the next one works
     finally:
         assert s.stop() == 0

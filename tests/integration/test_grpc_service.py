@@ -155,6 +155,7 @@ def test_pathway_service(client: CarepathClient, engine: Engine) -> None:
     assert [(p["id"], p["version"], p["sha256"]) for p in listed] == [(p.id, p.version, p.sha256) for p in engine.pathways]
     got = client.get_pathway("mini_htn")
     assert got["source"] == engine.pathways[0].source
+    assert [p["file"] for p in listed] == [got["file"]] == ["mini_htn.yaml"]  # the name in the pathway directory, not a path
     with pytest.raises(CallError):
         client.get_pathway("nope")
     broken = (FIXTURES / "mini_htn.yaml").read_text().replace("when: due(egfr, 365)", "when: due(egfrr, 365)")
@@ -168,7 +169,7 @@ def test_one_log_line_per_request_without_patient_data(server: Server, client: C
     wait_for(lambda: server.events("rpc") and any(e["request_id"] == "log-probe-1" for e in server.events("rpc")), 5, "log line")
     lines = [e for e in server.events("rpc") if e["request_id"] == "log-probe-1"]
     assert len(lines) == 1
-    assert set(lines[0]) <= {"event", "method", "request_id", "status", "patient_id", "pathway_set", "latency_ms"}
+    assert set(lines[0]) <= {"ts", "event", "method", "request_id", "status", "patient_id", "pathway_set", "latency_ms"}
     assert "metformin" not in server.log() and "A10BA02" not in server.log()
 
 
@@ -393,3 +394,284 @@ def test_the_example_request_json_is_the_example_case(server: Server, engine: En
     resp = ds.EvaluateResponse.FromString(raw)
     assert resp.request_id == req.request_id
     assert dumps(decision_to_dict(resp.decision)) == dumps(engine.evaluate(json.loads((ROOT / "examples" / "case.json").read_text())))
+
+
+class HealthWatch:
+    """grpc.health.v1 Watch on the whole server, in a thread: every status the server sends, in order."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.call: Any = health_pb2_grpc.HealthStub(self.channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=120)
+        self.seen: list[int] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for resp in self.call:
+                self.seen.append(int(resp.status))
+        except grpc.RpcError:
+            pass  # cancelled by close()
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(10)
+        self.channel.close()
+
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_health_follows_the_workers_restored_from_the_set_in_memory(tmp_path: Path) -> None:
+    """A broken pathway file on disk does not stop dead workers from being replaced: they compile the
+    set the generation loaded, kept in memory. With no worker alive health is NOT_SERVING, then
+    SERVING again once one is back; killed twice over, the pool still restores them."""
+    pathways = _copy_fixtures(tmp_path)
+    s = Server(tmp_path, pathways, 2)
+    s.wait_serving()
+    watch = HealthWatch(s.target)
+    try:
+        wait_for(lambda: watch.seen[-1:] == [SERVING], 10, "health SERVING")
+        (pathways / "mini_htn.yaml").write_text("id: mini_htn\nrules: [unclosed\n")  # broken on disk; no reload asked
+        (pathways / "dictionary.yaml").unlink()
+        with CarepathClient(s.target, timeout=30) as c:
+            for round_ in (1, 2):
+                pids = [e["pid"] for e in s.events("worker_started")[-2:]]
+                seen_before = len(watch.seen)
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: len(s.events("worker_replaced")) >= 2 * round_, 60, "both workers replaced")  # noqa: B023 (called here)
+                wait_for(lambda: watch.seen[-1:] == [SERVING], 10, "health SERVING again")
+                assert NOT_SERVING in watch.seen[seen_before:], watch.seen
+                decision = c.evaluate(SAMPLE)
+                assert decision["patient_id"] == "p-0001" and decision["pathways"][0]["version"] == "0.1.0"
+        restored = [e for e in s.events("worker_started") if e["from"] == "memory"]
+        assert len(restored) == 4
+        assert not s.events("worker_replace_failed")
+        died = s.events("worker_died")
+        assert len(died) == 4 and all(d["exitcode"] == -9 and d["signal"] == "SIGKILL" for d in died), died
+        health = [(e["status"], e["workers"]) for e in s.events("health")]
+        assert health.count(("NOT_SERVING", 0)) >= 2, health
+        assert s.unstamped() == []
+    finally:
+        watch.close()
+        assert s.stop() == 0
+
+
+def test_calls_per_caller_address_are_capped(tmp_path: Path) -> None:
+    """--max-calls-per-peer 2: with two streams open from this address, a third call is refused with
+    RESOURCE_EXHAUSTED; once they end, calls are served again."""
+    s = Server(tmp_path, FIXTURES, 1, "--max-calls-per-peer", "2")
+    s.wait_serving()
+    release = threading.Event()
+    try:
+        with grpc.insecure_channel(s.target) as ch:
+            fn = ch.stream_stream(
+                "/carepath.v1.DecisionService/EvaluateStream",
+                request_serializer=ds.EvaluateStreamRequest.SerializeToString,
+                response_deserializer=ds.EvaluateStreamResponse.FromString,
+            )
+
+            def one_case_then_wait(i: int) -> Iterator[ds.EvaluateStreamRequest]:
+                yield ds.EvaluateStreamRequest(request_id=f"s{i}", case_json=json.dumps(SAMPLE))
+                release.wait(60)
+
+            streams: list[Any] = [fn(one_case_then_wait(i), timeout=60) for i in range(2)]
+            assert [next(st).request_id for st in streams] == ["s0", "s1"]  # both open and answered
+            with CarepathClient(s.target, retries=0) as c:
+                with pytest.raises(CallError) as err:
+                    c.evaluate(SAMPLE)
+                assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "more than 2 calls in flight from this address" in str(err.value)
+                release.set()
+                assert [list(st) for st in streams] == [[], []]
+                assert c.evaluate(SAMPLE)["patient_id"] == "p-0001"
+    finally:
+        release.set()
+        assert s.stop() == 0
+
+
+def _http2_settings(data: bytes) -> dict[int, int]:
+    """The server's first HTTP/2 frame, a SETTINGS frame (type 4), as {identifier: value}."""
+    length, kind = int.from_bytes(data[:3], "big"), data[3]
+    assert kind == 4, data[:9]
+    payload = data[9 : 9 + length]
+    return {int.from_bytes(payload[i : i + 2], "big"): int.from_bytes(payload[i + 2 : i + 6], "big") for i in range(0, length, 6)}
+
+
+def _closed_by_server(sock: Any) -> bool:
+    """Read until the server closes the connection (True) or 20 s of silence pass (False)."""
+    sock.settimeout(20)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_connection_limits(tmp_path: Path) -> None:
+    """With the limits set low: at most 3 connections (the 4th and 5th are closed before the server
+    says anything), each allowed 100 concurrent streams (the server's SETTINGS), a connection that
+    never sends its HTTP/2 preface is closed after the handshake timeout, and an idle channel is sent
+    GOAWAY after the idle limit (it goes READY -> IDLE), after which calls work again."""
+    import socket
+
+    setup = "import carepath.service.server as s; s.MAX_CONNECTIONS = 3; s.HANDSHAKE_MS = 1000; s.IDLE_MS = 1000"
+    s = Server(tmp_path, FIXTURES, 1, setup=setup)
+    s.wait_serving()
+    host, port = s.target.split(":")
+    silent = [socket.create_connection((host, int(port))) for _ in range(5)]
+    try:
+        for sock in silent:
+            sock.settimeout(20)
+        first = [sock.recv(4096) for sock in silent]
+        assert [bool(f) for f in first] == [True, True, True, False, False]  # over the limit: closed at once
+        assert all(_http2_settings(f)[3] == 100 for f in first[:3])  # SETTINGS_MAX_CONCURRENT_STREAMS
+        assert all(_closed_by_server(sock) for sock in silent[:3])  # no preface: closed at the handshake timeout
+        with grpc.insecure_channel(s.target) as ch:
+            states: list[grpc.ChannelConnectivity] = []
+            ch.subscribe(states.append, try_to_connect=False)
+            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
+            wait_for(lambda: grpc.ChannelConnectivity.READY in states, 10, "READY")
+            ready_at = states.index(grpc.ChannelConnectivity.READY)
+            wait_for(lambda: grpc.ChannelConnectivity.IDLE in states[ready_at:], 20, "the idle connection to be closed")
+            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
+    finally:
+        for sock in silent:
+            sock.close()
+        assert s.stop() == 0
+
+
+def _rpc_lines(s: Server, method: str) -> list[dict[str, Any]]:
+    return [e for e in s.events("rpc") if e["method"] == method]
+
+
+def test_sigterm_unary_calls_finish_ok_and_an_idle_stream_does_not_hold_the_drain(tmp_path: Path) -> None:
+    """16 callers and one idle stream, then a real SIGTERM with a 120 s grace: the server exits 0
+    long before the grace (the idle stream is ended with UNAVAILABLE 'server shutting down'); every
+    call the server started finished OK and reached its caller; the others failed UNAVAILABLE (the
+    server had stopped taking calls), never CANCELLED."""
+    s = Server(tmp_path, FIXTURES, 2, "--grace", "120")
+    s.wait_serving()
+    idle: list[Any] = []
+    release = threading.Event()
+
+    def idle_stream() -> None:
+        with grpc.insecure_channel(s.target) as ch:
+            fn = ch.stream_stream(
+                "/carepath.v1.DecisionService/EvaluateStream",
+                request_serializer=ds.EvaluateStreamRequest.SerializeToString,
+                response_deserializer=ds.EvaluateStreamResponse.FromString,
+            )
+
+            def one_case_then_silence() -> Iterator[ds.EvaluateStreamRequest]:
+                yield ds.EvaluateStreamRequest(request_id="idle-0", case_json=json.dumps(SAMPLE))
+                release.wait(200)
+
+            try:
+                for r in fn(one_case_then_silence(), timeout=200):
+                    idle.append(r.request_id)
+            except grpc.RpcError as exc:
+                call: Any = exc
+                idle.append((call.code(), call.details()))
+
+    ok = [0]
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def caller(n: int) -> None:
+        with CarepathClient(s.target, timeout=30) as c:
+            i = n
+            while s.proc.poll() is None:
+                try:
+                    c.evaluate(varied_case(i))
+                    with lock:
+                        ok[0] += 1
+                except CallError as exc:
+                    with lock:
+                        failures.append(f"{exc.code.name}: {exc}")
+                i += 16
+
+    stream = threading.Thread(target=idle_stream)
+    stream.start()
+    wait_for(lambda: idle == ["idle-0"], 20, "the idle stream's first answer")
+    callers = [threading.Thread(target=caller, args=(n,)) for n in range(16)]
+    for t in callers:
+        t.start()
+    try:
+        wait_for(lambda: ok[0] > 200, 30, "load")
+        s.signal(signal.SIGTERM)
+        code = s.proc.wait(60)  # the grace is 120 s: an idle stream holding the drain would fail here
+    finally:
+        release.set()
+        for t in [stream, *callers]:
+            t.join(60)
+    s.stop()
+    assert code == 0
+    assert idle[0] == "idle-0" and idle[1][0] == grpc.StatusCode.UNAVAILABLE and idle[1][1].startswith("server shutting down"), idle
+    assert not release.is_set() or idle[1:], "the stream ended before its caller stopped sending"
+    assert all(f.startswith("UNAVAILABLE") for f in failures), [f for f in failures if not f.startswith("UNAVAILABLE")]
+    served = _rpc_lines(s, "Evaluate")
+    assert {e["status"] for e in served} == {"OK"}
+    assert len(served) == ok[0]  # every call the server started reached its caller
+    assert s.events("signal")[0]["signal"] == "SIGTERM"
+    assert s.events("stopped")
+    assert s.unstamped() == []
+
+
+def test_a_stream_cut_by_a_drain_is_resumed_by_the_client_on_the_next_server(tmp_path: Path) -> None:
+    """A stream is ended by a SIGTERM (UNAVAILABLE 'server shutting down'); a new server comes up on
+    the same port and CarepathClient.evaluate_many resends the cases not answered: every case is
+    answered exactly once, in order, with the right decision."""
+    a = Server(tmp_path, FIXTURES, 1)
+    a.wait_serving()
+    port = a.target.rsplit(":", 1)[1]
+    first_half = threading.Event()
+    cases = [varied_case(i) for i in range(60)]
+
+    def slow_cases() -> Iterator[dict[str, Any]]:
+        for i, case in enumerate(cases):
+            if i == 30:
+                first_half.set()
+                wait_for(lambda: a.proc.poll() is not None, 60, "the first server to exit")
+            yield case
+
+    got: list[Any] = []
+    with CarepathClient(a.target, retries=20, backoff=0.5, timeout=120) as c:
+        reader = threading.Thread(target=lambda: got.extend(c.evaluate_many(slow_cases())))
+        reader.start()
+        assert first_half.wait(60)
+        a.signal(signal.SIGTERM)
+        assert a.proc.wait(60) == 0
+        a.stop()
+        b = Server(tmp_path, FIXTURES, 1, "--port", port)
+        try:
+            reader.join(120)
+            assert not reader.is_alive()
+        finally:
+            assert b.stop() == 0
+    assert [r.request_id for r in got] == [str(i) for i in range(60)]
+    engine = Engine.from_directory(FIXTURES)
+    assert [r.error for r in got] == [None] * 60
+    assert [dumps(r.decision) for r in got] == [dumps(engine.evaluate(case)) for case in cases]
+    assert any(e["status"] == "UNAVAILABLE" for e in _rpc_lines(a, "EvaluateStream"))
+
+
+def test_pathway_service_never_sends_the_servers_paths(server: Server) -> None:
+    """No response of ListPathways or GetPathway holds the server's pathway directory (nor any '/')
+    outside the pathway's own source text."""
+    from carepath_client._proto.v1 import pathway_service_pb2 as ps
+
+    with grpc.insecure_channel(server.target) as ch:
+        raw_list = ch.unary_unary("/carepath.v1.PathwayService/ListPathways", request_serializer=None, response_deserializer=None)
+        raw_get = ch.unary_unary("/carepath.v1.PathwayService/GetPathway", request_serializer=None, response_deserializer=None)
+        listed = raw_list(ps.ListPathwaysRequest().SerializeToString(), timeout=10)
+        got = ps.GetPathwayResponse.FromString(raw_get(ps.GetPathwayRequest(id="mini_htn").SerializeToString(), timeout=10))
+    assert str(FIXTURES).encode() not in listed and b"/" not in listed
+    without_source = ps.GetPathwayResponse()
+    without_source.CopyFrom(got)
+    without_source.pathway.source = ""
+    assert b"/" not in without_source.SerializeToString() and str(FIXTURES) not in got.pathway.source

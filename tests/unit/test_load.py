@@ -4,6 +4,7 @@ refusals of hostile input."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,3 +77,27 @@ def test_a_syntax_error_is_reported_by_the_reference_parser() -> None:
         load.load_text("a: [1, 2\n- b\n", "p.yaml")
     assert "expected ',' or ']', but got '<stream end>'" in str(exc.value)
     assert str(exc.value).startswith("p.yaml:3:1: YAML syntax error:")
+
+
+def test_a_set_read_into_memory_compiles_without_its_files(tmp_path: Path) -> None:
+    """validate.read_set + validate_set (what a service worker compiles, and what replaces a dead one)
+    check exactly what validate_paths checks, and need no file once read."""
+    import shutil
+
+    from carepath.evaluate import Engine, bundled_pathways
+    from carepath.validate import read_set, validate_paths, validate_set
+
+    d = tmp_path / "p"
+    shutil.copytree(ROOT / "pathways", d)
+    sources, diags = read_set([d], bundled_pathways())
+    assert sources is not None and diags == []
+    from_files, _ = validate_paths([d], bundled_pathways())
+    shutil.rmtree(d)
+    in_memory, diags = validate_set(sources)
+    assert diags == []
+    assert [(p.id, p.sha256, p.file) for p in in_memory] == [(p.id, p.sha256, p.file) for p in from_files]
+    assert [p.id for p in Engine.from_sources(sources).pathways] == sorted(p.id for p in from_files)
+    d.mkdir()
+    (d / "a.yaml").write_bytes(b"id: \xff\n")
+    partial, diags = read_set([d], bundled_pathways())
+    assert partial is not None and partial.pathways == () and [x.message for x in diags] == ["not valid UTF-8: invalid start byte"]

@@ -6,8 +6,9 @@
             ...
 
 Every call has a deadline (``timeout``, default 10 s); unary calls are retried with exponential
-backoff on UNAVAILABLE (``retries``, default 4: about a second), within that deadline, and then
-fail with UNAVAILABLE naming the target and the last error. INVALID_ARGUMENT raises CaseError with the
+backoff on UNAVAILABLE or a server's CANCELLED (``retries``, default 4: about a second), within that
+deadline, and then fail with UNAVAILABLE naming the target and the last error; a stream that fails
+with UNAVAILABLE is resumed on a new one with the cases not yet answered. INVALID_ARGUMENT raises CaseError with the
 server's field violations: the same class the in-process engine raises (carepath.errors re-exports it),
 so callers handle both alike.
 """
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,6 +42,8 @@ CaseInput = Mapping[str, Any] | case_pb2.Case
 T = TypeVar("T")
 _DECISION = "/carepath.v1.DecisionService/"
 _PATHWAY = "/carepath.v1.PathwayService/"
+_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)  # see CarepathClient._unary
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,10 @@ class CarepathClient:
         self.close()
 
     def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
-        """Call with a deadline; retry UNAVAILABLE with exponential backoff and jitter inside it.
+        """Call with a deadline; retry UNAVAILABLE (and CANCELLED, which only the server sends here:
+        a call it had received but not started when it shut down) with exponential backoff and jitter
+        inside it. Every unary call of the API is idempotent (a decision depends only on the case and
+        the pathways; the PathwayService calls only read), so a retry is always safe.
 
         A server that cannot be reached fails fast with UNAVAILABLE naming the target and what
         the last attempt got, not a wait for the whole deadline.
@@ -156,7 +164,7 @@ class CarepathClient:
                 return method(request, timeout=left)
             except grpc.RpcError as exc:
                 call: Any = exc
-                if call.code() != grpc.StatusCode.UNAVAILABLE:
+                if call.code() not in _RETRIED:
                     raise _error(exc) from None
                 last = call.details() or "unavailable"
             if attempts <= self.retries:
@@ -187,21 +195,77 @@ class CarepathClient:
     def evaluate_many(
         self, cases: Iterable[CaseInput], *, pathway_ids: Sequence[str] | None = None, timeout: float | None = None
     ) -> Iterator[Result]:
-        """Evaluate over one stream; results in input order. A bad case yields a Result with an error."""
+        """Evaluate over one stream; results in input order. A bad case yields a Result with an error.
+
+        If the stream fails with UNAVAILABLE (e.g. "server shutting down" during a drain), the cases
+        sent and not yet answered are sent again on a new stream, then the rest: up to ``retries``
+        times in a row (with backoff), within ``timeout``. Evaluation is idempotent, so a case is
+        never answered twice to the caller, only perhaps evaluated twice by the servers."""
         ids = list(pathway_ids or [])
+        source = enumerate(cases)
+        sent: deque[ds.EvaluateStreamRequest] = deque()  # sent on the current stream, not yet answered
+        carry: deque[ds.EvaluateStreamRequest] = deque()  # taken by a stream that had failed meanwhile
+        lock = threading.Lock()  # for sent and carry: grpc reads the requests in a thread of its own
+        pulling = threading.Lock()  # one next() on the caller's cases at a time (a failed stream's thread may be in one)
+        end = time.monotonic() + (timeout or max(self.timeout, 600.0))
+        failures = 0
+        while True:
+            live = [True]
 
-        def requests() -> Iterator[ds.EvaluateStreamRequest]:
-            for i, case in enumerate(cases):
-                yield ds.EvaluateStreamRequest(request_id=str(i), pathway_ids=ids, **_case_fields(case))
+            def requests(live: list[bool] = live) -> Iterator[ds.EvaluateStreamRequest]:
+                while True:
+                    with pulling:
+                        with lock:
+                            req = carry.popleft() if carry else None
+                        carried = req is not None
+                        if req is None:
+                            if not live[0]:
+                                return
+                            nxt = next(source, None)
+                            if nxt is None:
+                                return
+                            req = ds.EvaluateStreamRequest(request_id=str(nxt[0]), pathway_ids=ids, **_case_fields(nxt[1]))
+                        with lock:
+                            if not live[0]:  # this stream failed meanwhile: the next one sends the case, in order
+                                if carried:
+                                    carry.appendleft(req)
+                                else:
+                                    carry.append(req)
+                                return
+                            sent.append(req)
+                    yield req
 
+            try:
+                for resp in self._stream(requests(), timeout=max(0.0, end - time.monotonic())):
+                    with lock:
+                        req = sent.popleft()
+                    failures = 0
+                    if resp.WhichOneof("result") == "decision":
+                        yield Result(resp.request_id, decision_to_dict(resp.decision), None)
+                    elif resp.error.code == _UNAVAILABLE:  # no worker could take it: this case alone, retried as a unary call
+                        yield self._evaluate_again(req, end)
+                    else:
+                        yield Result(resp.request_id, None, _stream_error(resp.error))
+                return
+            except grpc.RpcError as exc:
+                with lock:
+                    live[0] = False
+                    carry.extendleft(reversed(sent))  # not answered: sent first on the next stream
+                    sent.clear()
+                call: Any = exc
+                failures += 1
+                if call.code() != grpc.StatusCode.UNAVAILABLE or failures > self.retries or time.monotonic() >= end:
+                    raise _error(exc) from None
+                time.sleep(min(self.backoff * (2 ** (failures - 1)) * (0.5 + random.random()), max(0.0, end - time.monotonic())))
+
+    def _evaluate_again(self, req: ds.EvaluateStreamRequest, end: float) -> Result:
+        """One case of a stream that came back UNAVAILABLE, evaluated again by Evaluate (with its retries)."""
         try:
-            for resp in self._stream(requests(), timeout=timeout or max(self.timeout, 600.0)):
-                if resp.WhichOneof("result") == "decision":
-                    yield Result(resp.request_id, decision_to_dict(resp.decision), None)
-                else:
-                    yield Result(resp.request_id, None, _stream_error(resp.error))
-        except grpc.RpcError as exc:
-            raise _error(exc) from None
+            one = ds.EvaluateRequest.FromString(req.SerializeToString())  # the same fields
+            resp: ds.EvaluateResponse = self._unary(self._evaluate, one, max(0.001, end - time.monotonic()))
+        except CarepathError as exc:
+            return Result(req.request_id, None, exc)
+        return Result(resp.request_id, decision_to_dict(resp.decision), None)
 
     # ---------------------------------------------------------------- pathways
     def list_pathways(self, *, timeout: float | None = None) -> list[dict[str, str]]:

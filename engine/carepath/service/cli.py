@@ -9,6 +9,16 @@ import sys
 from carepath.cli import command, dumps, grace_seconds, read_case, seconds, worker_count
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _serve_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one)")
@@ -21,6 +31,13 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--watch", action="store_true", help="reload when a pathway file changes (SIGHUP always reloads)")
     p.add_argument("--grace", type=grace_seconds, default=30.0, help="seconds to drain in-flight requests on SIGTERM (default 30)")
+    p.add_argument(
+        "--max-calls-per-peer",
+        type=_positive,
+        default=64,
+        metavar="N",
+        help="DecisionService calls (a stream counts once) in flight per caller address; more get RESOURCE_EXHAUSTED (default 64)",
+    )
 
 
 @command("serve", _serve_setup)
@@ -32,7 +49,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     return serve(
-        host=args.host, port=args.port, pathways=args.pathways, workers=args.workers, watch=args.watch, grace=args.grace, announce=announce
+        host=args.host,
+        port=args.port,
+        pathways=args.pathways,
+        workers=args.workers,
+        watch=args.watch,
+        grace=args.grace,
+        announce=announce,
+        max_per_peer=args.max_calls_per_peer,
     )
 
 

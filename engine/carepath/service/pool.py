@@ -2,9 +2,13 @@
 
 A generation is N worker processes that compiled the same pathway set. A reload builds a new
 generation beside the serving one and swaps it in only when every worker came up with the same,
-valid set; the old generation finishes what it holds, then exits. A worker that dies is replaced;
-the jobs it held are retried once on another worker, else fail with Unavailable. Nothing waits
-without a bound.
+valid set; the old generation finishes what it holds, then exits. A worker that dies is replaced
+from the set its generation compiled, kept in memory (validate.SourceSet: the text of every file as
+the generation read it), never from the files on disk, which may have changed or broken since; the
+pool keeps trying (with backoff, RESTORE_BACKOFF) for as long as the generation serves. The jobs a
+dead worker held are retried once on another worker, else fail with Unavailable. Nothing waits
+without a bound. Pool.on_change is called whenever the number of live serving workers changes (the
+front end's health follows it).
 
 The hot path is lean: each worker's socket is an asyncio.Protocol that unpickles the replies as
 they arrive and resolves the job's future directly (no reader task, no StreamReader); a job's
@@ -21,16 +25,20 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from typing import Any, cast
 
 from carepath.service import worker as worker_mod
+from carepath.validate import SourceSet
 
 log = logging.getLogger("carepath.service")
 START_TIMEOUT = 120.0
+RESTORE_BACKOFF = (0.5, 30.0)  # seconds before the first retry to restore a dead worker, doubling up to the second
 PACK = 4  # cases a worker may hold before the next one gets work (Generation.pick)
 _HEADER, _BIG = worker_mod.HEADER, worker_mod.BIG  # the worker's framing, read here
 _PICKLE = pickle.HIGHEST_PROTOCOL
@@ -63,6 +71,7 @@ class Reply:
     request_id: str
     patient_id: str | None
     pathway_set: int
+    replaced: bool = False  # the caller's request id was not an id: request_id is made up
 
 
 @dataclass(slots=True)
@@ -82,7 +91,7 @@ class _WorkerDied(Exception):
 
 def _context() -> BaseContext:
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["carepath.service.worker"])
+    ctx.set_forkserver_preload(["carepath.service.worker", "carepath.service.validator"])
     return ctx
 
 
@@ -149,11 +158,12 @@ class _Proc:
     alive: bool = False
     started: asyncio.Future[tuple[str, Any]] | None = None
 
-    async def start(self, ctx: BaseContext) -> list[dict[str, str]]:
+    async def start(self, ctx: BaseContext, source: str | SourceSet | None) -> tuple[list[dict[str, str]], SourceSet]:
+        """Start the worker on a pathway directory, or on a set in memory; its pathways and the set it compiled."""
         loop = asyncio.get_running_loop()
         parent, child = multiprocessing.Pipe(duplex=True)
         self.proc = ctx.Process(  # type: ignore[attr-defined]
-            target=worker_mod.main, args=(child, self.gen.pathways), name=f"carepath-worker-{self.gen.number}.{self.index}", daemon=True
+            target=worker_mod.main, args=(child, source), name=f"carepath-worker-{self.gen.number}.{self.index}", daemon=True
         )
         self.proc.start()
         child.close()
@@ -172,8 +182,11 @@ class _Proc:
             await self.stop()
             raise LoadFailed(list(payload))
         self.alive = True
-        log.info(json.dumps({"event": "worker_started", "pathway_set": self.gen.number, "worker": self.index, "pid": self.proc.pid}))
-        return list(payload)
+        origin = "memory" if isinstance(source, SourceSet) else "files"
+        event = {"event": "worker_started", "pathway_set": self.gen.number, "worker": self.index, "pid": self.proc.pid, "from": origin}
+        log.info(json.dumps(event))
+        info, sources = payload
+        return list(info), sources
 
     def on_message(self, msg: tuple[int, str, Any, Any]) -> None:
         job_id, status, payload, meta = msg
@@ -190,11 +203,11 @@ class _Proc:
         number = self.gen.number
         if job.kind == "batch":
             if status == worker_mod.BATCH:
-                job.future.set_result([Reply(s, p, m[0], m[1], number) for s, p, m in payload])
+                job.future.set_result([Reply(s, p, m[0], m[1], number, m[2]) for s, p, m in payload])
             else:  # the batch failed as a whole (an internal error): every case gets that reply
                 job.future.set_result([Reply(status, payload, "", None, number) for _ in job.payload])
         else:
-            job.future.set_result(Reply(status, payload, meta[0], meta[1], number))
+            job.future.set_result(Reply(status, payload, meta[0], meta[1], number, meta[2]))
 
     def on_lost(self) -> None:
         if self.started is not None and not self.started.done():
@@ -238,9 +251,18 @@ class _Proc:
                 proc.kill()
                 await asyncio.to_thread(proc.join, 2.0)
 
-    def exitcode(self) -> int | None:
+    def exit_status(self) -> dict[str, Any]:
+        """How the (reaped) process ended: its exit code, or the signal that killed it."""
         code: int | None = None if self.proc is None else self.proc.exitcode
-        return code
+        if code is None:
+            return {"exitcode": None}
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = str(-code)
+            return {"exitcode": code, "signal": name}
+        return {"exitcode": code}
 
 
 class Generation:
@@ -253,6 +275,7 @@ class Generation:
         self.size = size
         self.workers: list[_Proc] = []
         self.info: list[dict[str, str]] = []
+        self.sources: SourceSet | None = None  # the set its workers compiled: what a replacement compiles
         self.retired = False
         self.ready = asyncio.Event()
         self._index = itertools.count()
@@ -264,7 +287,7 @@ class Generation:
 
     async def start(self) -> None:
         procs = [_Proc(self, next(self._index)) for _ in range(self.size)]
-        results = await asyncio.gather(*(p.start(self.pool.ctx) for p in procs), return_exceptions=True)
+        results = await asyncio.gather(*(p.start(self.pool.ctx, self.pathways) for p in procs), return_exceptions=True)
         errors: list[str] = []
         sets = set()
         for r in results:
@@ -273,8 +296,9 @@ class Generation:
             elif isinstance(r, BaseException):
                 errors = errors or [f"worker failed to start: {type(r).__name__}: {r}"]
             else:
-                sets.add(tuple((i["id"], i["version"], i["sha256"]) for i in r))
-                self.info = r
+                info, sources = r
+                sets.add(tuple((i["id"], i["version"], i["sha256"]) for i in info))
+                self.info, self.sources = info, sources
         if not errors and len(sets) > 1:
             errors = ["the pathway files changed while the workers were loading them; try again"]
         if errors:
@@ -301,43 +325,48 @@ class Generation:
     def pending(self) -> int:
         return sum(len(w.pending) for w in self.workers)
 
+    def alive(self) -> int:
+        return sum(1 for w in self.workers if w.alive)
+
     def on_death(self, proc: _Proc) -> None:
         if proc in self.workers:
             self.workers.remove(proc)
-        if not any(w.alive for w in self.workers):
+        if not self.alive():
             self.ready.clear()
-        code = proc.exitcode()
-        log.warning(json.dumps({"event": "worker_died", "pathway_set": self.number, "worker": proc.index, "exitcode": code}))
-        if not self.retired and not self.pool.closing:
-            task = asyncio.create_task(self._replace(proc))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self.pool.changed(self)
+        task = asyncio.create_task(self._replace(proc))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _replace(self, dead: _Proc) -> None:
+        """Reap the dead worker (its exit status is only known then), log how it ended, and start
+        another on the generation's set in memory, retrying with backoff for as long as the
+        generation serves (a worker that cannot start now, e.g. for want of memory, may later)."""
         await dead.stop(timeout=1.0)
-        for attempt in range(5):  # bounded: a set that no longer loads is left to the next reload
-            if self.retired or self.pool.closing:
+        log.warning(json.dumps({"event": "worker_died", "pathway_set": self.number, "worker": dead.index, **dead.exit_status()}))
+        delay = RESTORE_BACKOFF[0]
+        for attempt in itertools.count(1):  # until a worker is back, or the generation is retired or closed
+            if self.retired or self.pool.closing or self.sources is None:
                 return
             p = _Proc(self, next(self._index))
             try:
-                info = await p.start(self.pool.ctx)
+                info, _ = await p.start(self.pool.ctx, self.sources)
+                if [(i["id"], i["version"], i["sha256"]) for i in info] != self.fingerprint:
+                    await p.stop()
+                    raise LoadFailed(["the replacement compiled a different pathway set"])
             except (TimeoutError, LoadFailed, OSError) as exc:
-                log.error(json.dumps({"event": "worker_replace_failed", "pathway_set": self.number, "attempt": attempt, "error": str(exc)}))
-                await asyncio.sleep(1.0 + attempt)
+                failed = {"event": "worker_replace_failed", "pathway_set": self.number, "attempt": attempt, "retry_s": delay}
+                log.error(json.dumps({**failed, "error": str(exc)[:1000]}))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTORE_BACKOFF[1])
                 continue
-            if [(i["id"], i["version"], i["sha256"]) for i in info] != self.fingerprint:
-                await p.stop()
-                log.error(
-                    json.dumps({"event": "worker_replace_refused", "pathway_set": self.number, "error": "pathway files changed; reloading"})
-                )
-                self.pool.request_reload("pathway files changed on disk")
-                return
             if self.retired or self.pool.closing:
                 await p.stop()
                 return
             self.workers.append(p)
             self.ready.set()
-            log.warning(json.dumps({"event": "worker_replaced", "pathway_set": self.number, "worker": p.index}))
+            log.warning(json.dumps({"event": "worker_replaced", "pathway_set": self.number, "worker": p.index, "attempts": attempt}))
+            self.pool.changed(self)
             return
 
     async def retire(self, timeout: float = 60.0) -> None:
@@ -363,6 +392,7 @@ class Pool:
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.reload_requests: asyncio.Queue[str] = asyncio.Queue()
+        self.on_change: Callable[[], None] | None = None  # the number of live serving workers changed
         # The event loop, kept: on Python 3.11 every asyncio.get_running_loop() is a getpid() system
         # call, and the hot path needed three per request (~4% of the front end's time in py-spy).
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -372,7 +402,16 @@ class Pool:
         gen = Generation(self, next(self._numbers), self.pathways, self.size)
         await gen.start()
         self.current = gen
+        self.changed(gen)
         return gen
+
+    def changed(self, gen: Generation) -> None:
+        if gen is self.current and self.on_change is not None:
+            self.on_change()
+
+    def serving(self) -> int:
+        """Live workers of the serving set (0: no call can be served until one is restored)."""
+        return 0 if self.current is None or self.closing else self.current.alive()
 
     def request_reload(self, why: str) -> None:
         self.reload_requests.put_nowait(why)
@@ -386,6 +425,7 @@ class Pool:
                 await gen.retire(0)
                 raise LoadFailed(["shutting down"])
             old, self.current = self.current, gen
+            self.changed(gen)
             if old is not None:
                 task = asyncio.create_task(old.retire())
                 self._retiring.add(task)

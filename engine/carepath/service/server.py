@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 import orjson
@@ -27,7 +27,8 @@ from grpc_reflection.v1alpha import reflection
 
 from carepath.service import status
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
-from carepath.service.worker import MAX_REQUEST_ID, internal_error_line
+from carepath.service.validator import MAX_SOURCE, Busy, Failed, TimedOut, Validator
+from carepath.service.worker import clean_request_id, internal_error_line, utc_now
 from carepath_client._proto.v1 import decision_service_pb2 as ds
 from carepath_client._proto.v1 import pathway_service_pb2 as ps
 
@@ -42,7 +43,44 @@ MAX_FILE_NAME = 256  # characters of ValidatePathwayRequest.file (echoed in ever
 STREAM_WINDOW = 128  # cases of one stream read and not yet answered
 LOG_EVERY = 0.02  # seconds the per-request log lines may wait to be written together
 STREAM_BATCH = 16  # at most this many cases of a stream in one worker round trip
+DRAIN_IDLE = 1.0  # seconds a stream may sit with nothing in flight during the drain before it is ended
+CUT_BEFORE = 1.0  # seconds before the grace ends that the streams still open are ended (UNAVAILABLE)
+_DRAIN, _IDLE, _CUT = object(), object(), object()  # a stream's queue: the drain began; DRAIN_IDLE passed; the grace is nearly over
+MAX_PER_PEER = 64  # DecisionService calls in flight per caller address (serve --max-calls-per-peer)
 _Msg = TypeVar("_Msg", bound=Message)
+
+# Connections (grpc core's server arguments; the README's gRPC service section explains each).
+MAX_CONNECTIONS = 1000  # open connections; more are closed as they are accepted (fd limit permitting)
+MAX_STREAMS = 100  # concurrent calls on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+HANDSHAKE_MS = 5_000  # a connection that has not sent its HTTP/2 preface and settings by then is closed
+IDLE_MS = 5 * 60_000  # a connection with no call for this long is closed (GOAWAY)
+AGE_MS = 60 * 60_000  # a connection this old is asked to go away (GOAWAY; grpc adds +-10% jitter) ...
+AGE_GRACE_MS = 10 * 60_000  # ... and its calls still running then get this long to finish
+KEEPALIVE_MS = 60_000  # the server pings a connection idle this long ...
+KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it if the ping is not answered in this long
+PING_STRIKES = 2  # a client pinging more often than every 5 min without calls is sent GOAWAY after these
+
+
+def connection_options() -> dict[str, int]:
+    """grpc core's server arguments for the limits above, the connection count kept below the
+    process's file-descriptor limit."""
+    import resource
+
+    fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    most = MAX_CONNECTIONS if fds == resource.RLIM_INFINITY else max(1, min(MAX_CONNECTIONS, fds - 100))
+    return {
+        "grpc.max_allowed_incoming_connections": most,
+        "grpc.max_concurrent_streams": MAX_STREAMS,
+        "grpc.server_handshake_timeout_ms": HANDSHAKE_MS,
+        "grpc.max_connection_idle_ms": IDLE_MS,
+        "grpc.max_connection_age_ms": AGE_MS,
+        "grpc.max_connection_age_grace_ms": AGE_GRACE_MS,
+        "grpc.keepalive_time_ms": KEEPALIVE_MS,
+        "grpc.keepalive_timeout_ms": KEEPALIVE_TIMEOUT_MS,
+        "grpc.keepalive_permit_without_calls": 0,
+        "grpc.http2.max_pings_without_data": 0,  # the server's own keepalive pings are not limited
+        "grpc.http2.max_ping_strikes": PING_STRIKES,
+    }
 
 
 class _RpcLines:
@@ -72,10 +110,21 @@ class _RpcLines:
 _rpc_lines = _RpcLines()
 
 
-def log_rpc(method: str, request_id: str, code: grpc.StatusCode, t0: float, patient_id: str | None = None, pathway_set: int = 0) -> None:
-    """One line per request: no patient data beyond patient_id."""
+def log_rpc(
+    method: str,
+    request_id: str,
+    code: grpc.StatusCode,
+    t0: float,
+    patient_id: str | None = None,
+    pathway_set: int = 0,
+    replaced: bool = False,
+) -> None:
+    """One line per request: no patient data beyond patient_id; ``replaced``: the caller's request id
+    was not an id and request_id is the one made up instead (the caller's is never logged)."""
     if rpc_log.isEnabledFor(logging.INFO):
-        fields: dict[str, Any] = {"event": "rpc", "method": method, "request_id": request_id, "status": code.name}
+        fields: dict[str, Any] = {"ts": utc_now(), "event": "rpc", "method": method, "request_id": request_id, "status": code.name}
+        if replaced:
+            fields["request_id_replaced"] = True
         if patient_id is not None:
             fields["patient_id"] = patient_id
         if pathway_set:
@@ -95,8 +144,9 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float:
 
 
 def stream_end(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    """A stream's end: the caller's deadline (time.monotonic), None without one. Not capped: a stream
-    may run for hours; each of its batches is bounded by batch_deadline."""
+    """A stream's end: the caller's deadline (time.monotonic), None without one. Not capped here: a
+    stream may run until its connection reaches AGE_MS + AGE_GRACE_MS; each of its batches is bounded
+    by batch_deadline."""
     left = context.time_remaining()
     return None if left is None else time.monotonic() + left
 
@@ -107,12 +157,13 @@ def batch_deadline(end: float | None, now: float) -> float:
     return cap if end is None or end > cap else end
 
 
-def _request_id(raw: bytes) -> str:
+def _request_id(raw: bytes) -> tuple[str, bool]:
+    """The request id of a request the worker did not answer (clean_request_id's)."""
     try:
         rid = ds.EvaluateRequest.FromString(raw).request_id
     except Exception:
         rid = ""
-    return rid[:MAX_REQUEST_ID] if rid else uuid.uuid4().hex[:16]
+    return clean_request_id(rid)
 
 
 def _log_internal(method: str, request_id: str, exc: BaseException) -> None:
@@ -120,66 +171,140 @@ def _log_internal(method: str, request_id: str, exc: BaseException) -> None:
     log.error(internal_error_line(method, request_id, exc))
 
 
+def peer_address(peer: str) -> str:
+    """The caller's address without its port ("ipv4:10.0.0.5:53211" -> "ipv4:10.0.0.5")."""
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+
+
+class PeerLimit:
+    """At most ``most`` DecisionService calls in flight per caller address (a stream counts as one
+    call however many cases it carries; its cases are bounded by STREAM_WINDOW). Callers behind one
+    proxy or NAT share an address, and so share the limit."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.calls: dict[str, int] = {}
+
+    def enter(self, peer: str) -> bool:
+        n = self.calls.get(peer, 0)
+        if n >= self.most:
+            return False
+        self.calls[peer] = n + 1
+        return True
+
+    def leave(self, peer: str) -> None:
+        n = self.calls[peer] - 1
+        if n:
+            self.calls[peer] = n
+        else:
+            del self.calls[peer]
+
+
 class DecisionServicer:
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, peers: PeerLimit) -> None:
         self.pool = pool
+        self.peers = peers
+        self.draining = False
+        self._streams: set[asyncio.Queue[Any]] = set()  # each open stream's queue of batches
+
+    def drain(self) -> None:
+        """Shutting down: a stream with nothing in flight for DRAIN_IDLE is ended with UNAVAILABLE
+        (an idle stream must not hold the shutdown for the whole grace); busy streams go on."""
+        self.draining = True
+        for q in self._streams:
+            q.put_nowait(_DRAIN)
+
+    def cut(self) -> None:
+        """The grace is nearly over: every stream still open ends now with UNAVAILABLE."""
+        for q in self._streams:
+            q.put_nowait(_CUT)
+
+    async def _admit(self, context: grpc.aio.ServicerContext[Any, Any], method: str, t0: float) -> str:
+        """The caller's address, counted in its PeerLimit; RESOURCE_EXHAUSTED when it is at its limit."""
+        peer = peer_address(context.peer())
+        if not self.peers.enter(peer):
+            log_rpc(method, "", grpc.StatusCode.RESOURCE_EXHAUSTED, t0)
+            why = f"more than {self.peers.most} calls in flight from this address; retry when some have finished"
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+        return peer
 
     @staticmethod
-    def _outcome(raw: bytes, result: Reply | BaseException, method: str) -> tuple[Reply | None, status.Failure | None, str]:
-        """A worker's reply (or the pool's exception) as (reply, failure, request id)."""
+    def _outcome(raw: bytes, result: Reply | BaseException, method: str) -> tuple[Reply | None, status.Failure | None, str, bool]:
+        """A worker's reply (or the pool's exception) as (reply, failure, request id, whether the caller's id was replaced)."""
         if isinstance(result, Reply):
-            rid = result.request_id or _request_id(raw)
-            return result, status.from_reply(result, rid), rid
-        rid = _request_id(raw)
+            rid, replaced = (result.request_id, result.replaced) if result.request_id else _request_id(raw)
+            return result, status.from_reply(result, rid), rid, replaced
+        rid, replaced = _request_id(raw)
         if isinstance(result, PoolError):
-            return None, status.from_exception(result, rid), rid
+            return None, status.from_exception(result, rid), rid, replaced
         _log_internal(method, rid, result)
-        return None, status.internal(rid), rid
+        return None, status.internal(rid), rid, replaced
 
     async def evaluate(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         t0 = time.perf_counter()
+        peer = await self._admit(context, "Evaluate", t0)
+        try:
+            return await self._evaluate(raw, context, t0)
+        finally:
+            self.peers.leave(peer)
+
+    async def _evaluate(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any], t0: float) -> bytes:
         result: Reply | BaseException
         try:
             result = await self.pool.call("eval", raw, _deadline(context))
         except asyncio.CancelledError:
-            log_rpc("Evaluate", _request_id(raw), grpc.StatusCode.CANCELLED, t0)
+            rid, replaced = _request_id(raw)
+            log_rpc("Evaluate", rid, grpc.StatusCode.CANCELLED, t0, replaced=replaced)
             raise
         except Exception as exc:
             result = exc
-        reply, failure, rid = self._outcome(raw, result, "Evaluate")
+        reply, failure, rid, replaced = self._outcome(raw, result, "Evaluate")
         patient = reply.patient_id if reply else None
         pset = reply.pathway_set if reply else 0
         if failure is not None:
-            log_rpc("Evaluate", rid, failure.code, t0, patient, pset)
+            log_rpc("Evaluate", rid, failure.code, t0, patient, pset, replaced)
             rich = failure.rich()
             await context.abort(rich.code, rich.details, rich.trailing_metadata)
         assert reply is not None
-        log_rpc("Evaluate", rid, grpc.StatusCode.OK, t0, patient, pset)
+        log_rpc("Evaluate", rid, grpc.StatusCode.OK, t0, patient, pset, replaced)
         payload: bytes = reply.payload
         return payload
 
     def _stream_result(self, raw: bytes, result: Reply | BaseException, t0: float) -> bytes:
-        reply, failure, rid = self._outcome(raw, result, "EvaluateStream")
+        reply, failure, rid, replaced = self._outcome(raw, result, "EvaluateStream")
         patient = reply.patient_id if reply else None
         pset = reply.pathway_set if reply else 0
         if failure is None:
             assert reply is not None
-            log_rpc("EvaluateStream", rid, grpc.StatusCode.OK, t0, patient, pset)
+            log_rpc("EvaluateStream", rid, grpc.StatusCode.OK, t0, patient, pset, replaced)
             out: bytes = reply.payload  # an EvaluateResponse: the same wire format as EvaluateStreamResponse
             return out
-        log_rpc("EvaluateStream", rid, failure.code, t0, patient, pset)
+        log_rpc("EvaluateStream", rid, failure.code, t0, patient, pset, replaced)
         return ds.EvaluateStreamResponse(request_id=rid, error=failure.stream_error()).SerializeToString()
 
     async def evaluate_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        t0 = time.perf_counter()
+        if self.pool.current is None or self.draining:  # not yet (or no longer) serving: the caller sends elsewhere
+            log_rpc("EvaluateStream", "", grpc.StatusCode.UNAVAILABLE, t0)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the service is not serving; retry")
+        peer = await self._admit(context, "EvaluateStream", t0)
+        try:
+            async for out in self._evaluate_stream(requests, context):
+                yield out
+        finally:
+            self.peers.leave(peer)
+
+    async def _evaluate_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
         """Cases go to the workers in batches (one job, one reply): while fewer batches than workers
         are out, the waiting cases go at once; a second batch per worker goes when STREAM_BATCH
         cases are waiting (or the stream ended); otherwise they wait for a batch to come back.
         Results are yielded in request order, each on its own. The stream lasts as long as the caller
         lets it (its deadline, if any); each batch has at most MAX_DEADLINE (batch_deadline)."""
         end = stream_end(context)
+        t_open = time.perf_counter()
         loop = asyncio.get_running_loop()
         Batch = tuple[list[bytes], list[float], asyncio.Task[list[Reply | PoolError]]]
-        batches: asyncio.Queue[Batch | None] = asyncio.Queue()
+        batches: asyncio.Queue[Batch | object | None] = asyncio.Queue()
         waiting: list[bytes] = []
         started: list[float] = []
         size = self.pool.size
@@ -227,12 +352,26 @@ class DecisionServicer:
                 dispatch()
 
         feeder = asyncio.create_task(feed())
+        self._streams.add(batches)
+        answered = 0
         try:
-            while True:  # ends with the caller's stream (or its deadline/cancellation)
-                batch = await batches.get()
+            while True:  # ends with the caller's stream (or its deadline/cancellation, or the drain)
+                if self.draining:
+                    try:
+                        batch = await asyncio.wait_for(batches.get(), DRAIN_IDLE)
+                    except TimeoutError:  # nothing came back for DRAIN_IDLE: idle if nothing is in flight
+                        batch = _IDLE
+                else:
+                    batch = await batches.get()
                 if batch is None:
                     break
-                raws, t0s, task = batch
+                if batch is _DRAIN or batch is _IDLE or batch is _CUT:
+                    if batch is _CUT or (batch is _IDLE and held == 0):
+                        log_rpc("EvaluateStream", "", grpc.StatusCode.UNAVAILABLE, t_open)
+                        why = f"server shutting down; {answered} case(s) of this stream were answered, send the rest again"
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, why)
+                    continue
+                raws, t0s, task = cast(Batch, batch)
                 results: Sequence[Reply | BaseException]
                 try:
                     results = await task
@@ -243,13 +382,15 @@ class DecisionServicer:
                 for raw, t0, result in zip(raws, t0s, results, strict=True):
                     yield self._stream_result(raw, result, t0)
                     held -= 1
+                    answered += 1
                     space.set()
             await feeder
         finally:
+            self._streams.discard(batches)
             feeder.cancel()
             while not batches.empty():
                 b = batches.get_nowait()
-                if b is not None:
+                if isinstance(b, tuple):
                     b[2].cancel()
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -277,8 +418,9 @@ class PathwayServicer:
     """Requests arrive as bytes and are decoded here, so that an undecodable one is INVALID_ARGUMENT
     (as DecisionService answers it), not UNKNOWN from grpc's deserializer."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, validator: Validator) -> None:
         self.pool = pool
+        self.validator = validator
 
     def _serving(self) -> list[dict[str, str]]:
         return self.pool.current.info if self.pool.current else []
@@ -327,14 +469,33 @@ class PathwayServicer:
             why = f"must be at most {MAX_FILE_NAME} characters (got {len(request.file)})"
             bad_file = status.Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: file: {why}", (("file", why),))
             await self._fail(context, "ValidatePathway", rid, t0, bad_file)
-        try:
-            reply = await self.pool.call("validate", (request.source, request.file or "<source>", rid), _deadline(context))
-        except PoolError as exc:
-            await self._fail(context, "ValidatePathway", rid, t0, status.from_exception(exc, rid))
-        bad = status.from_reply(reply, rid)
-        if bad is not None:
-            await self._fail(context, "ValidatePathway", rid, t0, bad)
-        result = reply.payload
+        size = len(request.source.encode())
+        if size > MAX_SOURCE:
+            why = f"must be at most {MAX_SOURCE} bytes (got {size})"
+            too_big = status.Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: source: {why}", (("source", why),))
+            await self._fail(context, "ValidatePathway", rid, t0, too_big)
+        gen = self.pool.current
+        if gen is None or gen.sources is None:
+            await self._fail(context, "ValidatePathway", rid, t0, status.Failure(grpc.StatusCode.UNAVAILABLE, "not serving yet; retry"))
+        try:  # in a process of its own, not on an evaluation worker
+            result = await self.validator.validate(request.source, request.file or "<source>", gen.sources.dictionary, _deadline(context))
+        except Busy as exc:
+            await self._fail(context, "ValidatePathway", rid, t0, status.Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry later"))
+        except TimedOut:
+            await self._fail(context, "ValidatePathway", rid, t0, status.Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+        except Failed as exc:
+            log.error(
+                json.dumps(
+                    {
+                        "event": "internal_error",
+                        "method": "ValidatePathway",
+                        "request_id": rid,
+                        "error": exc.error,
+                        "traceback": exc.traceback,
+                    }
+                )
+            )
+            await self._fail(context, "ValidatePathway", rid, t0, status.internal(rid))
         diags = [ps.Diagnostic(file=f, line=ln, col=c, path=p, message=m, text=t) for f, ln, c, p, m, t in result["diagnostics"]]
         resp = ps.ValidatePathwayResponse(valid=not diags, diagnostics=diags)
         if result["pathway"] is not None:
@@ -384,18 +545,37 @@ class Service:
         watch: bool = False,
         grace: float = 30.0,
         announce: Callable[[str], None] = print,
+        max_per_peer: int = MAX_PER_PEER,
     ) -> None:
         self.host, self.port, self.pathways, self.workers = host, port, pathways, workers
+        self.max_per_peer = max_per_peer
         self.watch, self.grace, self.announce = watch, grace, announce
         self.pool = Pool(pathways, workers)
+        self.pool.on_change = self._workers_changed
         self.health: Any = getattr(health, "aio").HealthServicer()  # noqa: B009 (the stubs lack health.aio)
         self.stopping = asyncio.Event()
         self.bound = 0
+        self._health_lock = asyncio.Lock()
+        self._health_tasks: set[asyncio.Task[None]] = set()
+        self._serving: bool | None = None
 
-    async def _set_health(self, serving: bool) -> None:
-        st = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", DECISION, PATHWAY):
-            await self.health.set(name, st)
+    async def _set_health(self) -> None:
+        """SERVING while at least one worker of the serving set is alive, else NOT_SERVING (the state
+        is read when the update runs, so updates that queue up end in the latest one)."""
+        async with self._health_lock:
+            serving = self.pool.serving() > 0
+            if serving == self._serving:
+                return
+            self._serving = serving
+            st = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", DECISION, PATHWAY):
+                await self.health.set(name, st)
+            log.warning(json.dumps({"event": "health", "status": "SERVING" if serving else "NOT_SERVING", "workers": self.pool.serving()}))
+
+    def _workers_changed(self) -> None:
+        task = asyncio.create_task(self._set_health())
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
 
     async def run(self) -> int:
         server = grpc.aio.server(
@@ -403,13 +583,15 @@ class Service:
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
+                *connection_options().items(),
             ]
         )
-        server.add_generic_rpc_handlers((DecisionServicer(self.pool).handler(), PathwayServicer(self.pool).handler()))
+        decisions = DecisionServicer(self.pool, PeerLimit(self.max_per_peer))
+        server.add_generic_rpc_handlers((decisions.handler(), PathwayServicer(self.pool, Validator(self.pool.ctx)).handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (DECISION, PATHWAY, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-        await self._set_health(False)
+        await self._set_health()
         try:
             self.bound = server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError:  # grpc says only "failed to bind": ask the OS why
@@ -419,9 +601,8 @@ class Service:
         target = f"{self.host}:{self.bound}"
         self.announce(f"carepath: listening on {target} (NOT_SERVING while {self.workers} worker(s) compile the pathways)")
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.pool.request_reload, "SIGHUP")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signal, sig)
         watched = self._watched()
         first = _fingerprint(watched)  # before compiling: a change made while loading is caught too
         try:
@@ -432,7 +613,7 @@ class Service:
             log.error(json.dumps({"event": "load_failed", "errors": len(exc.errors)}))
             await server.stop(0)
             return 1
-        await self._set_health(True)
+        await self._set_health()
         names_versions = ", ".join(f"{p['id']} {p['version']}" for p in gen.info) or "no pathways"
         self.announce(f"carepath: SERVING {names_versions} on {target} with {self.workers} worker(s)")
         self.announce(f"  carepath call --target {target} CASE_FILE")
@@ -445,13 +626,25 @@ class Service:
         await self.stopping.wait()
         log.warning(json.dumps({"event": "draining", "grace_s": self.grace}))
         await self.health.enter_graceful_shutdown()
+        # In-flight unary calls finish; streams end with UNAVAILABLE once idle (DRAIN_IDLE), or all at
+        # CUT_BEFORE the end of the grace, so the caller knows to resend what was not answered.
+        decisions.drain()
+        cut = loop.call_later(max(0.0, self.grace - CUT_BEFORE), decisions.cut)
         await server.stop(self.grace)
+        cut.cancel()
         for t in tasks:
             t.cancel()
         await self.pool.close()
         _rpc_lines.flush()
         log.warning(json.dumps({"event": "stopped"}))
         return 0
+
+    def _signal(self, sig: signal.Signals) -> None:
+        log.warning(json.dumps({"event": "signal", "signal": sig.name}))
+        if sig == signal.SIGHUP:
+            self.pool.request_reload("SIGHUP")
+        else:
+            self.stopping.set()
 
     async def _reloader(self) -> None:
         while True:  # until cancelled at shutdown
@@ -461,10 +654,8 @@ class Service:
             t0 = time.perf_counter()
             try:
                 gen = await self.pool.reload()
-            except LoadFailed as exc:
-                for e in exc.errors:
-                    print(e, file=sys.stderr, flush=True)
-                log.error(json.dumps({"event": "reload_refused", "trigger": why, "errors": exc.errors[:20]}))
+            except LoadFailed as exc:  # the diagnostics in the event, one JSON line (as every log line)
+                log.error(json.dumps({"event": "reload_refused", "trigger": why, "count": len(exc.errors), "errors": exc.errors[:200]}))
                 continue
             pathways = [f"{p['id']} {p['version']} {p['sha256'][:12]}" for p in gen.info]
             ms = round((time.perf_counter() - t0) * 1000)
@@ -485,11 +676,16 @@ class Service:
 
 
 class _JsonLines(logging.Formatter):
+    """One JSON object per line, each starting with "ts" (UTC, ISO 8601, milliseconds)."""
+
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
-        if msg.startswith("{"):
+        if msg.startswith('{"ts"'):  # stamped where it was made (the batched request lines)
             return msg
-        fields = {"event": "log", "level": record.levelname, "message": msg}
+        ts = utc_now(record.created)
+        if msg.startswith("{") and msg != "{}":
+            return f'{{"ts": "{ts}", {msg[1:]}'
+        fields = {"ts": ts, "event": "log", "level": record.levelname, "message": msg}
         if record.exc_info:  # the traceback as a field: still one line
             fields["traceback"] = self.formatException(record.exc_info)
         return json.dumps(fields)

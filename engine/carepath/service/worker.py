@@ -2,8 +2,7 @@
 
 durable-rules is not thread-safe, so each worker owns its engine and runs a single thread.
 Messages are pickled tuples framed as multiprocessing.connection frames them (a 4-byte length):
-  in:  (job_id, kind, payload, deadline)   kind "eval": EvaluateRequest bytes; "batch": a list of them;
-                                           "validate": (source, file, request id)
+  in:  (job_id, kind, payload, deadline)   kind "eval": EvaluateRequest bytes; "batch": a list of them
   out: (job_id, status, payload, meta)      job_id 0 is the start-up report: "ready" or "failed";
                                            a batch's payload is [(status, payload, meta), ...] in order
 """
@@ -14,6 +13,7 @@ import gc
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import struct
@@ -27,18 +27,43 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from carepath.case import parse_json
+from carepath.case import LISTS, parse_json, too_many
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
 from carepath.evaluate import Engine, bundled_pathways
 from carepath.service.convert import case_to_dict, planned_response_bytes
-from carepath.validate import find_dictionary, load_vocabulary, pathway_files, validate_source
+from carepath.validate import SourceSet, read_set
 from carepath_client._proto.v1 import decision_service_pb2 as ds
 
 # statuses a worker replies with (mapped to gRPC codes in carepath.service.status)
 OK, CASE_ERROR, NOT_FOUND, DEADLINE, INTERNAL, READY, FAILED = "ok", "case_error", "not_found", "deadline", "internal", "ready", "failed"
 BATCH = "batch"  # the reply to a batch job: its payload holds one (status, payload, meta) per case
-MAX_REQUEST_ID = 128  # characters; a longer request_id is refused (it is echoed in replies, statuses and logs)
-LATE: tuple[str, Any, tuple[str, str | None]] = (DEADLINE, "deadline exceeded before the case was evaluated", ("", None))
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # what a caller's request_id must be (it is echoed and logged)
+Meta = tuple[str, str | None, bool]  # (request id, patient id, whether the caller's request id was replaced)
+LATE: tuple[str, Any, Meta] = (DEADLINE, "deadline exceeded before the case was evaluated", ("", None, False))
+
+
+def clean_request_id(rid: str) -> tuple[str, bool]:
+    """The request id to use and whether the caller's was replaced. Empty: one is made up. Anything
+    but an id (REQUEST_ID: e.g. a name and a birth date, or 10,000 characters) is replaced by a made-up
+    one, never echoed or logged; the response carries the one used."""
+    if rid and REQUEST_ID.fullmatch(rid):
+        return rid, False
+    return uuid.uuid4().hex[:16], bool(rid)
+
+
+_second = (0, "")  # the last whole second formatted by utc_now, kept: a log line costs one format a second
+
+
+def utc_now(t: float | None = None) -> str:
+    """Now (or time.time() ``t``) in UTC, ISO 8601 to the millisecond (2026-12-07T05:55:00.123Z):
+    every log line's "ts"."""
+    global _second
+    if t is None:
+        t = time.time()
+    whole = int(t)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((t - whole) * 1000):03d}Z"
 
 
 def _late(deadline: float | None) -> bool:
@@ -48,7 +73,7 @@ def _late(deadline: float | None) -> bool:
 def internal_error_line(method: str, request_id: str, exc: BaseException, **more: Any) -> str:
     """A bug met while serving, as one JSON log line: the request id the caller got in its INTERNAL
     status, and the traceback as a field (the front end and the workers both write these)."""
-    fields = {"event": "internal_error", "method": method, "request_id": request_id, **more}
+    fields = {"ts": utc_now(), "event": "internal_error", "method": method, "request_id": request_id, **more}
     fields["error"] = f"{type(exc).__name__}: {exc}"[:1000]
     fields["traceback"] = "".join(traceback.format_exception(exc))
     return json.dumps(fields)
@@ -62,53 +87,47 @@ def log_internal(request_id: str, method: str, **more: Any) -> None:
 
 
 def pathway_info(engine: Engine) -> list[dict[str, str]]:
+    """What PathwayService tells callers about the serving set: "file" is the file's name in the
+    pathway directory, never the server's path to it."""
     return [
-        {"id": p.id, "version": p.version, "sha256": p.sha256, "title": p.model.title, "file": p.file, "source": p.source}
+        {"id": p.id, "version": p.version, "sha256": p.sha256, "title": p.model.title, "file": Path(p.file).name, "source": p.source}
         for p in engine.pathways
     ]
 
 
 class Worker:
-    def __init__(self, engine: Engine, pathways: str | None) -> None:
+    def __init__(self, engine: Engine, sources: SourceSet) -> None:
         self.engine = engine
-        self.pathways = pathways
-        self._vocab: Any = None
+        self.sources = sources
 
-    def handle(self, kind: str, payload: Any, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
+    def handle(self, kind: str, payload: Any, deadline: float | None) -> tuple[str, Any, Meta]:
         if kind == "batch":
-            return BATCH, [self.one(raw, deadline) for raw in payload], ("", None)
+            return BATCH, [self.one(raw, deadline) for raw in payload], ("", None, False)
         if _late(deadline):
             return LATE
         if kind == "eval":
             return self.evaluate(payload, "Evaluate")
-        if kind == "validate":
-            source, file, rid = payload
-            try:
-                return OK, self.validate(source, file), (rid, None)
-            except Exception:
-                log_internal(rid, "ValidatePathway")
-                return INTERNAL, "internal error", (rid, None)
         raise ValueError(f"unknown job kind {kind!r}")
 
-    def one(self, raw: bytes, deadline: float | None) -> tuple[str, Any, tuple[str, str | None]]:
+    def one(self, raw: bytes, deadline: float | None) -> tuple[str, Any, Meta]:
         """One case of a batch: its own deadline check and its own error result."""
         if _late(deadline):
             return LATE
         return self.evaluate(raw, "EvaluateStream")
 
-    def evaluate(self, payload: bytes, method: str) -> tuple[str, Any, tuple[str, str | None]]:
+    def evaluate(self, payload: bytes, method: str) -> tuple[str, Any, Meta]:
         try:
             req = ds.EvaluateRequest.FromString(payload)
         except DecodeError:
-            return CASE_ERROR, [("", "the request is not a valid carepath.v1.EvaluateRequest")], ("", None)
-        rid = req.request_id or uuid.uuid4().hex[:16]  # made up here: the front end reports this one
-        if len(rid) > MAX_REQUEST_ID:
-            why = f"must be at most {MAX_REQUEST_ID} characters (got {len(rid)})"
-            return CASE_ERROR, [("request_id", why)], (rid[:MAX_REQUEST_ID], None)
+            return CASE_ERROR, [("", "the request is not a valid carepath.v1.EvaluateRequest")], ("", None, False)
+        rid, replaced = clean_request_id(req.request_id)  # made up here if need be: the front end reports this one
         which = req.WhichOneof("input")
         patient: str | None = None
         try:
             if which == "case":
+                long = too_many((k, len(getattr(req.case, k))) for k in LISTS)  # before converting any item
+                if long:
+                    raise CaseError(long)
                 data: Any = case_to_dict(req.case)
             elif which == "case_json":
                 data = parse_json(req.case_json)
@@ -117,40 +136,43 @@ class Worker:
             if isinstance(data, dict) and isinstance(data.get("patient_id"), str):
                 patient = data["patient_id"][:128]
             planned = self.engine.evaluate_planned(data, list(req.pathway_ids) or None)
-            return OK, planned_response_bytes(rid, planned), (rid, patient)
+            return OK, planned_response_bytes(rid, planned), (rid, patient, replaced)
         except CaseError as exc:
-            return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, patient)
+            return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, patient, replaced)
         except UnknownPathwayError as exc:
-            return NOT_FOUND, str(exc), (rid, patient)
+            return NOT_FOUND, str(exc), (rid, patient, replaced)
         except Exception:  # a bug: logged with the request id the caller gets in the INTERNAL status
             log_internal(rid, method)
-            return INTERNAL, "internal error", (rid, patient)
-
-    def validate(self, source: str, file: str) -> dict[str, Any]:
-        if self._vocab is None:
-            files = pathway_files([self.pathways or bundled_pathways()])
-            self._vocab = load_vocabulary(find_dictionary(files, bundled_pathways()))
-        checked, diags = validate_source(source, file, self._vocab)
-        info = None
-        if checked is not None and not diags:
-            info = {"id": checked.id, "version": checked.version, "sha256": checked.sha256, "title": checked.model.title, "file": file}
-        return {"diagnostics": [(d.file, d.line, d.col, d.path, d.message, str(d)) for d in diags], "pathway": info}
+            return INTERNAL, "internal error", (rid, patient, replaced)
 
 
-def main(conn: Connection, pathways: str | None) -> None:
+def load(pathways: str | SourceSet | None) -> tuple[Engine, SourceSet]:
+    """The engine of a pathway directory (read into memory first: the engine is compiled from exactly
+    the text the worker reports back) or of a set already in memory (a replacement worker's: no file
+    is read, so what is on disk now cannot stop it)."""
+    if isinstance(pathways, SourceSet):
+        return Engine.from_sources(pathways), pathways
+    directory = Path(pathways) if pathways else bundled_pathways()
+    sources, diags = read_set([directory], bundled_pathways())
+    if sources is None or diags:
+        raise PathwayError(diags)
+    return Engine.from_sources(sources), sources
+
+
+def main(conn: Connection, pathways: str | SourceSet | None) -> None:
     """The worker's entry point (a forkserver/spawn child)."""
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     try:
-        engine = Engine.from_directory(Path(pathways) if pathways else None)
+        engine, sources = load(pathways)
     except PathwayError as exc:
         conn.send_bytes(pickle.dumps((0, FAILED, [str(d) for d in exc.diagnostics], None)))
         return
     except Exception as exc:
         conn.send_bytes(pickle.dumps((0, FAILED, [f"{type(exc).__name__}: {exc}"], None)))
         return
-    conn.send_bytes(pickle.dumps((0, READY, pathway_info(engine), None)))
-    worker = Worker(engine, pathways)
+    conn.send_bytes(pickle.dumps((0, READY, (pathway_info(engine), sources), None)))
+    worker = Worker(engine, sources)
     gc.freeze()  # the compiled engine lives as long as the process: keep it out of every collection
     # Buffered reads: jobs that arrived together come in with one read; one write per reply.
     sock = socket.socket(fileno=os.dup(conn.fileno()))
@@ -165,7 +187,7 @@ def main(conn: Connection, pathways: str | None) -> None:
             status, out, meta = worker.handle(kind, payload, deadline)
         except Exception:  # outside any one request (the requests log their own, with their ids)
             log_internal("", kind, job=job_id)
-            status, out, meta = INTERNAL, "internal error", ("", None)
+            status, out, meta = INTERNAL, "internal error", ("", None, False)
         try:
             sock.sendall(frame(pickle.dumps((job_id, status, out, meta), protocol=pickle.HIGHEST_PROTOCOL)))
         except OSError:
