@@ -37,8 +37,11 @@ class ObsDef:
     def to_canonical(self, value: float, unit: str) -> float | None:
         """Convert ``value`` in ``unit`` to the canonical unit; None when no conversion exists.
 
-        A converted value is rounded to the canonical unit's reporting precision, as a lab
-        would report it: 53 mmol/mol is HbA1c 7.0 %, 300 mg/dL is glucose 16.7 mmol/L.
+        A converted value keeps one digit more than the canonical unit's reporting precision:
+        enough that a value just beside a threshold written at that precision is never rounded
+        onto it (glucose 71 mg/dL is 3.94 mmol/L, above a hypoglycaemia threshold of 3.9, where
+        rounding to the lab's 3.9 would have met it), while the labs' anchors still hold (53
+        mmol/mol is HbA1c 7.00 %, 300 mg/dL is glucose 16.67 mmol/L, 126 mg/dL is 7.00).
         """
         if unit == self.unit:
             return value
@@ -46,7 +49,7 @@ class ObsDef:
         if conv is None:
             return None
         factor, offset = conv
-        return round(value * factor + offset, self.decimals)
+        return round(value * factor + offset, self.decimals + 1)
 
 
 @dataclass(frozen=True)

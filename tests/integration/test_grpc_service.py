@@ -675,3 +675,21 @@ def test_pathway_service_never_sends_the_servers_paths(server: Server) -> None:
     without_source.CopyFrom(got)
     without_source.pathway.source = ""
     assert b"/" not in without_source.SerializeToString() and str(FIXTURES) not in got.pathway.source
+
+
+def test_serve_site_profile_reaches_every_worker_and_names_itself(tmp_path: Path) -> None:
+    """serve --site FILE: every worker's engine uses the profile; decisions over gRPC name it and
+    read site_has() from it (the v2 fixture: fundus photography here or a referral elsewhere)."""
+    site = tmp_path / "chc.yaml"
+    site.write_text("id: chc-camera\ntitle: a centre with a retinal camera\ncapabilities: [fundus_photography]\n")
+    v2 = FIXTURES.parent / "lang_v2"
+    case = {"patient_id": "p", "as_of": "2026-11-24", "setting": "community", "age": 60, "conditions": ["I10", "E11.9"]}
+    s = Server(tmp_path, v2, 2, "--site", str(site))
+    try:
+        with CarepathClient(s.target) as c:
+            for _ in range(6):  # both workers answer some of them
+                d = c.evaluate(case)
+                assert d["site"]["id"] == "chc-camera" and len(d["site"]["sha256"]) == 64
+                assert "v2.fundus_here" in {t["rule"] for t in d["trace"]}
+    finally:
+        assert s.stop() == 0

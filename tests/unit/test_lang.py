@@ -152,11 +152,13 @@ def test_definitions_are_inlined_and_checked_in_order(tmp_path: Path) -> None:
     assert lang.eval3(rule.when, {"o_sbp": 150.0, "o_dbp": 80.0}) is True
 
 
-def test_converted_values_round_to_reporting_precision() -> None:
-    # the brief's anchors: 53 mmol/mol is 7.0 %, 300 mg/dL is 16.7 mmol/L, 70 mg/dL is 3.9 mmol/L
+def test_converted_values_keep_a_digit_more_than_reporting_precision() -> None:
+    # the brief's anchors hold: 53 mmol/mol is 7.0 %, 300 mg/dL is 16.7 mmol/L (16.67), 70 mg/dL is below 3.9
     assert VOCAB.observations["hba1c"].to_canonical(53, "mmol/mol") == 7.0
-    assert VOCAB.observations["random_glucose"].to_canonical(300, "mg/dL") == 16.7
-    assert VOCAB.observations["fpg"].to_canonical(70, "mg/dL") == 3.9
+    assert VOCAB.observations["random_glucose"].to_canonical(300, "mg/dL") == 16.67
+    assert VOCAB.observations["fpg"].to_canonical(70, "mg/dL") == 3.89
+    # and a value just above a threshold is not rounded onto it (issue 23): 71 mg/dL is 3.94, not 3.9
+    assert VOCAB.observations["fpg"].to_canonical(71, "mg/dL") == 3.94
     e = parse("hba1c >= 53 mmol/mol")
     assert isinstance(e, lang.Cmp) and e.value == 7.0
 

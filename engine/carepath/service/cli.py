@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from carepath.cli import command, dumps, grace_seconds, read_case, seconds, worker_count
+from carepath.cli import command, dumps, grace_seconds, load_site_arg, read_case, seconds, site_arg, worker_count
 
 
 def _positive(text: str) -> int:
@@ -30,6 +30,7 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
         help="worker processes, each with its own engine (default: one per core)",
     )
     p.add_argument("--watch", action="store_true", help="reload when a pathway file changes (SIGHUP always reloads)")
+    site_arg(p)
     p.add_argument("--grace", type=grace_seconds, default=30.0, help="seconds to drain in-flight requests on SIGTERM (default 30)")
     p.add_argument(
         "--max-calls-per-peer",
@@ -57,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
         grace=args.grace,
         announce=announce,
         max_per_peer=args.max_calls_per_peer,
+        site=load_site_arg(args.site),
     )
 
 

@@ -34,6 +34,7 @@ from multiprocessing.context import BaseContext
 from typing import Any, cast
 
 from carepath.service import worker as worker_mod
+from carepath.site import Site
 from carepath.validate import SourceSet
 
 log = logging.getLogger("carepath.service")
@@ -163,7 +164,10 @@ class _Proc:
         loop = asyncio.get_running_loop()
         parent, child = multiprocessing.Pipe(duplex=True)
         self.proc = ctx.Process(  # type: ignore[attr-defined]
-            target=worker_mod.main, args=(child, source), name=f"carepath-worker-{self.gen.number}.{self.index}", daemon=True
+            target=worker_mod.main,
+            args=(child, source, self.gen.pool.site),
+            name=f"carepath-worker-{self.gen.number}.{self.index}",
+            daemon=True,
         )
         self.proc.start()
         child.close()
@@ -381,8 +385,9 @@ class Generation:
 
 
 class Pool:
-    def __init__(self, pathways: str | None, size: int) -> None:
+    def __init__(self, pathways: str | None, size: int, site: Site | None = None) -> None:
         self.pathways = pathways
+        self.site = site.portable() if site is not None else None  # every worker's engine uses it (--site)
         self.size = max(1, size)
         self.ctx = _context()
         self.current: Generation | None = None

@@ -29,6 +29,7 @@ from carepath.service import status
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
 from carepath.service.validator import MAX_SOURCE, Busy, Failed, TimedOut, Validator
 from carepath.service.worker import clean_request_id, internal_error_line, utc_now
+from carepath.site import Site
 from carepath_client._proto.v1 import decision_service_pb2 as ds
 from carepath_client._proto.v1 import pathway_service_pb2 as ps
 
@@ -546,11 +547,12 @@ class Service:
         grace: float = 30.0,
         announce: Callable[[str], None] = print,
         max_per_peer: int = MAX_PER_PEER,
+        site: Site | None = None,
     ) -> None:
         self.host, self.port, self.pathways, self.workers = host, port, pathways, workers
         self.max_per_peer = max_per_peer
         self.watch, self.grace, self.announce = watch, grace, announce
-        self.pool = Pool(pathways, workers)
+        self.pool = Pool(pathways, workers, site)
         self.pool.on_change = self._workers_changed
         self.health: Any = getattr(health, "aio").HealthServicer()  # noqa: B009 (the stubs lack health.aio)
         self.stopping = asyncio.Event()

@@ -31,6 +31,7 @@ from carepath.case import LISTS, parse_json, too_many
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
 from carepath.evaluate import Engine, bundled_pathways
 from carepath.service.convert import case_to_dict, planned_response_bytes
+from carepath.site import Site
 from carepath.validate import SourceSet, read_set
 from carepath_client._proto.v1 import decision_service_pb2 as ds
 
@@ -146,25 +147,25 @@ class Worker:
             return INTERNAL, "internal error", (rid, patient, replaced)
 
 
-def load(pathways: str | SourceSet | None) -> tuple[Engine, SourceSet]:
+def load(pathways: str | SourceSet | None, site: Site | None = None) -> tuple[Engine, SourceSet]:
     """The engine of a pathway directory (read into memory first: the engine is compiled from exactly
     the text the worker reports back) or of a set already in memory (a replacement worker's: no file
     is read, so what is on disk now cannot stop it)."""
     if isinstance(pathways, SourceSet):
-        return Engine.from_sources(pathways), pathways
+        return Engine.from_sources(pathways, site), pathways
     directory = Path(pathways) if pathways else bundled_pathways()
     sources, diags = read_set([directory], bundled_pathways())
     if sources is None or diags:
         raise PathwayError(diags)
-    return Engine.from_sources(sources), sources
+    return Engine.from_sources(sources, site), sources
 
 
-def main(conn: Connection, pathways: str | SourceSet | None) -> None:
+def main(conn: Connection, pathways: str | SourceSet | None, site: Site | None = None) -> None:
     """The worker's entry point (a forkserver/spawn child)."""
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     try:
-        engine, sources = load(pathways)
+        engine, sources = load(pathways, site)
     except PathwayError as exc:
         conn.send_bytes(pickle.dumps((0, FAILED, [str(d) for d in exc.diagnostics], None)))
         return
