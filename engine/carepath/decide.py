@@ -3,14 +3,18 @@
 Policy, in order (README "Conflict policy"):
 1. Up-referrals only from ``community``, down-referrals only from ``hospital``, and no
    down-referral when any rule finds the patient unstable: an emergency or priority up-referral
-   criterion met (in hospital too), a drug to stop, or a critical alert.
+   criterion met (in hospital too), a drug to stop, or a critical alert; nor while any pathway
+   recommends a drug change (start, add, titrate, switch: the regimen is not yet stable).
 2. An emergency up-referral criterion beats everything, in hospital too (where the referral
    itself is not made): it suppresses starting/titrating drugs, tests and every other referral
    (stop/avoid, alerts, the follow-up and tests marked ``essential`` stay).
 3. At most one referral: the most urgent (emergency > priority > routine > down), then the
    higher rule priority, then pathway and rule order. Never up and down together.
 4. ``avoid``/``stop`` beats ``start``/``add``/``titrate``/``switch`` of an overlapping ATC
-   class, and no drug is started that matches an allergy.
+   class, and no drug is started that matches an allergy. A rule whose drug changes were all
+   overruled (here or by rule 2) loses its alerts and non-essential tests too (a K+ recheck
+   after a RAS-blocker start that is not made); an alert marked ``stable`` goes when any rule
+   finds the patient unstable (as in rule 1).
 5. The shortest follow-up wins.
 6. Duplicates (same kind and key fields) merge into one recommendation listing every rule.
 
@@ -95,13 +99,21 @@ class _Body:
     key order; the rest is filled in per case). ``wire`` keeps the service's protobuf
     encodings of its fixed parts, by the rules merged into it (service.convert)."""
 
-    __slots__ = ("body", "essential", "key", "kind", "label", "order", "priority", "rule", "sort", "template", "wire")
+    __slots__ = ("body", "essential", "key", "kind", "label", "order", "priority", "rule", "sort", "stable", "template", "wire")
 
     def __init__(
-        self, body: dict[str, Any], order: tuple[int, int], priority: int, rule: str, citation: str, essential: bool = False
+        self,
+        body: dict[str, Any],
+        order: tuple[int, int],
+        priority: int,
+        rule: str,
+        citation: str,
+        essential: bool = False,
+        stable: bool = False,
     ) -> None:
         self.body, self.kind, self.order, self.priority = body, str(body["kind"]), order, priority
         self.essential = essential  # a test the policy never suppresses (TestRec.essential)
+        self.stable = stable  # an alert that says the patient is stable (AlertRec.stable)
         self.rule = rule
         self.label = describe_recommendation(body)  # the body in a few words, for suppression notes
         self.key = lang_key(body)  # what makes two recommendations duplicates
@@ -122,12 +134,12 @@ class _Prepared:
     def __init__(self, p_index: int, cp: CheckedPathway, cr: CheckedRule) -> None:
         out = []
         citation = cp.citation_texts[cr.rule.citation]
-        for body, essential in zip(cr.bodies, cr.essential, strict=True):
+        for body, essential, stable in zip(cr.bodies, cr.essential, cr.stable, strict=True):
             if body["kind"] == "test":
                 od = cp.vocab.observations[body["code"]]
                 if od.loinc:
                     body = {**body, "loinc": od.loinc[0]}
-            out.append(_Body(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, citation, essential))
+            out.append(_Body(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, citation, essential, stable))
         self.bodies: tuple[_Body, ...] = tuple(out)
         self.words = reasoner(cr.when_nnf, cp.vocab)
 
@@ -317,6 +329,8 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
                 kinds.add(b.kind)
                 recs.append((b, src))
 
+    initial, made_recs = list(recs), len(recs)
+
     def suppress(b: _Body, why: str) -> None:
         notes.setdefault(b.rule, []).append(f"{b.label}: {why}")
 
@@ -338,6 +352,10 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
                     unstable = next((u for u, _ in recs if _unstable(u)), None)
                     if unstable is not None:
                         suppress(b, f"not stable: {unstable.label} ({unstable.rule})")
+                        continue
+                    change = next((u for u, _ in recs if u.kind == "medication" and u.body["action"] in _STARTS), None)
+                    if change is not None:  # brief A6, B6: a stable regimen, no near-term change, before handover
+                        suppress(b, f"regimen change pending: {change.label} ({change.rule})")
                         continue
             kept.append(r)
         recs = kept
@@ -381,6 +399,27 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
                         continue
                 kept.append(r)
             recs = kept
+    # 4b. what a rule says because it changes a drug (a recheck alert or test) goes when the change is overruled
+    if "medication" in kinds and len(recs) < made_recs:
+        kept_change = {b.rule for b, _ in recs if b.kind == "medication" and b.body["action"] in _STARTS}
+        overruled = {b.rule for b, _ in initial if b.kind == "medication" and b.body["action"] in _STARTS} - kept_change
+        if overruled:
+            kept = []
+            for r in recs:
+                b = r[0]
+                if b.rule in overruled and (b.kind == "alert" or (b.kind == "test" and not b.essential)):
+                    suppress(b, "the drug change it goes with was overruled")
+                    continue
+                kept.append(r)
+            recs = kept
+    # 4c. a stable status is not given to a patient any rule finds unstable (brief C8.1, A8.3, D1)
+    if any(b.stable for b, _ in recs):
+        unstable = next((u for u, _ in recs if _unstable(u)), None)
+        if unstable is not None:
+            for b, _ in recs:
+                if b.stable:
+                    suppress(b, f"not stable: {unstable.label} ({unstable.rule})")
+            recs = [r for r in recs if not r[0].stable]
     # 5. shortest follow-up
     if "follow_up" in kinds:
         fus = [b for b, _ in recs if b.kind == "follow_up"]

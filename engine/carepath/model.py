@@ -149,6 +149,10 @@ class AlertRec(_Strict):
     kind: Literal["alert"]
     severity: Literal["info", "warning", "critical"]
     text: str = Field(min_length=1)
+    stable: bool | None = Field(
+        default=None,
+        description="true: the alert says the patient is stable; the conflict policy drops it when any rule finds them unstable.",
+    )
 
 
 Recommendation = Annotated[TestRec | MedicationRec | ReferralRec | FollowUpRec | AlertRec, Field(discriminator="kind")]

@@ -31,6 +31,7 @@ class CheckedRule:
     reads: tuple[tuple[str, str, str], ...] = field(init=False, compare=False)  # (name, fact key, kind)
     bodies: tuple[dict[str, Any], ...] = field(init=False, compare=False)  # the `then` items as plain dicts (as decisions show them)
     essential: tuple[bool, ...] = field(init=False, compare=False)  # per `then` item: a test the conflict policy never suppresses
+    stable: tuple[bool, ...] = field(init=False, compare=False)  # per `then` item: an alert saying the patient is stable
     read_keys: tuple[str, ...] = field(init=False, compare=False)  # the fact keys its condition reads
     memo: dict[tuple[object, ...], Any] = field(init=False, compare=False, repr=False)  # decide(): values read -> reason
 
@@ -38,7 +39,8 @@ class CheckedRule:
         # precomputed once: decide() uses them for every decision
         object.__setattr__(self, "when_nnf", lang.nnf(self.when))
         object.__setattr__(self, "reads", lang.reads(self.when))
-        object.__setattr__(self, "bodies", tuple(r.model_dump(exclude_none=True, exclude={"essential"}) for r in self.rule.then))
+        object.__setattr__(self, "bodies", tuple(r.model_dump(exclude_none=True, exclude={"essential", "stable"}) for r in self.rule.then))
+        object.__setattr__(self, "stable", tuple(bool(getattr(r, "stable", None)) for r in self.rule.then))
         object.__setattr__(self, "essential", tuple(bool(getattr(r, "essential", None)) for r in self.rule.then))
         object.__setattr__(self, "read_keys", tuple(dict.fromkeys(key for _, key, _ in self.reads)))
         object.__setattr__(self, "memo", {})
