@@ -40,6 +40,7 @@ from carepath.validate import SourceSet
 log = logging.getLogger("carepath.service")
 START_TIMEOUT = 120.0
 RESTORE_BACKOFF = (0.5, 30.0)  # seconds before the first retry to restore a dead worker, doubling up to the second
+REAP_WAIT = 10.0  # seconds to wait for a dead worker's exit status (forkserver children are reaped by the forkserver)
 PACK = 4  # cases a worker may hold before the next one gets work (Generation.pick)
 _HEADER, _BIG = worker_mod.HEADER, worker_mod.BIG  # the worker's framing, read here
 _PICKLE = pickle.HIGHEST_PROTOCOL
@@ -347,6 +348,10 @@ class Generation:
         another on the generation's set in memory, retrying with backoff for as long as the
         generation serves (a worker that cannot start now, e.g. for want of memory, may later)."""
         await dead.stop(timeout=1.0)
+        if dead.proc is not None and dead.proc.exitcode is None:
+            # The process is gone (its pipe closed) but a forkserver child's status arrives only once
+            # the forkserver has reaped it, which on a loaded machine can take longer than a second.
+            await asyncio.to_thread(dead.proc.join, REAP_WAIT)
         log.warning(json.dumps({"event": "worker_died", "pathway_set": self.number, "worker": dead.index, **dead.exit_status()}))
         delay = RESTORE_BACKOFF[0]
         for attempt in itertools.count(1):  # until a worker is back, or the generation is retired or closed
