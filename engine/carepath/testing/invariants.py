@@ -167,7 +167,10 @@ class Checker:
         self.enabled = set(only) if only is not None else set(BUILTIN)
         if self.backend == "reference":  # nothing to compare against: the differential check needs durable-rules
             self.enabled.discard("differential")
-        self.features = Features()
+        # the engine's reading of a case (recency windows, site, visit convention), so a `given`
+        # means what the same words mean in a rule: a stale value is unknown here too
+        ef = engine.features
+        self.features = Features(current=dict(ef.current), site=ef.site, visit_reading=ef.visit_reading)
         for p in engine.pathways:
             self.features.add(p.applies)
             for r in p.rules:

@@ -293,6 +293,9 @@ class CaseSpace:
             ds = set(_DAY_BASE)
             for d in days.get(code, set()):
                 ds |= {int(d) - 1, int(d), int(d) + 1}
+            window = self.vocab.observations[code].current
+            if window is not None:  # a value on the last day it is current, and the day after
+                ds |= {window - 1, window, window + 1}
             self.days[code] = tuple(sorted(d for d in ds if d >= 0))
         self.fields = {k: tuple(sorted({int(min(max(v + dv, 0), 130)) for v in vs for dv in (-1, 0, 1)})) for k, vs in fields.items()}
         self.fields["smi_risk_grade"] = tuple(v for v in self.fields["smi_risk_grade"] if 0 <= v <= 5)
@@ -720,9 +723,11 @@ class CaseSpace:
             rs = d.readings.setdefault(code, [])
             if not rs:
                 rs.append(self._reading(draw, code))
+            od = self.vocab.observations[code]
+            if od.current is not None and rs[0][0] > od.current and draw(st.integers(0, 7)) < 7:
+                rs[0][0] = float(draw(st.integers(0, od.current)))  # mostly a current reading (a stale one is unknown)
             if n.kind == "prev" and len(rs) < 2:
                 rs.append([rs[0][0] + draw(self._sample([0, 7, 30])), draw(self.value(code))])
-            od = self.vocab.observations[code]
             step = self.steps[code]
             if n.kind == "days":
                 v = self._pick(draw, [*self.days.get(code, _DAY_BASE), x - 1, x, x + 1], op, x)
