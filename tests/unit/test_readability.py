@@ -224,7 +224,6 @@ CEILING: dict[tuple[str, str], int] = {
     ("dm.down.stable", "codes"): 2,
     ("dm.down.stable", "long"): 1,
     ("dm.down.stable", "repeat"): 2,
-    ("dm.pregnancy.raas_stop", "repeat"): 1,  # safety.pregnancy.ras now says it for everyone: the two copies go (issue 23)
     ("dm.pregnancy.unknown", "repeat"): 1,
     ("dm.refer.bp_uncontrolled", "long"): 1,
     ("dm.refer.bp_uncontrolled", "repeat"): 1,

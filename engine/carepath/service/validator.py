@@ -91,7 +91,12 @@ class Validator:
         parent, child = self.ctx.Pipe(duplex=False)
         args = (child, source, file, dictionary)
         proc = self.ctx.Process(target=_child, args=args, name="carepath-validate", daemon=True)  # type: ignore[attr-defined]
-        proc.start()
+        try:
+            proc.start()
+        except OSError as exc:  # the child died while it was being handed its work (e.g. killed): a fault, not a bad pathway
+            parent.close()
+            child.close()
+            raise Failed(f"the validation process could not be started: {type(exc).__name__}: {exc}", "") from None
         child.close()
         try:
             ready = await asyncio.to_thread(parent.poll, max(deadline - time.monotonic(), 0.0))
