@@ -28,7 +28,9 @@ Printed: instructions per case of each section (millions); this tree's microseco
 others stalls on memory); the raw(all)/evaluate ratio, the bench_batch "ceiling", in
 instructions and in time; and with --against, each revision's counts over this tree's.
 --against REV copies that revision's engine/carepath (and its client package) with `git archive`
-into a temporary directory and runs it on this tree's pathways.
+into a temporary directory and runs it on this tree's pathways; with --own-pathways, on its own
+pathways/ (an engine and its pathways as they were against this tree's: what a language change
+plus the rewrite it allowed costs).
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ def child(n: int, pathways: str | None, helper: str | None) -> None:
     from carepath.evaluate import bundled_pathways
     from carepath.service.convert import case_from_dict
     from carepath.service.worker import Worker
-    from carepath_client._proto.v1 import decision_service_pb2 as ds
+    try:  # the generated code lives in the client distribution since the split
+        from carepath_client._proto.v1 import decision_service_pb2 as ds
+    except ImportError:  # a revision from before it
+        from carepath._proto.v1 import decision_service_pb2 as ds  # type: ignore[no-redef, import-not-found, import-untyped, unused-ignore]
 
     try:  # a Worker holds the set it compiled (validate.SourceSet)
         from carepath.validate import read_set
@@ -226,11 +231,25 @@ def checkout(rev: str, tmp: Path) -> str:
     return os.pathsep.join(str(dest / p) for p in ("engine", "clients/python"))
 
 
+def own_pathways(rev: str, tmp: Path) -> str:
+    """REV's pathways/ in a directory of its own."""
+    dest = tmp / f"pathways-{re.sub(r'[^A-Za-z0-9]', '_', rev)}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "pathways"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return str(dest / "pathways")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--cases", type=int, default=400, help="cases per section (default 400)")
     ap.add_argument("--pathways", default=None, help="pathway directory (default: the bundled pathways)")
     ap.add_argument("--against", action="append", default=[], metavar="REV", help="also count a git revision's engine")
+    ap.add_argument(
+        "--own-pathways",
+        action="store_true",
+        help="run each --against revision on its own pathways/ (the engine and its pathways as they were), not this tree's",
+    )
     ap.add_argument("--cache-sim", action="store_true", help="also simulate the caches: misses per case (much slower)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--helper", help=argparse.SUPPRESS)
@@ -245,14 +264,18 @@ def main() -> int:
         tmp = Path(d)
         helper = build_helper(tmp)
         this_tree = os.pathsep.join(str(ROOT / p) for p in ("engine", "clients/python"))
-        runs = [("this tree", this_tree)] + [(rev, checkout(rev, tmp)) for rev in args.against]
+        runs = [("this tree", this_tree, pathways)]
+        for rev in args.against:
+            runs.append((rev, checkout(rev, tmp), own_pathways(rev, tmp) if args.own_pathways else pathways))
         results = []
-        for label, path in runs:
-            print(f"counting {label} ({args.cases} cases a section) ...", file=sys.stderr, flush=True)
-            results.append((label, run(label, path, args.cases, pathways, helper, tmp, args.cache_sim)))
+        for label, path, where in runs:
+            print(f"counting {label} ({args.cases} cases a section, pathways {where}) ...", file=sys.stderr, flush=True)
+            results.append((label, run(label, path, args.cases, where, helper, tmp, args.cache_sim)))
         times = wall(runs[0][1], args.cases, pathways)
     n = args.cases
     print(f"instructions per case (millions), {n} synthetic cases, pathways {pathways}")
+    if args.own_pathways and args.against:
+        print("(each --against revision on its own pathways/)")
     head = f"{'section':<16}" + "".join(f"{label[:14]:>16}" for label, _ in results)
     head += "".join(f"{(label[:8] + '/this'):>16}" for label, _ in results[1:])
     head += f"{'us/case':>10}{'Ir/ns':>7}"
