@@ -91,6 +91,7 @@ def child(n: int, pathways: str | None, helper: str | None) -> None:
     from carepath.evaluate import bundled_pathways
     from carepath.service.convert import case_from_dict
     from carepath.service.worker import Worker
+
     try:  # the generated code lives in the client distribution since the split
         from carepath_client._proto.v1 import decision_service_pb2 as ds
     except ImportError:  # a revision from before it
