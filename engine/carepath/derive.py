@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import ChainMap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import TypeVar
 
 from . import lang
@@ -256,7 +256,8 @@ def derive(case: Case, obs: list[tuple[str, float, date]], feat: Features) -> di
             if not undated.intersection(s_keys):  # a drug of the classes with no start: its baseline is not known
                 _since_start(facts, b_key, bp_key, by_code.get(code), [earliest[k] for k in s_keys if k in earliest])
     for v, codes in plan.visits:
-        t = visits(v, codes, by_code, case.medications, facts, feat.visit_reading)
+        current = {c: as_of - timedelta(days=feat.current[c]) for c, _, _ in codes if c in feat.current}
+        t = visits(v, codes, by_code, case.medications, facts, feat.visit_reading, current)
         if t is not None:
             facts[v.key] = int(t)
     return facts
@@ -269,6 +270,7 @@ def visits(
     medications: Sequence[Medication],
     facts: lang.Facts,
     reading: str,
+    current: Mapping[str, date] | None = None,
 ) -> bool | None:
     """consecutive_visits (lang.Visits): True, False or None (unknown).
 
@@ -278,7 +280,9 @@ def visits(
     day (or the mean: ``reading``), the rest of the case as it is today; a visit counts when it is
     at least ``v.apart`` days before the one counted after it. True when ``v.n`` visits are counted
     and the condition holds at every visit on the way; False at the first visit where it fails;
-    unknown when there are too few visits, or one on the way is unknown.
+    unknown when there are too few visits, or one on the way is unknown. ``current`` gives, per
+    observation with a recency window, the oldest date still current: when the latest visit's
+    reading of one is older, the answer is unknown (a run of old visits says nothing about today).
     """
     start: date | None = None
     if v.since:
@@ -300,6 +304,8 @@ def visits(
     counted, last = 0, None
     for when in sorted(days, reverse=True):
         at = days[when]
+        if last is None and current and any(when < current[c] for c in at if c in current):
+            return None
         overlay: dict[str, object] = {}
         for code, o_key, h_key in codes:
             got = sorted(at.get(code, ()))

@@ -271,6 +271,19 @@ def test_visits_are_unknown_with_an_undated_start_and_false_without_the_drug() -
         assert facts.get(e.key) == want
 
 
+def test_a_run_of_visits_that_ended_before_the_window_is_unknown() -> None:
+    """The latest visit counted must be current (the fixture: BP current only today): two
+    uncontrolled visits weeks ago say nothing about today, so the run is unknown, not true."""
+    vocab = load_vocabulary(V2 / "dictionary.yaml")
+    e, _ = lang.parse("consecutive_visits(2, above_target(bp), apart 14, since antihypertensive)", vocab)
+    assert isinstance(e, lang.Visits)
+    engine = Engine.from_directory(V2)
+    for visits, want in (((150, 92, 40), (152, 94, 20)), None), (((150, 92, 40), (152, 94, 0)), 1):
+        _, facts = engine.prepare(case(*bp(*visits), medications=ON_CCB))
+        assert facts.get(e.key) == want, visits
+    assert "v2.refer_uncontrolled" not in fired(decide(engine, case(*bp((150, 92, 40), (152, 94, 20)), medications=ON_CCB)))
+
+
 def test_visits_syntax_errors_name_the_place() -> None:
     assert diagnostics("consecutive_visits(2, taking(C09))") == [
         "p.yaml:11:33: rules[0].when: the condition at each visit must compare an observation's value"
