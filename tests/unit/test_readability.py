@@ -261,17 +261,6 @@ CEILING: dict[tuple[str, str], int] = {
     ("htn.step.add_raas", "long"): 1,
     ("htn.test.glucose_baseline", "long"): 1,
     ("htn.titrate.raas_albuminuria", "long"): 1,
-    ("smi.down.stable", "long"): 1,
-    ("smi.inv.weight_gain_goes_up", "long"): 1,
-    ("smi.lithium.interaction_level", "long"): 1,
-    ("smi.metabolic.new_diabetes", "long"): 1,
-    ("smi.metabolic.new_dyslipidaemia", "long"): 1,
-    ("smi.metabolic.weight_gain", "long"): 1,
-    ("smi.qtc.rise60", "long"): 1,
-    ("smi.status.stable", "long"): 1,
-    ("smi.test.ap_week12_bp", "long"): 1,
-    ("smi.test.ap_week12_glucose", "long"): 1,
-    ("smi.test.ap_week12_lipids", "long"): 1,
 }
 
 
