@@ -25,11 +25,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import orjson
 from google.protobuf.message import DecodeError
 
 from carepath.case import LISTS, parse_json, too_many
+from carepath.cds import respond as cds_respond
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
 from carepath.evaluate import Engine, bundled_pathways
+from carepath.fhir import FhirInputError
 from carepath.service.convert import case_to_dict, planned_response_bytes
 from carepath.site import Site
 from carepath.validate import SourceSet, read_set
@@ -108,6 +111,10 @@ class Worker:
             return LATE
         if kind == "eval":
             return self.evaluate(payload, "Evaluate")
+        if kind == "cds":
+            return self.cds(payload)
+        if kind == "cds_discovery":
+            return OK, orjson.dumps(cds_respond.discovery(self.engine)), ("", None, False)
         raise ValueError(f"unknown job kind {kind!r}")
 
     def one(self, raw: bytes, deadline: float | None) -> tuple[str, Any, Meta]:
@@ -146,6 +153,21 @@ class Worker:
             log_internal(rid, method)
             return INTERNAL, "internal error", (rid, patient, replaced)
 
+    def cds(self, job: dict[str, Any]) -> tuple[str, Any, Meta]:
+        """A CDS Hooks call (carepath.cds.respond): the response JSON as bytes, or why the data make no case."""
+        rid = str(job.get("request_id", ""))
+        try:
+            response = cds_respond.respond(self.engine, job)
+            ids = [c["uuid"] for c in response["cards"]]
+            return OK, (orjson.dumps(response), ids), (rid, job.get("patient_id"), False)
+        except CaseError as exc:
+            return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, job.get("patient_id"), False)
+        except FhirInputError as exc:
+            return CASE_ERROR, [("prefetch", str(exc))], (rid, job.get("patient_id"), False)
+        except Exception:  # a bug: logged with the request id the caller gets
+            log_internal(rid, "cds")
+            return INTERNAL, "internal error", (rid, job.get("patient_id"), False)
+
 
 def load(pathways: str | SourceSet | None, site: Site | None = None) -> tuple[Engine, SourceSet]:
     """The engine of a pathway directory (read into memory first: the engine is compiled from exactly
@@ -174,6 +196,10 @@ def main(conn: Connection, pathways: str | SourceSet | None, site: Site | None =
         return
     conn.send_bytes(pickle.dumps((0, READY, (pathway_info(engine), sources), None)))
     worker = Worker(engine, sources)
+    try:
+        cds_respond.warm(engine)  # fhir.resources' models loaded before the first CDS Hooks call, not during it
+    except Exception:
+        log_internal("", "warm")
     gc.freeze()  # the compiled engine lives as long as the process: keep it out of every collection
     # Buffered reads: jobs that arrived together come in with one read; one write per reply.
     sock = socket.socket(fileno=os.dup(conn.fileno()))
