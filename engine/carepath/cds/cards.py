@@ -472,7 +472,10 @@ def cards_for(
 
 
 def empty_values(value: Any, path: str = "$") -> list[str]:
-    """Paths of null or empty values (CDS Hooks: an optional field is left out, never null or empty)."""
+    """Paths of null or empty values (CDS Hooks: an optional field is left out, never null or empty; the
+    response's ``cards`` is required, and an empty list when there is no advice)."""
+    if path == "$.cards" and value == []:
+        return []
     if value is None or value == "" or value == [] or value == {}:
         return [path]
     if isinstance(value, Mapping):
