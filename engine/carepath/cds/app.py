@@ -154,7 +154,7 @@ class CdsHooks:
             "service_id": service_id,
             "hook": hook,
             "patient_id": req.patient_id,
-            "prefetch": prefetch,
+            "prefetch": orjson.dumps(prefetch),  # JSON bytes to the worker: cheaper than pickling the nested dicts
             "draft_orders": req.draft_orders,
             "as_of": as_of.isoformat(),
             "setting": self.config.setting,

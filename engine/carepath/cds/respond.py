@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+import orjson
+
 from carepath.cds import cards
 from carepath.evaluate import Engine
 from carepath.fhir import tables, to_case
@@ -31,10 +33,13 @@ def discovery(engine: Engine) -> dict[str, Any]:
 
 def respond(engine: Engine, job: dict[str, Any]) -> dict[str, Any]:
     """The response to one validated hook call. ``job``: service_id, hook, patient_id (context.patientId),
-    prefetch (key → resource / Bundle / None), draft_orders (a Bundle or None), as_of (ISO date), setting.
+    prefetch (key → resource / Bundle / None, or that object as JSON bytes), draft_orders (a Bundle or None), as_of (ISO date), setting.
     Raises FhirInputError or CaseError for data that cannot make a case."""
+    prefetch = job["prefetch"]
+    if isinstance(prefetch, bytes):
+        prefetch = orjson.loads(prefetch)
     mapped = to_case(
-        job["prefetch"], vocab=engine.vocab, as_of=date.fromisoformat(job["as_of"]), setting=job["setting"], patient_id=job["patient_id"]
+        prefetch, vocab=engine.vocab, as_of=date.fromisoformat(job["as_of"]), setting=job["setting"], patient_id=job["patient_id"]
     )
     decision = engine.evaluate(mapped.case)
     drafts: list[cards.DraftOrder] = []
