@@ -320,3 +320,30 @@ def test_sqlite_store(tmp_path: Path) -> None:
     again = SqliteStore(tmp_path / "fb")  # kept on disk
     assert again.was_issued("s", "c1") and again.items("s") == [item]
     again.close()
+
+
+def test_cds_request_command(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    bundle = ROOT / "examples" / "fhir" / "Liz_Conn_27c911c6-f045-4ffa-af5d-6eba57ac94b2.json"
+    for hook in ("patient-view", "order-select", "order-sign"):
+        r = subprocess.run(
+            [sys.executable, "-m", "carepath.cli", "cds-request", "--hook", hook, "--as-of", "2021-04-01", str(bundle)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        req = json.loads(r.stdout)
+        parsed = parse_hook_request(req, hook)
+        assert parsed.patient_id == "ee9f8dd8-72d2-4769-8020-89e504b1504b" and str(parsed.as_of) == "2021-04-01"
+        assert set(req["prefetch"]) == set(cards.prefetch_templates(hook, ["8480-6"]))
+        obs = req["prefetch"]["observations"]["entry"]
+        assert all(e["resource"]["subject"]["reference"] == f"Patient/{parsed.patient_id}" for e in obs)
+    (tmp_path / "x.json").write_text("[]")
+    r = subprocess.run(
+        [sys.executable, "-m", "carepath.cli", "cds-request", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2 and "not a FHIR Bundle" in r.stderr and "Traceback" not in r.stderr

@@ -107,8 +107,8 @@ def parse_hook_request(data: Any, service_hook: str) -> HookRequest:
                 raise RequestError(f"context.draftOrders.entry[{i}].resource", "must be a FHIR resource (a JSON object)")
     if hook == "order-select":
         sel = context.get("selections")
-        if not isinstance(sel, list) or not sel or not all(isinstance(s, str) and s for s in sel):
-            raise RequestError("context.selections", "must be a non-empty list of resource references")
+        if not isinstance(sel, list) or not all(isinstance(s, str) and s for s in sel):
+            raise RequestError("context.selections", "must be a list of resource references")
     server = _str(data, "fhirServer", "", required=False)
     if server is not None and not re.match(r"^https?://", server):
         raise RequestError("fhirServer", "must be an http(s) URL")
