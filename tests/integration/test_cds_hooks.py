@@ -657,9 +657,15 @@ def test_other_errors(http: httpx.Client) -> None:
     r = http.get("/elsewhere")
     assert r.status_code == 404
     # a prefetch that makes no case (two different patients) is a 400, not a 500
-    two = {"a": {"resourceType": "Patient", "id": "x1"}, "b": {"resourceType": "Patient", "id": "x2"}}
+    two = {
+        "a": {"resourceType": "Patient", "id": "x1"},
+        "b": {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient", "id": "x2"}}]},
+    }
     r = http.post("/cds-services/carepath-patient-view", json=hook_request("patient-view", "x1", two | dict.fromkeys(KEYS.values())))
     assert r.status_code == 400 and outcome_field(r) == "prefetch"
+    other = {"a": {"resourceType": "Patient", "id": "x2"}}  # a prefetched Patient that is not the context's
+    r = http.post("/cds-services/carepath-patient-view", json=hook_request("patient-view", "x1", other))
+    assert r.status_code == 400 and outcome_field(r) == "prefetch.a.id"
     for resp in (r,):
         no_traceback(resp)
 

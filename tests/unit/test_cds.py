@@ -252,6 +252,7 @@ def test_parse_hook_request() -> None:
         (_req(prefetch=[]), "patient-view", "prefetch"),
         (_req(prefetch={"k": {"no": "type"}}), "patient-view", "prefetch.k"),
         (_req(fhirServer="ftp://x"), "patient-view", "fhirServer"),
+        (_req(prefetch={"p": {"resourceType": "Patient", "id": "other"}}), "patient-view", "prefetch.p.id"),
         (
             _req(
                 fhirServer="http://x",

@@ -33,7 +33,7 @@ from carepath.cds.cards import HOOKS, SERVICE_IDS
 from carepath.cds.feedback import FeedbackStore
 from carepath.cds.request import RequestError, parse_feedback, parse_hook_request
 from carepath.service.pool import DeadlineExceeded, Pool, PoolError, Reply
-from carepath.service.worker import CASE_ERROR, OK, utc_now
+from carepath.service.worker import CASE_ERROR, DEADLINE, OK, utc_now
 
 log = logging.getLogger("carepath.service")
 http_log = logging.getLogger("carepath.rpc")
@@ -171,6 +171,9 @@ class CdsHooks:
             field, message = reply.payload[0]
             self._log(f"POST /cds-services/{service_id}", 400, t0, rid, req.patient_id)
             return outcome(400, f"the prefetch data make no case: {field}: {message}" if field else message, "prefetch")
+        if reply.status == DEADLINE:
+            self._log(f"POST /cds-services/{service_id}", 503, t0, rid, req.patient_id)
+            return outcome(503, f"no answer within {CALL_DEADLINE:g} s; request id {rid}", code="timeout")
         if reply.status != OK:
             self._log(f"POST /cds-services/{service_id}", 500, t0, rid, req.patient_id)
             return outcome(500, f"internal error; request id {rid}", code="exception")

@@ -138,6 +138,8 @@ def parse_hook_request(data: Any, service_hook: str) -> HookRequest:
     for k, v in prefetch_raw.items():
         if v is not None and not (isinstance(v, dict) and isinstance(v.get("resourceType"), str)):
             raise RequestError(f"prefetch.{k}", "must be a FHIR resource or Bundle, or null (no data)")
+        if isinstance(v, dict) and v.get("resourceType") == "Patient" and v.get("id") not in (None, pid):
+            raise RequestError(f"prefetch.{k}.id", f"the prefetched Patient is {str(v.get('id'))[:64]!r}, not context.patientId {pid!r}")
     as_of: date | None = None
     ext = data.get("extension")
     if ext is not None:
