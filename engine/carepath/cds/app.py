@@ -82,11 +82,14 @@ class CdsHooks:
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > MAX_BODY:
             raise RequestError("$", f"the request is larger than {MAX_BODY} bytes", status=413)
-        body = b""
+        chunks: list[bytes] = []
+        size_read = 0
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
+            chunks.append(chunk)
+            size_read += len(chunk)
+            if size_read > MAX_BODY:
                 raise RequestError("$", f"the request is larger than {MAX_BODY} bytes", status=413)
+        body = b"".join(chunks)
         ctype = request.headers.get("content-type", "")
         if "json" not in ctype:
             raise RequestError("$", "the request must be JSON (Content-Type: application/json)", status=415)

@@ -609,7 +609,7 @@ class Service:
         self.host, self.port, self.pathways, self.workers = host, port, pathways, workers
         self.max_per_peer = max_per_peer
         self.watch, self.grace, self.announce = watch, grace, announce
-        self.pool = Pool(pathways, workers, site)
+        self.pool = Pool(pathways, workers, site, warm_fhir=cds_hooks is not None)
         self.pool.on_change = self._workers_changed
         self.health: Any = getattr(health, "aio").HealthServicer()  # noqa: B009 (the stubs lack health.aio)
         self.stopping = asyncio.Event()

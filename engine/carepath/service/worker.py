@@ -182,7 +182,7 @@ def load(pathways: str | SourceSet | None, site: Site | None = None) -> tuple[En
     return Engine.from_sources(sources, site), sources
 
 
-def main(conn: Connection, pathways: str | SourceSet | None, site: Site | None = None) -> None:
+def main(conn: Connection, pathways: str | SourceSet | None, site: Site | None = None, warm_fhir: bool = False) -> None:
     """The worker's entry point (a forkserver/spawn child)."""
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
@@ -194,12 +194,13 @@ def main(conn: Connection, pathways: str | SourceSet | None, site: Site | None =
     except Exception as exc:
         conn.send_bytes(pickle.dumps((0, FAILED, [f"{type(exc).__name__}: {exc}"], None)))
         return
+    if warm_fhir:  # CDS Hooks is served: fhir.resources' models loaded before ready, not in the first call
+        try:
+            cds_respond.warm(engine)
+        except Exception:
+            log_internal("", "warm")
     conn.send_bytes(pickle.dumps((0, READY, (pathway_info(engine), sources), None)))
     worker = Worker(engine, sources)
-    try:
-        cds_respond.warm(engine)  # fhir.resources' models loaded before the first CDS Hooks call, not during it
-    except Exception:
-        log_internal("", "warm")
     gc.freeze()  # the compiled engine lives as long as the process: keep it out of every collection
     # Buffered reads: jobs that arrived together come in with one read; one write per reply.
     sock = socket.socket(fileno=os.dup(conn.fileno()))
