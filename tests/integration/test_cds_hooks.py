@@ -158,10 +158,10 @@ class FhirStub:
 class CdsServer(Server):
     """`carepath serve --cds-hooks --http-port 0` on the bundled pathways; ``base``: its CDS Hooks URL."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, pathways: Path = ROOT / "pathways") -> None:
         self.feedback_dir = tmp / "feedback"
         args = ["--cds-hooks", "--http-port", "0", "--cds-feedback-dir", str(self.feedback_dir), "--cds-fetch-timeout", "2"]
-        super().__init__(tmp, ROOT / "pathways", 1, *args)
+        super().__init__(tmp, pathways, 1, *args)
         assert self.proc.stdout is not None
         self.base = ""
         end = time.monotonic() + 90
@@ -727,3 +727,40 @@ def test_concurrent_calls(http: httpx.Client) -> None:
     with ThreadPoolExecutor(4) as pool:
         many = list(pool.map(lambda q: _cards(http.post("/cds-services/carepath-patient-view", json=q).json()), reqs * 2))
     assert many == one * 2
+
+
+# ------------------------------------------------------------------ hot reload
+
+
+def test_hot_reload_changes_what_cds_hooks_serves(tmp_path: Path) -> None:
+    """SIGHUP reloads the set for CDS Hooks as for gRPC: discovery and the decisions name the new version."""
+    import shutil
+    import signal
+
+    from conftest import FIXTURES
+    from grpc_helpers import wait_for
+
+    pathways = tmp_path / "pathways"
+    shutil.copytree(FIXTURES, pathways)
+    s = CdsServer(tmp_path, pathways)
+    try:
+        with httpx.Client(base_url=s.base, timeout=30) as c:
+            assert "mini_htn 0.1.0" in c.get("/cds-services").json()["services"][0]["description"]
+            prefetch = dict.fromkeys(KEYS.values())
+            prefetch["patient"] = {"resourceType": "Patient", "id": "r1", "gender": "male", "birthDate": "1950-01-01"}
+            req = hook_request("patient-view", "r1", prefetch)
+
+            def version() -> str:
+                return str(
+                    c.post("/cds-services/carepath-patient-view", json=req).json()["extension"]["org.carepath.pathways"][0]["version"]
+                )
+
+            assert version() == "0.1.0"
+            f = pathways / "mini_htn.yaml"
+            f.write_text(f.read_text().replace("version: 0.1.0", "version: 0.2.0"))
+            s.signal(signal.SIGHUP)
+            wait_for(lambda: bool(s.events("reloaded")), 60, "the reload")
+            assert version() == "0.2.0"
+            assert "mini_htn 0.2.0" in c.get("/cds-services").json()["services"][0]["description"]
+    finally:
+        assert s.stop() == 0
