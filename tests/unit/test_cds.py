@@ -3,6 +3,7 @@ feedback validation, the feedback store. (Over HTTP: tests/integration/test_cds_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -348,3 +349,23 @@ def test_cds_request_command(tmp_path: Path) -> None:
         [sys.executable, "-m", "carepath.cli", "cds-request", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 2 and "not a FHIR Bundle" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_validated_resources_are_reused_with_the_same_result() -> None:
+    """carepath.fhir keeps validated resources (an EHR resends a record on every call): the second mapping of
+    the same record gives the same case and report, from the kept models; an invalid resource is reported
+    every time."""
+    from datetime import date
+
+    from carepath.fhir import mapper, to_case
+
+    engine = Engine.from_directory(PATHWAYS)
+    bundle = json.loads((ROOT / "examples" / "fhir" / "Liz_Conn_27c911c6-f045-4ffa-af5d-6eba57ac94b2.json").read_text())
+    bad = {"resourceType": "Condition", "id": "bad", "subject": {"reference": "Patient/ee9f8dd8-72d2-4769-8020-89e504b1504b"}, "code": 7}
+    bundle["entry"].append({"resource": bad})
+    first = to_case(bundle, vocab=engine.vocab, as_of=date(2021, 4, 1), setting="community")
+    hits = mapper._validated.cache_info().hits
+    second = to_case(bundle, vocab=engine.vocab, as_of=date(2021, 4, 1), setting="community")
+    assert mapper._validated.cache_info().hits > hits
+    assert second.case == first.case and second.report.to_json() == first.report.to_json()
+    assert any(w.kind == "invalid_resource" for w in second.report.warnings())

@@ -31,8 +31,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal
 
+import orjson
 from pydantic import ValidationError
 
 from ..lang import ObsDef, Vocabulary
@@ -227,6 +229,25 @@ READS: dict[str, frozenset[str]] = {
 }
 
 
+def _cache_size() -> int:
+    try:
+        return max(0, int(os.environ.get("CAREPATH_FHIR_CACHE", "4096")))
+    except ValueError:
+        return 4096
+
+
+@lru_cache(maxsize=_cache_size())
+def _validated(key: bytes) -> Any:
+    """The R4B model of a resource's JSON (the elements READS keeps, keys sorted), kept for the next time
+    the same resource comes: an EHR resends a patient's record on every CDS Hooks call, and validation is
+    most of what mapping costs. The models are only read. Invalid ones raise (and are not kept).
+    ``CAREPATH_FHIR_CACHE`` sets how many are kept per process (default 4096; 0: none)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    data = orjson.loads(key)
+    return get_fhir_model_class(str(data.get("resourceType"))).model_validate(data)
+
+
 def _parse(entry: _Entry, report: Report) -> Any | None:
     """The R4B model of a resource of a type the case uses (of the elements the mapping reads: READS);
     None (reported) when it is invalid."""
@@ -236,6 +257,12 @@ def _parse(entry: _Entry, report: Report) -> Any | None:
     keep = READS.get(rtype)
     data = entry.resource if keep is None else {k: v for k, v in entry.resource.items() if k in keep}
     try:
+        if _validated.cache_info().maxsize:
+            try:
+                key = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+            except TypeError:  # not plain JSON data (a caller's Decimal...): validated as it is
+                return get_fhir_model_class(rtype).model_validate(data)
+            return _validated(key)
         return get_fhir_model_class(rtype).model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
