@@ -273,6 +273,7 @@ PLUGINS = {
     "report": "carepath.population.cli",
     "diff": "carepath.population.cli",
     "fhir-to-case": "carepath.fhir.cli",
+    "cds-request": "carepath.cds.cli",
 }
 # What an optional extra brings (pyproject.toml), for the message when a command needs it.
 _EXTRAS = {"hypothesis": "testing"}

@@ -31,8 +31,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal
 
+import orjson
 from pydantic import ValidationError
 
 from ..lang import ObsDef, Vocabulary
@@ -205,13 +207,63 @@ def _flatten(data: Any, report: Report, full_url: str | None = None) -> Iterator
     yield _Entry(data, full_url)
 
 
+# The elements of each resource type that the mapping reads (with the ones the model requires, and
+# modifierExtension, which can change what a resource means). Only these are handed to fhir.resources:
+# validating a whole Synthea Observation (narrative, category, encounter, meta, reference ranges...) costs
+# several times what its status, code, date and value do, and nothing else of it reaches the case. An
+# element outside these cannot make a resource invalid here, since the case never sees it.
+_COMMON = frozenset({"resourceType", "id", "modifierExtension", "implicitRules"})
+READS: dict[str, frozenset[str]] = {
+    "Patient": _COMMON | {"gender", "birthDate", "deceasedBoolean", "deceasedDateTime"},
+    "Observation": _COMMON
+    | {"status", "code", "subject", "component", "effectiveDateTime", "effectiveInstant", "effectivePeriod"}
+    | {"valueQuantity", "valueCodeableConcept", "dataAbsentReason"},
+    "Condition": _COMMON
+    | {"clinicalStatus", "verificationStatus", "code", "subject", "onsetDateTime", "recordedDate", "abatementDateTime", "abatementPeriod"},
+    "MedicationRequest": _COMMON
+    | {"status", "intent", "subject", "medicationCodeableConcept", "medicationReference", "authoredOn", "contained"},
+    "MedicationStatement": _COMMON
+    | {"status", "subject", "medicationCodeableConcept", "medicationReference", "effectiveDateTime", "effectivePeriod", "contained"},
+    "AllergyIntolerance": _COMMON | {"clinicalStatus", "verificationStatus", "category", "code", "patient"},
+    "Medication": _COMMON | {"code"},
+}
+
+
+def _cache_size() -> int:
+    try:
+        return max(0, int(os.environ.get("CAREPATH_FHIR_CACHE", "4096")))
+    except ValueError:
+        return 4096
+
+
+@lru_cache(maxsize=_cache_size())
+def _validated(key: bytes) -> Any:
+    """The R4B model of a resource's JSON (the elements READS keeps, keys sorted), kept for the next time
+    the same resource comes: an EHR resends a patient's record on every CDS Hooks call, and validation is
+    most of what mapping costs. The models are only read. Invalid ones raise (and are not kept).
+    ``CAREPATH_FHIR_CACHE`` sets how many are kept per process (default 4096; 0: none)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    data = orjson.loads(key)
+    return get_fhir_model_class(str(data.get("resourceType"))).model_validate(data)
+
+
 def _parse(entry: _Entry, report: Report) -> Any | None:
-    """The R4B model of a resource of a type the case uses; None (reported) when it is invalid."""
+    """The R4B model of a resource of a type the case uses (of the elements the mapping reads: READS);
+    None (reported) when it is invalid."""
     from fhir.resources.R4B import get_fhir_model_class
 
     rtype = str(entry.resource.get("resourceType"))
+    keep = READS.get(rtype)
+    data = entry.resource if keep is None else {k: v for k, v in entry.resource.items() if k in keep}
     try:
-        return get_fhir_model_class(rtype).model_validate(entry.resource)
+        if _validated.cache_info().maxsize:
+            try:
+                key = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+            except TypeError:  # not plain JSON data (a caller's Decimal...): validated as it is
+                return get_fhir_model_class(rtype).model_validate(data)
+            return _validated(key)
+        return get_fhir_model_class(rtype).model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -623,6 +675,12 @@ def to_case(
         if rtype not in USED_TYPES:
             ignored[rtype] += 1
             continue
+        if rtype == "Observation" and not _reads_loinc(e.resource, tabs) and _same_patient(_subject_raw(e.resource), refs):
+            # no table row reads any of its codes: left out before its (costly) validation, as parsed it would be
+            report.add(
+                "info", "unmapped_code", f"{_describe_raw(e.resource.get('code'))}: no dictionary observation reads it", _ref(e.resource)
+            )
+            continue
         res = _parse(e, report)
         if res is None:
             continue
@@ -665,6 +723,43 @@ def to_case(
     case["medications"] = list(m.meds.values())
     case["allergies"] = m.allergies
     return Mapped(case, report)
+
+
+def _raw_codings(cc: Any) -> list[dict[str, Any]] | None:
+    """A CodeableConcept's codings as JSON; None when it is not shaped as one (the model then decides)."""
+    if cc is None:
+        return []
+    if not isinstance(cc, dict) or not isinstance(cc.get("coding", []), list):
+        return None
+    codings = cc.get("coding", [])
+    return codings if all(isinstance(c, dict) for c in codings) else None
+
+
+def _reads_loinc(resource: Mapping[str, Any], tabs: Tables) -> bool:
+    """Whether an Observation (as JSON) has a LOINC code, or a component's, that a table row reads; True when
+    its shape is unusual, so that the model validates it."""
+    concepts = [resource.get("code")]
+    comps = resource.get("component", [])
+    if not isinstance(comps, list):
+        return True
+    concepts += [c.get("code") if isinstance(c, dict) else None for c in comps]
+    for cc in concepts:
+        codings = _raw_codings(cc)
+        if codings is None:
+            return True
+        if any(c.get("system") == LOINC and c.get("code") in tabs.loinc for c in codings):
+            return True
+    return False
+
+
+def _describe_raw(cc: Any) -> str:
+    """_describe for a CodeableConcept as JSON (an Observation no table reads, never validated)."""
+    codings = _raw_codings(cc) or []
+    parts = [f"{_short_system(c.get('system'))} {c['code']}" for c in codings if c.get("code")]
+    label = next((str(c["display"]) for c in codings if c.get("display")), "") or (
+        str(cc.get("text") or "") if isinstance(cc, dict) else ""
+    )
+    return (", ".join(parts) or "no code") + (f" ({label})" if label else "")
 
 
 def _subject_raw(resource: Mapping[str, Any]) -> str | None:

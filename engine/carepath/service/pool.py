@@ -166,7 +166,7 @@ class _Proc:
         parent, child = multiprocessing.Pipe(duplex=True)
         self.proc = ctx.Process(  # type: ignore[attr-defined]
             target=worker_mod.main,
-            args=(child, source, self.gen.pool.site),
+            args=(child, source, self.gen.pool.site, self.gen.pool.warm_fhir),
             name=f"carepath-worker-{self.gen.number}.{self.index}",
             daemon=True,
         )
@@ -390,8 +390,9 @@ class Generation:
 
 
 class Pool:
-    def __init__(self, pathways: str | None, size: int, site: Site | None = None) -> None:
+    def __init__(self, pathways: str | None, size: int, site: Site | None = None, warm_fhir: bool = False) -> None:
         self.pathways = pathways
+        self.warm_fhir = warm_fhir  # workers load the FHIR models before reporting ready (CDS Hooks is served)
         self.site = site.portable() if site is not None else None  # every worker's engine uses it (--site)
         self.size = max(1, size)
         self.ctx = _context()

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -515,6 +516,61 @@ class PathwayServicer:
         )
 
 
+@dataclass
+class CdsHooksOptions:
+    """carepath serve --cds-hooks: the HTTP listener and the CDS Hooks configuration."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    feedback_dir: str = ".carepath/cds-feedback"
+    config: Any = None  # carepath.cds.app.CdsConfig (imported lazily: Starlette only loads with --cds-hooks)
+
+
+class _Http:
+    """uvicorn serving the CDS Hooks app in this event loop (its signal handling left to the Service)."""
+
+    def __init__(self, server: Any, task: asyncio.Task[None], store: Any, port: int) -> None:
+        self.server, self.task, self.store, self.port = server, task, store, port
+
+    @classmethod
+    async def start(cls, pool: Pool, opts: CdsHooksOptions) -> _Http:
+        import contextlib
+
+        import uvicorn
+
+        from carepath.cds.app import CdsConfig, CdsHooks
+        from carepath.cds.feedback import SqliteStore
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:  # the Service handles SIGTERM / SIGINT / SIGHUP
+                yield
+
+        store = SqliteStore(opts.feedback_dir)
+        app = CdsHooks(pool, store, opts.config or CdsConfig()).app()
+        sock = socket.create_server((opts.host, opts.port), reuse_port=False)
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="on", http="auto", loop="none", timeout_graceful_shutdown=None
+        )
+        server = _Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():
+                task.result()
+                raise OSError("the CDS Hooks HTTP server did not start")
+            await asyncio.sleep(0.01)
+        return cls(server, task, store, sock.getsockname()[1])
+
+    async def stop(self, grace: float) -> None:
+        self.server.config.timeout_graceful_shutdown = max(0.1, grace - CUT_BEFORE)
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(self.task, grace)
+        except TimeoutError:
+            self.server.force_exit = True
+        self.store.close()
+
+
 def _bind_problem(host: str, port: int) -> str:
     try:
         with socket.create_server((host, port)):
@@ -548,11 +604,12 @@ class Service:
         announce: Callable[[str], None] = print,
         max_per_peer: int = MAX_PER_PEER,
         site: Site | None = None,
+        cds_hooks: CdsHooksOptions | None = None,
     ) -> None:
         self.host, self.port, self.pathways, self.workers = host, port, pathways, workers
         self.max_per_peer = max_per_peer
         self.watch, self.grace, self.announce = watch, grace, announce
-        self.pool = Pool(pathways, workers, site)
+        self.pool = Pool(pathways, workers, site, warm_fhir=cds_hooks is not None)
         self.pool.on_change = self._workers_changed
         self.health: Any = getattr(health, "aio").HealthServicer()  # noqa: B009 (the stubs lack health.aio)
         self.stopping = asyncio.Event()
@@ -560,6 +617,8 @@ class Service:
         self._health_lock = asyncio.Lock()
         self._health_tasks: set[asyncio.Task[None]] = set()
         self._serving: bool | None = None
+        self.cds_hooks = cds_hooks
+        self.http_bound = 0
 
     async def _set_health(self) -> None:
         """SERVING while at least one worker of the serving set is alive, else NOT_SERVING (the state
@@ -616,6 +675,20 @@ class Service:
             await server.stop(0)
             return 1
         await self._set_health()
+        http: _Http | None = None
+        if self.cds_hooks is not None:
+            try:
+                http = await _Http.start(self.pool, self.cds_hooks)
+            except OSError as exc:
+                print(
+                    f"carepath: cannot listen on {self.cds_hooks.host}:{self.cds_hooks.port} for CDS Hooks: {exc.strerror or exc}",
+                    file=sys.stderr,
+                )
+                await server.stop(0)
+                await self.pool.close()
+                return 1
+            self.http_bound = http.port
+            self.announce(f"carepath: CDS Hooks on http://{self.cds_hooks.host}:{http.port}/cds-services")
         names_versions = ", ".join(f"{p['id']} {p['version']}" for p in gen.info) or "no pathways"
         self.announce(f"carepath: SERVING {names_versions} on {target} with {self.workers} worker(s)")
         self.announce(f"  carepath call --target {target} CASE_FILE")
@@ -632,7 +705,10 @@ class Service:
         # CUT_BEFORE the end of the grace, so the caller knows to resend what was not answered.
         decisions.drain()
         cut = loop.call_later(max(0.0, self.grace - CUT_BEFORE), decisions.cut)
-        await server.stop(self.grace)
+        if http is not None:
+            await asyncio.gather(server.stop(self.grace), http.stop(self.grace))
+        else:
+            await server.stop(self.grace)
         cut.cancel()
         for t in tasks:
             t.cancel()
@@ -700,6 +776,10 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    uv = logging.getLogger("uvicorn")  # the CDS Hooks HTTP server's own messages, as JSON lines too
+    uv.handlers[:] = [handler]
+    uv.setLevel(logging.WARNING)
+    uv.propagate = False
 
 
 def serve(**kwargs: Any) -> int:

@@ -25,11 +25,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import orjson
 from google.protobuf.message import DecodeError
 
 from carepath.case import LISTS, parse_json, too_many
+from carepath.cds import respond as cds_respond
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
 from carepath.evaluate import Engine, bundled_pathways
+from carepath.fhir import FhirInputError
 from carepath.service.convert import case_to_dict, planned_response_bytes
 from carepath.site import Site
 from carepath.validate import SourceSet, read_set
@@ -108,6 +111,10 @@ class Worker:
             return LATE
         if kind == "eval":
             return self.evaluate(payload, "Evaluate")
+        if kind == "cds":
+            return self.cds(payload)
+        if kind == "cds_discovery":
+            return OK, orjson.dumps(cds_respond.discovery(self.engine)), ("", None, False)
         raise ValueError(f"unknown job kind {kind!r}")
 
     def one(self, raw: bytes, deadline: float | None) -> tuple[str, Any, Meta]:
@@ -146,6 +153,21 @@ class Worker:
             log_internal(rid, method)
             return INTERNAL, "internal error", (rid, patient, replaced)
 
+    def cds(self, job: dict[str, Any]) -> tuple[str, Any, Meta]:
+        """A CDS Hooks call (carepath.cds.respond): the response JSON as bytes, or why the data make no case."""
+        rid = str(job.get("request_id", ""))
+        try:
+            response = cds_respond.respond(self.engine, job)
+            ids = [c["uuid"] for c in response["cards"]]
+            return OK, (orjson.dumps(response), ids), (rid, job.get("patient_id"), False)
+        except CaseError as exc:
+            return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, job.get("patient_id"), False)
+        except FhirInputError as exc:
+            return CASE_ERROR, [("prefetch", str(exc))], (rid, job.get("patient_id"), False)
+        except Exception:  # a bug: logged with the request id the caller gets
+            log_internal(rid, "cds")
+            return INTERNAL, "internal error", (rid, job.get("patient_id"), False)
+
 
 def load(pathways: str | SourceSet | None, site: Site | None = None) -> tuple[Engine, SourceSet]:
     """The engine of a pathway directory (read into memory first: the engine is compiled from exactly
@@ -160,7 +182,7 @@ def load(pathways: str | SourceSet | None, site: Site | None = None) -> tuple[En
     return Engine.from_sources(sources, site), sources
 
 
-def main(conn: Connection, pathways: str | SourceSet | None, site: Site | None = None) -> None:
+def main(conn: Connection, pathways: str | SourceSet | None, site: Site | None = None, warm_fhir: bool = False) -> None:
     """The worker's entry point (a forkserver/spawn child)."""
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
@@ -172,6 +194,11 @@ def main(conn: Connection, pathways: str | SourceSet | None, site: Site | None =
     except Exception as exc:
         conn.send_bytes(pickle.dumps((0, FAILED, [f"{type(exc).__name__}: {exc}"], None)))
         return
+    if warm_fhir:  # CDS Hooks is served: fhir.resources' models loaded before ready, not in the first call
+        try:
+            cds_respond.warm(engine)
+        except Exception:
+            log_internal("", "warm")
     conn.send_bytes(pickle.dumps((0, READY, (pathway_info(engine), sources), None)))
     worker = Worker(engine, sources)
     gc.freeze()  # the compiled engine lives as long as the process: keep it out of every collection
