@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from carepath.cli import command, dumps, grace_seconds, load_site_arg, read_case, seconds, site_arg, worker_count
 
@@ -39,11 +40,31 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="DecisionService calls (a stream counts once) in flight per caller address; more get RESOURCE_EXHAUSTED (default 64)",
     )
+    tls = p.add_argument_group("transport (see the README's Deploying section)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve TLS (re-read when the file changes)")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    tls.add_argument("--tls-client-ca", metavar="FILE", help="PEM CA bundle: mutual TLS, a client certificate it signed is required")
+    tls.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address (e.g. behind a TLS proxy)")
+    tls.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
 
 
 @command("serve", _serve_setup)
 def _serve(args: argparse.Namespace) -> int:
     """Serve decisions over gRPC (carepath.v1): health, reflection, SIGHUP reload, SIGTERM drain."""
+    from carepath.service.tls import TlsFiles
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("carepath: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_client_ca and not args.tls_cert:
+        print("carepath: --tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)", file=sys.stderr)
+        return 2
+    tls = (
+        TlsFiles(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_client_ca) if args.tls_client_ca else None)
+        if args.tls_cert
+        else None
+    )
+
     from carepath.service.server import serve
 
     def announce(line: str) -> None:
@@ -59,6 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
         announce=announce,
         max_per_peer=args.max_calls_per_peer,
         site=load_site_arg(args.site),
+        tls=tls,
+        insecure=args.insecure,
+        reflection=not args.no_reflection,
     )
 
 
@@ -66,6 +90,9 @@ def _call_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of a carepath server (default 127.0.0.1:50051)")
     p.add_argument("--pathway", action="append", dest="pathway_ids", metavar="ID", help="only these pathways (repeatable)")
     p.add_argument("--timeout", type=seconds, default=10.0, help="deadline in seconds (default 10)")
+    p.add_argument("--tls-ca", metavar="FILE", help="PEM root CA to verify the server with: call over TLS")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate (mutual TLS; with --tls-key)")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, or - for stdin")
 
 
@@ -74,8 +101,15 @@ def _call(args: argparse.Namespace) -> int:
     """Evaluate a case on a carepath server; prints the same JSON as `carepath evaluate`."""
     from carepath.client import CarepathClient
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("carepath: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_cert and not args.tls_ca:
+        print("carepath: --tls-cert needs --tls-ca (a client certificate is sent over TLS only)", file=sys.stderr)
+        return 2
     case = read_case(args.case)
-    with CarepathClient(args.target, timeout=args.timeout) as client:
+    tls = {"tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
+    with CarepathClient(args.target, timeout=args.timeout, **tls) as client:
         decision = client.evaluate(case, pathway_ids=args.pathway_ids)
     sys.stdout.write(dumps(decision))
     return 0
