@@ -46,6 +46,12 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
     tls.add_argument("--tls-client-ca", metavar="FILE", help="PEM CA bundle: mutual TLS, a client certificate it signed is required")
     tls.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address (e.g. behind a TLS proxy)")
     tls.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
+    auth = p.add_argument_group("token authentication (JWT bearer tokens, RS256/ES256; see the README's Deploying section)")
+    auth.add_argument("--jwks", metavar="FILE", help="JWKS file of the keys that sign the tokens (re-read when it changes)")
+    auth.add_argument(
+        "--jwt-issuer", action="append", default=[], metavar="ISS", help="an issuer (iss) whose tokens are accepted (repeatable)"
+    )
+    auth.add_argument("--jwt-audience", metavar="AUD", help="the exact aud a token must carry")
 
 
 @command("serve", _serve_setup)
@@ -65,6 +71,19 @@ def _serve(args: argparse.Namespace) -> int:
         else None
     )
 
+    verifier = None
+    if args.jwks or args.jwt_issuer or args.jwt_audience:
+        from carepath.service.auth import ConfigError, Verifier
+
+        if not args.jwks:
+            print("carepath: --jwt-issuer and --jwt-audience need --jwks (the keys that sign the tokens)", file=sys.stderr)
+            return 2
+        try:
+            verifier = Verifier(Path(args.jwks), args.jwt_issuer, args.jwt_audience or "")
+        except ConfigError as exc:
+            print(f"carepath: {exc}", file=sys.stderr)
+            return 2
+
     from carepath.service.server import serve
 
     def announce(line: str) -> None:
@@ -83,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls=tls,
         insecure=args.insecure,
         reflection=not args.no_reflection,
+        auth=verifier,
     )
 
 
@@ -93,6 +113,7 @@ def _call_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", metavar="FILE", help="PEM root CA to verify the server with: call over TLS")
     p.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate (mutual TLS; with --tls-key)")
     p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--token-file", metavar="FILE", help="a file holding the bearer token (JWT) to send")
     p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, or - for stdin")
 
 
@@ -107,9 +128,20 @@ def _call(args: argparse.Namespace) -> int:
     if args.tls_cert and not args.tls_ca:
         print("carepath: --tls-cert needs --tls-ca (a client certificate is sent over TLS only)", file=sys.stderr)
         return 2
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="ascii") as f:
+                token = f.read(16 * 1024).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"carepath: --token-file {args.token_file}: cannot read it: {exc}", file=sys.stderr)
+            return 2
+        if not token:
+            print(f"carepath: --token-file {args.token_file} is empty", file=sys.stderr)
+            return 2
     case = read_case(args.case)
     tls = {"tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
-    with CarepathClient(args.target, timeout=args.timeout, **tls) as client:
+    with CarepathClient(args.target, timeout=args.timeout, token=token, **tls) as client:
         decision = client.evaluate(case, pathway_ids=args.pathway_ids)
     sys.stdout.write(dumps(decision))
     return 0

@@ -122,10 +122,10 @@ def token(
     scope: str = "carepath.evaluate carepath.read",
     lifetime: int = 300,
     now: float | None = None,
-    jti: str | None = None,
+    jti: str | None = "",
     **claims: Any,
 ) -> str:
-    """A signed JWT with the claims carepath requires (None drops a claim)."""
+    """A signed JWT with the claims carepath requires, a new jti unless given (None drops a claim)."""
     import jwt
 
     t = int(time.time() if now is None else now)
@@ -136,7 +136,7 @@ def token(
         "scope": scope,
         "iat": t,
         "exp": t + lifetime,
-        "jti": jti or uuid.uuid4().hex,
+        "jti": uuid.uuid4().hex if jti == "" else jti,
         **claims,
     }
     body = {k: v for k, v in body.items() if v is not None}

@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from carepath.service import status
+from carepath.service.auth import Interceptor, Verifier
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
 from carepath.service.tls import TlsError, TlsFiles, plaintext_refusal, server_credentials
 from carepath.service.validator import MAX_SOURCE, Busy, Failed, TimedOut, Validator
@@ -552,9 +553,10 @@ class Service:
         tls: TlsFiles | None = None,
         insecure: bool = False,
         reflection: bool = True,
+        auth: Verifier | None = None,
     ) -> None:
         self.host, self.port, self.pathways, self.workers = host, port, pathways, workers
-        self.tls, self.insecure, self.reflection = tls, insecure, reflection
+        self.tls, self.insecure, self.reflection, self.auth = tls, insecure, reflection, auth
         self.max_per_peer = max_per_peer
         self.watch, self.grace, self.announce = watch, grace, announce
         self.pool = Pool(pathways, workers, site)
@@ -601,12 +603,13 @@ class Service:
             print(f"carepath: {exc}", file=sys.stderr)
             return 2
         server = grpc.aio.server(
+            interceptors=[Interceptor(self.auth)] if self.auth else [],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
                 *connection_options().items(),
-            ]
+            ],
         )
         decisions = DecisionServicer(self.pool, PeerLimit(self.max_per_peer))
         server.add_generic_rpc_handlers((decisions.handler(), PathwayServicer(self.pool, Validator(self.pool.ctx)).handler()))
