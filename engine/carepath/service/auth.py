@@ -298,7 +298,7 @@ class Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Checks the token (when a verifier is given) and records the Caller of every intercepted call in
     CALLER for the servicers (e.g. the audit trail). Without a verifier it only records the caller."""
 
-    def __init__(self, verifier: Verifier | None, on_refused: Callable[[str, Caller, AuthError], None] | None = None) -> None:
+    def __init__(self, verifier: Verifier | None, on_refused: Callable[[str, Caller, AuthError], Awaitable[None]] | None = None) -> None:
         self.verifier = verifier
         self.on_refused = on_refused
 
@@ -336,8 +336,11 @@ class Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if who.certificate:
                 event["certificate"] = who.certificate
             log.warning(json.dumps(event))
-            if self.on_refused is not None:
-                self.on_refused(method, who, exc)
+            if self.on_refused is not None:  # e.g. the audit trail's record of the refusal
+                try:
+                    await self.on_refused(method, who, exc)
+                except Exception as failed:  # the call is refused all the same
+                    log.error(json.dumps({"event": "auth_refusal_not_recorded", "error": str(failed)}))
             await context.abort(exc.code, exc.message)
             raise AssertionError("unreachable") from None  # abort raises
 

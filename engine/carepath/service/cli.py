@@ -52,6 +52,16 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
         "--jwt-issuer", action="append", default=[], metavar="ISS", help="an issuer (iss) whose tokens are accepted (repeatable)"
     )
     auth.add_argument("--jwt-audience", metavar="AUD", help="the exact aud a token must carry")
+    audit = p.add_argument_group("audit trail (see the README's Deploying section)")
+    audit.add_argument(
+        "--audit", metavar="PATH", help="SQLite file: one hash-chained record per call, committed before the response is sent"
+    )
+    audit.add_argument(
+        "--audit-key", metavar="FILE", help="a file holding a secret (16+ bytes): patient ids are recorded as its keyed hash"
+    )
+    audit.add_argument(
+        "--audit-fail-open", action="store_true", help="send responses without waiting for their record (a record not written is logged)"
+    )
 
 
 @command("serve", _serve_setup)
@@ -84,6 +94,27 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"carepath: {exc}", file=sys.stderr)
             return 2
 
+    audit_log = None
+    if args.audit_key and not args.audit:
+        print("carepath: --audit-key needs --audit PATH", file=sys.stderr)
+        return 2
+    if args.audit:
+        from carepath.service.audit import AuditError, AuditLog
+
+        key = None
+        if args.audit_key:
+            try:
+                with open(args.audit_key, "rb") as f:
+                    key = f.read(4096).strip()
+            except OSError as exc:
+                print(f"carepath: --audit-key {args.audit_key}: cannot read it: {exc.strerror or exc}", file=sys.stderr)
+                return 2
+        try:
+            audit_log = AuditLog(Path(args.audit), key, args.audit_fail_open)
+        except AuditError as exc:
+            print(f"carepath: --audit {exc}", file=sys.stderr)
+            return 2
+
     from carepath.service.server import serve
 
     def announce(line: str) -> None:
@@ -103,6 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         reflection=not args.no_reflection,
         auth=verifier,
+        audit=audit_log,
     )
 
 
@@ -145,3 +177,50 @@ def _call(args: argparse.Namespace) -> int:
         decision = client.evaluate(case, pathway_ids=args.pathway_ids)
     sys.stdout.write(dumps(decision))
     return 0
+
+
+def _audit_setup(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    v = sub.add_parser("verify", help="check the hash chain; exit 1 at the first break, naming it")
+    v.add_argument("path", metavar="PATH", help="the audit file of serve --audit")
+    e = sub.add_parser("export", help="the records as JSON lines")
+    e.add_argument("path", metavar="PATH", help="the audit file of serve --audit")
+    e.add_argument("--since", type=_utc, metavar="TIME", help="from this UTC time (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS])")
+    e.add_argument("--until", type=_utc, metavar="TIME", help="before this UTC time")
+
+
+def _utc(text: str) -> str:
+    """A UTC time as the audit trail stores it (2026-12-07T05:55:00.000Z), for comparing."""
+    from datetime import UTC, datetime
+
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a UTC time as YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, got {text!r}") from None
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+@command("audit", _audit_setup)
+def _audit(args: argparse.Namespace) -> int:
+    """Check or export the audit trail of `carepath serve --audit`."""
+    import json
+
+    from carepath.service.audit import AuditError, export, verify
+
+    try:
+        if args.audit_command == "verify":
+            v = verify(Path(args.path))
+            if v.problem:
+                print(f"{args.path}: BROKEN at {v.problem} ({v.records} records verified before it)", file=sys.stderr)
+                return 1
+            print(f"{args.path}: {v.records} records, chain intact; head: record {v.head_seq} hash {v.head_hash}")
+            return 0
+        out = sys.stdout
+        for rec in export(Path(args.path), args.since, args.until):
+            out.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+        return 0
+    except AuditError as exc:
+        print(f"carepath: {exc}", file=sys.stderr)
+        return 2

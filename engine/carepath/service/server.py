@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from carepath.service import status
+from carepath.service.audit import AuditInterceptor, AuditLog
 from carepath.service.auth import Interceptor, Verifier
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
 from carepath.service.tls import TlsError, TlsFiles, plaintext_refusal, server_credentials
@@ -554,9 +555,10 @@ class Service:
         insecure: bool = False,
         reflection: bool = True,
         auth: Verifier | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.host, self.port, self.pathways, self.workers = host, port, pathways, workers
-        self.tls, self.insecure, self.reflection, self.auth = tls, insecure, reflection, auth
+        self.tls, self.insecure, self.reflection, self.auth, self.audit = tls, insecure, reflection, auth, audit
         self.max_per_peer = max_per_peer
         self.watch, self.grace, self.announce = watch, grace, announce
         self.pool = Pool(pathways, workers, site)
@@ -596,6 +598,15 @@ class Service:
             return None, "plaintext"
         return server_credentials(self.tls), "mutual TLS" if self.tls.client_ca else "TLS"
 
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+        """Token authentication (it also names the caller), then the audit trail."""
+        out: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+        if self.auth or self.audit:
+            out.append(Interceptor(self.auth, on_refused=self.audit.refused if self.audit else None))
+        if self.audit:
+            out.append(AuditInterceptor(self.audit))
+        return out
+
     async def run(self) -> int:
         try:
             creds, transport = self._credentials()
@@ -603,7 +614,7 @@ class Service:
             print(f"carepath: {exc}", file=sys.stderr)
             return 2
         server = grpc.aio.server(
-            interceptors=[Interceptor(self.auth)] if self.auth else [],
+            interceptors=self._interceptors(),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -665,6 +676,8 @@ class Service:
         for t in tasks:
             t.cancel()
         await self.pool.close()
+        if self.audit:
+            self.audit.close()
         _rpc_lines.flush()
         log.warning(json.dumps({"event": "stopped"}))
         return 0
