@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -147,3 +148,73 @@ def write(path: Path, data: bytes | str, private: bool = False) -> None:
     path.write_bytes(data if isinstance(data, bytes) else data.encode())
     if private:
         path.chmod(0o600)
+
+
+# ------------------------------------------------------------------------------------ scripts/dev-certs
+ISSUER = "https://idp.example.org"
+AUDIENCE = "carepath"
+ALL_SCOPES = "carepath.evaluate carepath.read carepath.validate"
+
+
+def write_example(directory: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> list[str]:
+    """The example set in ``directory``: the files' names, for the listing."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = make_ca()
+    server = issue(ca, "carepath server", hosts)
+    client_ca = make_ca("carepath example client CA")
+    client = issue(client_ca, "ehr-gateway", client=True)
+    idp = signing_key("ES256")
+    files: list[tuple[str, bytes | str, bool]] = [
+        ("ca.pem", ca.cert_pem, False),
+        ("server.pem", server.cert_pem, False),
+        ("server.key", server.key_pem, True),
+        ("client-ca.pem", client_ca.cert_pem, False),
+        ("client.pem", client.cert_pem, False),
+        ("client.key", client.key_pem, True),
+        ("jwks.json", jwks(jwk(idp, "example-1", "ES256")), False),
+        ("idp.key", key_pem(idp), True),
+        ("audit.key", os.urandom(32).hex() + "\n", True),
+    ]
+    for name, data, private in files:
+        write(directory / name, data, private)
+    return [name for name, _, _ in files]
+
+
+def example_token(directory: Path, scope: str = ALL_SCOPES, lifetime: int = 300, subject: str = "ehr-gateway") -> str:
+    """A fresh token from the example identity provider's key (idp.key); each is good for one call."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key((directory / "idp.key").read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return token(key, "example-1", alg="ES256", issuer=ISSUER, audience=AUDIENCE, subject=subject, scope=scope, lifetime=lifetime)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(
+        prog="scripts/dev-certs",
+        description="Example CA, server and client certificates, a JWKS with its signing key and an audit key, for trying "
+        "TLS, tokens and the audit trail (README: Deploying). Not for production.",
+    )
+    ap.add_argument("dir", nargs="?", default="dev-certs", help="where to write them (default dev-certs)")
+    ap.add_argument("--token", action="store_true", help="print a fresh token signed with DIR/idp.key instead (good for one call)")
+    ap.add_argument("--scope", default=ALL_SCOPES, help=f"the token's scopes (default {ALL_SCOPES!r})")
+    ap.add_argument("--lifetime", type=int, default=300, help="seconds the token is valid (default 300)")
+    ap.add_argument("--host", action="append", default=[], help="a name or address for the server certificate (repeatable)")
+    args = ap.parse_args(argv)
+    d = Path(args.dir)
+    if args.token:
+        if not (d / "idp.key").is_file():
+            print(f"dev-certs: no {d / 'idp.key'}: run scripts/dev-certs {d} first", file=sys.stderr)
+            return 2
+        print(example_token(d, args.scope, args.lifetime))
+        return 0
+    names = write_example(d, ("localhost", "127.0.0.1", *args.host))
+    print(f"dev-certs: wrote {', '.join(names)} in {d} (issuer {ISSUER}, audience {AUDIENCE})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
