@@ -318,3 +318,99 @@ def test_auth_options_are_checked(tmp_path: Path, keys: Keys) -> None:
     assert done.returncode == 2 and "--jwt-issuer" in done.stderr
     done = _serve("--jwks", str(tmp_path / "none.json"), "--jwt-issuer", ISS, "--jwt-audience", AUD)
     assert done.returncode == 2 and "cannot read it" in done.stderr
+
+
+# ---------------------------------------------------------------- key rotation, and keys from a URL
+
+
+def _accepted(target: str, token: str) -> bool:
+    with CarepathClient(target, token=token, retries=0, timeout=10) as c:
+        try:
+            c.list_pathways()
+        except CallError as exc:
+            assert exc.code == grpc.StatusCode.UNAUTHENTICATED, exc
+            return False
+    return True
+
+
+def test_the_jwks_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+    old, new = devpki.signing_key("ES256"), devpki.signing_key("ES256")
+    path = tmp_path / "jwks.json"
+    devpki.write(path, devpki.jwks(devpki.jwk(old, "old", "ES256")))
+    srv = Server(tmp_path, FIXTURES, 1, "--jwks", str(path), "--jwt-issuer", ISS, "--jwt-audience", AUD)
+    try:
+        srv.wait_serving()
+
+        def mint(key: devpki.PrivateKey, kid: str) -> str:
+            return devpki.token(key, kid, alg="ES256", issuer=ISS, audience=AUD, scope=READ)
+
+        assert _accepted(srv.target, mint(old, "old"))
+        assert not _accepted(srv.target, mint(new, "new"))
+        devpki.write(path, devpki.jwks(devpki.jwk(new, "new", "ES256")))
+        time.sleep(1.2)  # the file is looked at once a second
+        assert _accepted(srv.target, mint(new, "new"))
+        assert not _accepted(srv.target, mint(old, "old"))  # a key taken out of the JWKS no longer verifies
+        assert srv.events("jwks_reloaded")
+    finally:
+        assert srv.stop() == 0
+
+
+class _Jwks:
+    """A JWKS served over HTTP on 127.0.0.1 (a stand-in identity provider), counting its fetches."""
+
+    def __init__(self, body: str) -> None:
+        import http.server
+        import threading
+
+        self.body, self.fetches = body, 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.fetches += 1
+                data = outer.body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_keys_from_a_jwks_url_refetched_for_an_unknown_kid(tmp_path: Path) -> None:
+    old, new = devpki.signing_key("RS256"), devpki.signing_key("ES256")
+    idp = _Jwks(devpki.jwks(devpki.jwk(old, "old", "RS256")))
+    setup = "import carepath.service.auth as a; a.URL_REFETCH = 1.0"
+    srv = Server(tmp_path, FIXTURES, 1, "--jwks-url", idp.url, "--jwt-issuer", ISS, "--jwt-audience", AUD, setup=setup)
+    try:
+        srv.wait_serving()
+        assert idp.fetches == 1
+        assert _accepted(srv.target, devpki.token(old, "old", issuer=ISS, audience=AUD, scope=READ))
+        idp.body = devpki.jwks(devpki.jwk(old, "old", "RS256"), devpki.jwk(new, "new", "ES256"))
+        time.sleep(1.1)
+        assert _accepted(srv.target, devpki.token(new, "new", alg="ES256", issuer=ISS, audience=AUD, scope=READ))
+        fetched = idp.fetches
+        assert fetched == 2
+        for i in range(20):  # a flood of made-up kids: at most one fetch per URL_REFETCH
+            assert not _accepted(srv.target, devpki.token(new, f"made-up-{i}", alg="ES256", issuer=ISS, audience=AUD, scope=READ))
+        assert idp.fetches <= fetched + 2
+    finally:
+        assert srv.stop() == 0
+        idp.close()
+
+
+def test_a_jwks_url_must_be_https(tmp_path: Path) -> None:
+    done = _serve("--jwks-url", "http://idp.example.org/jwks.json", "--jwt-issuer", ISS, "--jwt-audience", AUD)
+    assert done.returncode == 2 and "must be https://" in done.stderr
+    done = _serve("--jwks-url", "http://127.0.0.1:9/jwks.json", "--jwt-issuer", ISS, "--jwt-audience", AUD)
+    assert done.returncode == 2 and "cannot fetch it" in done.stderr

@@ -20,12 +20,15 @@ reason, the method, the peer, and the token's ``sub``/``iss`` when it verified; 
 The health service stays open (load balancers probe it without a token); reflection needs a valid
 token (no scope), or is turned off with ``--no-reflection``.
 
-The JWKS file is re-read when it changes (checked at most once a second, and when a token names an
-unknown ``kid``), so keys rotate without a restart.
+The JWKS file is re-read when it changes (checked at most once a second), so keys rotate without a
+restart. A JWKS URL (``--jwks-url``; https, or http to loopback) is the only URL ever fetched (a token's
+``jku``/``x5u`` are ignored, redirects not followed): at start, every URL_TTL seconds, and for an
+unknown ``kid`` at most once per URL_REFETCH seconds, in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import heapq
 import json
@@ -49,6 +52,9 @@ MAX_JTIS = 200_000  # token ids remembered at once; beyond that new tokens are r
 MAX_TOKEN = 8 * 1024  # characters of a bearer token
 MAX_JWKS = 1024 * 1024  # bytes of the JWKS file
 RECHECK = 1.0  # seconds between looks at the JWKS file's modification time
+URL_TTL = 600.0  # seconds the keys of a JWKS URL are used before they are fetched again
+URL_REFETCH = 30.0  # seconds at least between fetches for tokens naming an unknown kid
+FETCH_TIMEOUT = 5.0  # seconds for a JWKS URL to answer
 
 EVALUATE, READ, VALIDATE, RELOAD = "carepath.evaluate", "carepath.read", "carepath.validate", "carepath.reload"
 SCOPES = {
@@ -98,17 +104,56 @@ def load_jwks(path: Path) -> dict[str, jwt.PyJWK]:
             raw = f.read(MAX_JWKS + 1)
     except OSError as exc:
         raise ConfigError(f"--jwks {path}: cannot read it: {exc.strerror or exc}") from None
+    return parse_jwks(raw, f"--jwks {path}")
+
+
+def fetch_jwks(url: str) -> dict[str, jwt.PyJWK]:
+    """The keys of the JWKS at ``url`` (FETCH_TIMEOUT; redirects are not followed: the URL given is the
+    only one ever fetched, and a token's jku or x5u header is never looked at)."""
+    import urllib.error
+    import urllib.request
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, headers={"Accept": "application/json"}), timeout=FETCH_TIMEOUT) as resp:
+            raw = resp.read(MAX_JWKS + 1)
+    except urllib.error.HTTPError as exc:
+        raise ConfigError(f"--jwks-url {url}: HTTP {exc.code} {exc.reason}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--jwks-url {url}: cannot fetch it: {getattr(exc, 'reason', None) or exc}") from None
+    return parse_jwks(raw, f"--jwks-url {url}")
+
+
+def check_jwks_url(url: str) -> None:
+    """Only https, or http to a loopback address (a local identity provider, tests)."""
+    from urllib.parse import urlsplit
+
+    from carepath.service.tls import is_loopback
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
+        return
+    raise ConfigError(f"--jwks-url {url}: must be https:// (http:// only to a loopback address): the keys decide who gets in")
+
+
+def parse_jwks(raw: bytes, what: str) -> dict[str, jwt.PyJWK]:
     if len(raw) > MAX_JWKS:
-        raise ConfigError(f"--jwks {path}: larger than {MAX_JWKS} bytes")
+        raise ConfigError(f"{what}: larger than {MAX_JWKS} bytes")
     try:
         doc = json.loads(raw)
     except ValueError as exc:
-        raise ConfigError(f"--jwks {path}: not JSON ({exc})") from None
+        raise ConfigError(f"{what}: not JSON ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise ConfigError(f'--jwks {path}: not a JWKS (expected {{"keys": [...]}})')
+        raise ConfigError(f'{what}: not a JWKS (expected {{"keys": [...]}})')
     keys: dict[str, jwt.PyJWK] = {}
     for i, jwk in enumerate(doc["keys"]):
-        where = f"--jwks {path}: keys[{i}]"
+        where = f"{what}: keys[{i}]"
         if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
             raise ConfigError(f"{where}: every key needs a kid (tokens name their key by it)")
         kid = jwk["kid"]
@@ -129,7 +174,7 @@ def load_jwks(path: Path) -> dict[str, jwt.PyJWK]:
         except jwt.PyJWTError as exc:
             raise ConfigError(f"{where} ({kid}): not a usable key ({exc})") from None
     if not keys:
-        raise ConfigError(f"--jwks {path}: holds no keys")
+        raise ConfigError(f"{what}: holds no keys")
     return keys
 
 
@@ -166,6 +211,37 @@ class _Keys:
         return self.keys.get(kid)
 
 
+class _UrlKeys:
+    """The keys of a JWKS URL: fetched at start (failing the start), again every URL_TTL seconds and
+    when a token names an unknown kid, at most once per URL_REFETCH seconds (a flood of made-up kids
+    costs one fetch per URL_REFETCH); fetched in a thread, never on the event loop. A failed fetch is
+    logged and the last keys stay."""
+
+    def __init__(self, url: str) -> None:
+        check_jwks_url(url)
+        self.url = url
+        self.keys = fetch_jwks(url)
+        self.fetched = time.monotonic()
+
+    def stale(self, kid: str) -> bool:
+        age = time.monotonic() - self.fetched
+        return age >= URL_TTL or (kid not in self.keys and age >= URL_REFETCH)
+
+    def refresh(self) -> None:
+        self.fetched = time.monotonic()  # before the fetch: concurrent callers do not fetch too
+        try:
+            keys = fetch_jwks(self.url)
+        except ConfigError as exc:
+            log.error(json.dumps({"event": "jwks_fetch_failed", "error": str(exc)}))
+            return
+        if set(keys) != set(self.keys):
+            log.warning(json.dumps({"event": "jwks_reloaded", "keys": sorted(keys)}))
+        self.keys = keys
+
+    def get(self, kid: str) -> jwt.PyJWK | None:
+        return self.keys.get(kid)
+
+
 # -------------------------------------------------------------------------------------------- verifier
 @dataclass
 class _Seen:
@@ -190,16 +266,29 @@ class _Seen:
 
 
 class Verifier:
-    def __init__(self, jwks: Path, issuers: Sequence[str], audience: str, leeway: float = LEEWAY) -> None:
+    def __init__(self, jwks: Path | str, issuers: Sequence[str], audience: str, leeway: float = LEEWAY) -> None:
+        """``jwks``: a JWKS file (a Path) or URL (a str)."""
         if not issuers:
-            raise ConfigError("--jwks needs at least one --jwt-issuer (the issuers whose tokens are accepted)")
+            raise ConfigError("token authentication needs at least one --jwt-issuer (the issuers whose tokens are accepted)")
         if not audience:
-            raise ConfigError("--jwks needs --jwt-audience (the exact aud a token must carry)")
-        self.keys = _Keys(jwks)
+            raise ConfigError("token authentication needs --jwt-audience (the exact aud a token must carry)")
+        self.keys: _Keys | _UrlKeys = _Keys(jwks) if isinstance(jwks, Path) else _UrlKeys(jwks)
         self.issuers = tuple(issuers)
         self.audience = audience
         self.leeway = leeway
         self.seen = _Seen()
+
+    async def refresh_keys(self, token: str) -> None:
+        """For a JWKS URL: fetch the keys again (in a thread) when they are old or the token names an
+        unknown kid (rate-limited)."""
+        if not isinstance(self.keys, _UrlKeys):
+            return
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return
+        if isinstance(kid, str) and self.keys.stale(kid):
+            await asyncio.to_thread(self.keys.refresh)
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims; AuthError (UNAUTHENTICATED) saying what is wrong with it."""
@@ -327,6 +416,10 @@ class Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         try:
+            if self.verifier is not None and method not in OPEN:
+                token = bearer(context.invocation_metadata())
+                if token:
+                    await self.verifier.refresh_keys(token)
             return self.check(method, context)
         except AuthError as exc:
             who = exc.caller or Caller(peer=_peer(context))

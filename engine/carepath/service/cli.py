@@ -48,6 +48,7 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
     tls.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
     auth = p.add_argument_group("token authentication (JWT bearer tokens, RS256/ES256; see the README's Deploying section)")
     auth.add_argument("--jwks", metavar="FILE", help="JWKS file of the keys that sign the tokens (re-read when it changes)")
+    auth.add_argument("--jwks-url", metavar="URL", help="or a JWKS URL (https; fetched at start, every 10 minutes and for an unknown kid)")
     auth.add_argument(
         "--jwt-issuer", action="append", default=[], metavar="ISS", help="an issuer (iss) whose tokens are accepted (repeatable)"
     )
@@ -82,14 +83,15 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     verifier = None
-    if args.jwks or args.jwt_issuer or args.jwt_audience:
+    if args.jwks or args.jwks_url or args.jwt_issuer or args.jwt_audience:
         from carepath.service.auth import ConfigError, Verifier
 
-        if not args.jwks:
-            print("carepath: --jwt-issuer and --jwt-audience need --jwks (the keys that sign the tokens)", file=sys.stderr)
+        if bool(args.jwks) == bool(args.jwks_url):
+            why = "give --jwks or --jwks-url, not both" if args.jwks else "--jwt-issuer and --jwt-audience need --jwks or --jwks-url"
+            print(f"carepath: {why} (the keys that sign the tokens)", file=sys.stderr)
             return 2
         try:
-            verifier = Verifier(Path(args.jwks), args.jwt_issuer, args.jwt_audience or "")
+            verifier = Verifier(Path(args.jwks) if args.jwks else args.jwks_url, args.jwt_issuer, args.jwt_audience or "")
         except ConfigError as exc:
             print(f"carepath: {exc}", file=sys.stderr)
             return 2
