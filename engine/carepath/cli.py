@@ -266,6 +266,7 @@ PLUGINS = {
     "docs": "carepath.docs_cli",
     "serve": "carepath.service.cli",
     "call": "carepath.service.cli",
+    "audit": "carepath.service.cli",
     "check": "carepath.testing.cli",
     "mutate": "carepath.testing.cli",
     "synth": "carepath.population.cli",

@@ -307,7 +307,10 @@ def test_discovery_reads_only_what_the_pathways_read(http: httpx.Client) -> None
 
 
 def test_patient_view_full_prefetch(http: httpx.Client) -> None:
-    bundle = synthea_bundle("Elsy_Bechtelar")
+    """Dirk Kuhlman's record as of 2021-04-01: BP and glucose in the danger range on record but not from
+    that day (critical cards: measure today, no emergency from an old value) and uncontrolled at two
+    follow-ups (a priority referral, an urgent ServiceRequest)."""
+    bundle = synthea_bundle("Dirk_Kuhlman")
     pid = patient_id(bundle)
     prefetch = split(resources_of(bundle))
     r = http.post("/cds-services/carepath-patient-view", json=hook_request("patient-view", pid, prefetch))
@@ -319,12 +322,12 @@ def test_patient_view_full_prefetch(http: httpx.Client) -> None:
     first = cards[0]
     assert first["indicator"] == "critical"
     critical = [c for c in cards if c["indicator"] == "critical"]
-    referral = next(c for c in critical if c["summary"].startswith("Refer up"))
+    assert any("not from today" in c["summary"] or "not from today" in c.get("detail", "") for c in critical), critical
+    referral = next(c for c in cards if c["summary"].startswith("Refer up"))
     assert referral["source"]["label"].startswith("carepath hypertension ")
-    assert "dbp" in referral["detail"] and "**Guideline:**" in referral["detail"] and "**Values read:**" in referral["detail"]
+    assert "sbp" in referral["detail"] and "**Guideline:**" in referral["detail"] and "**Values read:**" in referral["detail"]
     action = referral["suggestions"][0]["actions"][0]
-    assert action["resource"]["resourceType"] == "ServiceRequest" and action["resource"]["priority"] == "stat"
-    assert any(c["summary"].startswith("Pregnant or pregnancy status unknown") for c in critical)
+    assert action["resource"]["resourceType"] == "ServiceRequest" and action["resource"]["priority"] == "urgent"
     # the same request gives the same cards, uuids included
     again = http.post("/cds-services/carepath-patient-view", json=hook_request("patient-view", pid, prefetch)).json()
     assert [c["uuid"] for c in again["cards"]] == [c["uuid"] for c in cards]

@@ -193,7 +193,8 @@ def test_health_not_serving_then_serving(tmp_path: Path) -> None:
             return bool(seen[-1] == health_pb2.HealthCheckResponse.SERVING)
 
         wait_for(serving, 60, "SERVING")
-        assert seen[0] == health_pb2.HealthCheckResponse.NOT_SERVING
+        answered = [h for h in seen if h != -1]  # a check can time out while the pool starts its forkserver on a loaded machine
+        assert answered[0] == health_pb2.HealthCheckResponse.NOT_SERVING
         assert seen[-1] == health_pb2.HealthCheckResponse.SERVING
     finally:
         assert s.stop() == 0

@@ -11,6 +11,12 @@ deadline, and then fail with UNAVAILABLE naming the target and the last error; a
 with UNAVAILABLE is resumed on a new one with the cases not yet answered. INVALID_ARGUMENT raises CaseError with the
 server's field violations: the same class the in-process engine raises (carepath.errors re-exports it),
 so callers handle both alike.
+
+Over TLS: ``tls_ca`` (the PEM root CA that signed the server's certificate), and for mutual TLS
+``tls_cert`` and ``tls_key`` (the client's PEM certificate and key); each a path or the PEM bytes.
+With token authentication on the server: ``token``, a JWT or a callable returning one, sent as
+``authorization: Bearer ...`` with every call attempt (the callable is called for each, so it can
+hand out a fresh token; a server that refuses replayed token ids needs one per call).
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -39,6 +46,9 @@ from carepath_client.errors import CallError, CarepathError, CaseError, Diagnost
 __all__ = ["CallError", "CarepathClient", "CaseInput", "Result"]
 
 CaseInput = Mapping[str, Any] | case_pb2.Case
+Pem = str | Path | bytes  # a PEM file's path, or its bytes
+Token = str | Callable[[], str]
+MAX_PEM = 1024 * 1024
 T = TypeVar("T")
 _DECISION = "/carepath.v1.DecisionService/"
 _PATHWAY = "/carepath.v1.PathwayService/"
@@ -88,6 +98,31 @@ def _stream_error(err: ds.EvaluateError) -> CarepathError:
     return CallError(code, err.message)
 
 
+def _pem(value: Pem, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    try:
+        with Path(value).open("rb") as f:
+            data = f.read(MAX_PEM + 1)
+    except OSError as exc:
+        raise CarepathError(f"{what} {value}: cannot read it: {exc.strerror or exc}") from None
+    if len(data) > MAX_PEM or b"-----BEGIN " not in data:
+        raise CarepathError(f"{what} {value}: not a PEM file")
+    return data
+
+
+def channel_credentials(tls_ca: Pem, tls_cert: Pem | None = None, tls_key: Pem | None = None) -> grpc.ChannelCredentials:
+    """TLS channel credentials: the server verified against ``tls_ca``; with ``tls_cert`` and
+    ``tls_key`` the client presents its certificate (mutual TLS)."""
+    if (tls_cert is None) != (tls_key is None):
+        raise CarepathError("tls_cert and tls_key go together (the client certificate and its key)")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(tls_ca, "tls_ca"),
+        private_key=_pem(tls_key, "tls_key") if tls_key is not None else None,
+        certificate_chain=_pem(tls_cert, "tls_cert") if tls_cert is not None else None,
+    )
+
+
 class CarepathClient:
     def __init__(
         self,
@@ -97,14 +132,25 @@ class CarepathClient:
         retries: int = 4,
         backoff: float = 0.05,
         channel: grpc.Channel | None = None,
+        tls_ca: Pem | None = None,
+        tls_cert: Pem | None = None,
+        tls_key: Pem | None = None,
+        token: Token | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self._channel = channel or grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.max_send_message_length", 4 * 1024 * 1024)]
-        )
+        self.token = token
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.max_send_message_length", 4 * 1024 * 1024)]
+        if channel is not None:
+            self._channel = channel
+        elif tls_ca is not None:
+            self._channel = grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
+        elif tls_cert is not None or tls_key is not None:
+            raise CarepathError("a client certificate (tls_cert, tls_key) needs tls_ca: it is sent over TLS only")
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         ch = self._channel
         self._evaluate = ch.unary_unary(
             _DECISION + "Evaluate",
@@ -142,6 +188,13 @@ class CarepathClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _metadata(self) -> tuple[tuple[str, str | bytes], ...] | None:
+        """The call's metadata: the bearer token, fetched afresh from a callable."""
+        if self.token is None:
+            return None
+        token = self.token() if callable(self.token) else self.token
+        return (("authorization", f"Bearer {token.strip()}"),)
+
     def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
         """Call with a deadline; retry UNAVAILABLE (and CANCELLED, which only the server sends here:
         a call it had received but not started when it shut down) with exponential backoff and jitter
@@ -161,7 +214,7 @@ class CarepathClient:
                 break
             attempts += 1
             try:
-                return method(request, timeout=left)
+                return method(request, timeout=left, metadata=self._metadata())
             except grpc.RpcError as exc:
                 call: Any = exc
                 if call.code() not in _RETRIED:
@@ -236,7 +289,7 @@ class CarepathClient:
                     yield req
 
             try:
-                for resp in self._stream(requests(), timeout=max(0.0, end - time.monotonic())):
+                for resp in self._stream(requests(), timeout=max(0.0, end - time.monotonic()), metadata=self._metadata()):
                     with lock:
                         req = sent.popleft()
                     failures = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from carepath.cli import command, dumps, grace_seconds, iso_date, load_site_arg, read_case, seconds, site_arg, worker_count
 from carepath.errors import CarepathError
@@ -63,11 +64,83 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
     cds.add_argument(
         "--cds-fetch-timeout", type=seconds, default=5.0, help="seconds to fetch what a prefetch lacks from fhirServer (default 5)"
     )
+    tls = p.add_argument_group("transport (see the README's Deploying section)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve TLS (re-read when the file changes)")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    tls.add_argument("--tls-client-ca", metavar="FILE", help="PEM CA bundle: mutual TLS, a client certificate it signed is required")
+    tls.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address (e.g. behind a TLS proxy)")
+    tls.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
+    auth = p.add_argument_group("token authentication (JWT bearer tokens, RS256/ES256; see the README's Deploying section)")
+    auth.add_argument("--jwks", metavar="FILE", help="JWKS file of the keys that sign the tokens (re-read when it changes)")
+    auth.add_argument("--jwks-url", metavar="URL", help="or a JWKS URL (https; fetched at start, every 10 minutes and for an unknown kid)")
+    auth.add_argument(
+        "--jwt-issuer", action="append", default=[], metavar="ISS", help="an issuer (iss) whose tokens are accepted (repeatable)"
+    )
+    auth.add_argument("--jwt-audience", metavar="AUD", help="the exact aud a token must carry")
+    audit = p.add_argument_group("audit trail (see the README's Deploying section)")
+    audit.add_argument(
+        "--audit", metavar="PATH", help="SQLite file: one hash-chained record per call, committed before the response is sent"
+    )
+    audit.add_argument(
+        "--audit-key", metavar="FILE", help="a file holding a secret (16+ bytes): patient ids are recorded as its keyed hash"
+    )
+    audit.add_argument(
+        "--audit-fail-open", action="store_true", help="send responses without waiting for their record (a record not written is logged)"
+    )
 
 
 @command("serve", _serve_setup)
 def _serve(args: argparse.Namespace) -> int:
     """Serve decisions over gRPC (carepath.v1): health, reflection, SIGHUP reload, SIGTERM drain."""
+    from carepath.service.tls import TlsFiles
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("carepath: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_client_ca and not args.tls_cert:
+        print("carepath: --tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)", file=sys.stderr)
+        return 2
+    tls = (
+        TlsFiles(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_client_ca) if args.tls_client_ca else None)
+        if args.tls_cert
+        else None
+    )
+
+    verifier = None
+    if args.jwks or args.jwks_url or args.jwt_issuer or args.jwt_audience:
+        from carepath.service.auth import ConfigError, Verifier
+
+        if bool(args.jwks) == bool(args.jwks_url):
+            why = "give --jwks or --jwks-url, not both" if args.jwks else "--jwt-issuer and --jwt-audience need --jwks or --jwks-url"
+            print(f"carepath: {why} (the keys that sign the tokens)", file=sys.stderr)
+            return 2
+        try:
+            verifier = Verifier(Path(args.jwks) if args.jwks else args.jwks_url, args.jwt_issuer, args.jwt_audience or "")
+        except ConfigError as exc:
+            print(f"carepath: {exc}", file=sys.stderr)
+            return 2
+
+    audit_log = None
+    if args.audit_key and not args.audit:
+        print("carepath: --audit-key needs --audit PATH", file=sys.stderr)
+        return 2
+    if args.audit:
+        from carepath.service.audit import AuditError, AuditLog
+
+        key = None
+        if args.audit_key:
+            try:
+                with open(args.audit_key, "rb") as f:
+                    key = f.read(4096).strip()
+            except OSError as exc:
+                print(f"carepath: --audit-key {args.audit_key}: cannot read it: {exc.strerror or exc}", file=sys.stderr)
+                return 2
+        try:
+            audit_log = AuditLog(Path(args.audit), key, args.audit_fail_open)
+        except AuditError as exc:
+            print(f"carepath: --audit {exc}", file=sys.stderr)
+            return 2
+
     from carepath.service.server import CdsHooksOptions, serve
 
     cds: CdsHooksOptions | None = None
@@ -98,6 +171,11 @@ def _serve(args: argparse.Namespace) -> int:
         max_per_peer=args.max_calls_per_peer,
         site=load_site_arg(args.site),
         cds_hooks=cds,
+        tls=tls,
+        insecure=args.insecure,
+        reflection=not args.no_reflection,
+        auth=verifier,
+        audit=audit_log,
     )
 
 
@@ -105,6 +183,10 @@ def _call_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of a carepath server (default 127.0.0.1:50051)")
     p.add_argument("--pathway", action="append", dest="pathway_ids", metavar="ID", help="only these pathways (repeatable)")
     p.add_argument("--timeout", type=seconds, default=10.0, help="deadline in seconds (default 10)")
+    p.add_argument("--tls-ca", metavar="FILE", help="PEM root CA to verify the server with: call over TLS")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate (mutual TLS; with --tls-key)")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--token-file", metavar="FILE", help="a file holding the bearer token (JWT) to send")
     p.add_argument("case", metavar="CASE_FILE", help="case JSON or YAML file, or - for stdin")
 
 
@@ -113,8 +195,73 @@ def _call(args: argparse.Namespace) -> int:
     """Evaluate a case on a carepath server; prints the same JSON as `carepath evaluate`."""
     from carepath.client import CarepathClient
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("carepath: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_cert and not args.tls_ca:
+        print("carepath: --tls-cert needs --tls-ca (a client certificate is sent over TLS only)", file=sys.stderr)
+        return 2
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="ascii") as f:
+                token = f.read(16 * 1024).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"carepath: --token-file {args.token_file}: cannot read it: {exc}", file=sys.stderr)
+            return 2
+        if not token:
+            print(f"carepath: --token-file {args.token_file} is empty", file=sys.stderr)
+            return 2
     case = read_case(args.case)
-    with CarepathClient(args.target, timeout=args.timeout) as client:
+    tls = {"tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
+    with CarepathClient(args.target, timeout=args.timeout, token=token, **tls) as client:
         decision = client.evaluate(case, pathway_ids=args.pathway_ids)
     sys.stdout.write(dumps(decision))
     return 0
+
+
+def _audit_setup(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    v = sub.add_parser("verify", help="check the hash chain; exit 1 at the first break, naming it")
+    v.add_argument("path", metavar="PATH", help="the audit file of serve --audit")
+    e = sub.add_parser("export", help="the records as JSON lines")
+    e.add_argument("path", metavar="PATH", help="the audit file of serve --audit")
+    e.add_argument("--since", type=_utc, metavar="TIME", help="from this UTC time (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS])")
+    e.add_argument("--until", type=_utc, metavar="TIME", help="before this UTC time")
+
+
+def _utc(text: str) -> str:
+    """A UTC time as the audit trail stores it (2026-12-07T05:55:00.000Z), for comparing."""
+    from datetime import UTC, datetime
+
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a UTC time as YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, got {text!r}") from None
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+@command("audit", _audit_setup)
+def _audit(args: argparse.Namespace) -> int:
+    """Check or export the audit trail of `carepath serve --audit`."""
+    import json
+
+    from carepath.service.audit import AuditError, export, verify
+
+    try:
+        if args.audit_command == "verify":
+            v = verify(Path(args.path))
+            if v.problem:
+                print(f"{args.path}: BROKEN at {v.problem} ({v.records} records verified before it)", file=sys.stderr)
+                return 1
+            print(f"{args.path}: {v.records} records, chain intact; head: record {v.head_seq} hash {v.head_hash}")
+            return 0
+        out = sys.stdout
+        for rec in export(Path(args.path), args.since, args.until):
+            out.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+        return 0
+    except AuditError as exc:
+        print(f"carepath: {exc}", file=sys.stderr)
+        return 2

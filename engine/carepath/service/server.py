@@ -27,7 +27,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from carepath.service import status
+from carepath.service.audit import AuditInterceptor, AuditLog
+from carepath.service.auth import Interceptor, Verifier
 from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
+from carepath.service.tls import TlsError, TlsFiles, plaintext_refusal, server_credentials
 from carepath.service.validator import MAX_SOURCE, Busy, Failed, TimedOut, Validator
 from carepath.service.worker import clean_request_id, internal_error_line, utc_now
 from carepath.site import Site
@@ -605,8 +608,14 @@ class Service:
         max_per_peer: int = MAX_PER_PEER,
         site: Site | None = None,
         cds_hooks: CdsHooksOptions | None = None,
+        tls: TlsFiles | None = None,
+        insecure: bool = False,
+        reflection: bool = True,
+        auth: Verifier | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.host, self.port, self.pathways, self.workers = host, port, pathways, workers
+        self.tls, self.insecure, self.reflection, self.auth, self.audit = tls, insecure, reflection, auth, audit
         self.max_per_peer = max_per_peer
         self.watch, self.grace, self.announce = watch, grace, announce
         self.pool = Pool(pathways, workers, site, warm_fhir=cds_hooks is not None)
@@ -638,29 +647,56 @@ class Service:
         self._health_tasks.add(task)
         task.add_done_callback(self._health_tasks.discard)
 
+    def _credentials(self) -> tuple[grpc.ServerCredentials | None, str]:
+        """TLS credentials (None: plaintext) and how the listener is described; TlsError when
+        they cannot be loaded or plaintext is not allowed on this address."""
+        if self.tls is None:
+            why = "" if self.insecure else plaintext_refusal(self.host)
+            if why:
+                raise TlsError(why)
+            return None, "plaintext"
+        return server_credentials(self.tls), "mutual TLS" if self.tls.client_ca else "TLS"
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+        """Token authentication (it also names the caller), then the audit trail."""
+        out: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+        if self.auth or self.audit:
+            out.append(Interceptor(self.auth, on_refused=self.audit.refused if self.audit else None))
+        if self.audit:
+            out.append(AuditInterceptor(self.audit))
+        return out
+
     async def run(self) -> int:
+        try:
+            creds, transport = self._credentials()
+        except TlsError as exc:
+            print(f"carepath: {exc}", file=sys.stderr)
+            return 2
         server = grpc.aio.server(
+            interceptors=self._interceptors(),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
                 *connection_options().items(),
-            ]
+            ],
         )
         decisions = DecisionServicer(self.pool, PeerLimit(self.max_per_peer))
         server.add_generic_rpc_handlers((decisions.handler(), PathwayServicer(self.pool, Validator(self.pool.ctx)).handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (DECISION, PATHWAY, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
+        if self.reflection:
+            reflection.enable_server_reflection(names, server)
         await self._set_health()
         try:
-            self.bound = server.add_insecure_port(f"{self.host}:{self.port}")
+            address = f"{self.host}:{self.port}"
+            self.bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
         except RuntimeError:  # grpc says only "failed to bind": ask the OS why
             print(f"carepath: cannot listen on {self.host}:{self.port}: {_bind_problem(self.host, self.port)}", file=sys.stderr)
             return 1
         await server.start()
         target = f"{self.host}:{self.bound}"
-        self.announce(f"carepath: listening on {target} (NOT_SERVING while {self.workers} worker(s) compile the pathways)")
+        self.announce(f"carepath: listening on {target} ({transport}; NOT_SERVING while {self.workers} worker(s) compile the pathways)")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._signal, sig)
@@ -691,10 +727,13 @@ class Service:
             self.announce(f"carepath: CDS Hooks on http://{self.cds_hooks.host}:{http.port}/cds-services")
         names_versions = ", ".join(f"{p['id']} {p['version']}" for p in gen.info) or "no pathways"
         self.announce(f"carepath: SERVING {names_versions} on {target} with {self.workers} worker(s)")
-        self.announce(f"  carepath call --target {target} CASE_FILE")
+        mutual = transport == "mutual TLS"
+        tls = "" if creds is None else " --tls-ca CA_FILE" + (" --tls-cert CERT_FILE --tls-key KEY_FILE" if mutual else "")
+        self.announce(f"  carepath call --target {target}{tls} CASE_FILE")
         request = "examples/request.json" if Path("examples/request.json").is_file() else "REQUEST_JSON"  # from the repo
-        self.announce(f"  grpcurl -plaintext -d @ {target} carepath.v1.DecisionService/Evaluate < {request}")
-        self.announce(f"  grpcurl -plaintext {target} grpc.health.v1.Health/Check")
+        plain = "-plaintext" if creds is None else "-cacert CA_FILE" + (" -cert CERT_FILE -key KEY_FILE" if mutual else "")
+        self.announce(f"  grpcurl {plain} -d @ {target} carepath.v1.DecisionService/Evaluate < {request}")
+        self.announce(f"  grpcurl {plain} {target} grpc.health.v1.Health/Check")
         tasks = [asyncio.create_task(self._reloader())]
         if self.watch:
             tasks.append(asyncio.create_task(self._watcher(watched, first)))
@@ -713,6 +752,8 @@ class Service:
         for t in tasks:
             t.cancel()
         await self.pool.close()
+        if self.audit:
+            self.audit.close()
         _rpc_lines.flush()
         log.warning(json.dumps({"event": "stopped"}))
         return 0
