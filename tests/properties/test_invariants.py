@@ -113,3 +113,16 @@ def test_stable_down_names_a_down_referral_beside_a_stop(pathways: Pathways) -> 
         checker._check_decision(case, decision, fail)
     decision = {"recommendations": [down], "trace": []}
     checker._check_decision(case, decision, fail)  # a down-referral alone is fine
+
+
+def test_a_pattern_reads_days_at_most_as_within() -> None:
+    """`days_at_most: 14` in an invariant's pattern is "within 2 weeks": a next-day follow-up
+    satisfies it, a 28-day one does not; `days: 14` stays exact."""
+    from carepath.testing.invariants import matches
+
+    within = {"kind": "follow_up", "days_at_most": 14}
+    assert matches({"kind": "follow_up", "days": 1}, within)
+    assert matches({"kind": "follow_up", "days": 14}, within)
+    assert not matches({"kind": "follow_up", "days": 28}, within)
+    assert not matches({"kind": "test", "code": "sbp"}, within)
+    assert not matches({"kind": "follow_up", "days": 1}, {"kind": "follow_up", "days": 14})

@@ -104,10 +104,14 @@ def atc_overlap(a: str, b: str) -> bool:
 
 
 def matches(rec: Mapping[str, Any], pattern: Mapping[str, Any]) -> bool:
-    """A recommendation matches a pattern when every key is equal (``atc`` by prefix, either way)."""
+    """A recommendation matches a pattern when every key is equal (``atc`` by prefix, either way);
+    ``days_at_most: N`` matches a follow-up within N days (a shorter one satisfies "within 2 weeks")."""
     for k, v in pattern.items():
         got = rec.get(k)
-        if k == "atc":
+        if k == "days_at_most":
+            if not isinstance(got := rec.get("days"), int) or got > int(v):
+                return False
+        elif k == "atc":
             if not isinstance(got, str) or not atc_overlap(got, str(v)):
                 return False
         elif got != v and str(got) != str(v):

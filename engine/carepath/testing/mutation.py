@@ -243,23 +243,47 @@ def _op_drop_rule(pred: Callable[[Data], bool], nth: int, what: str, why: str) -
 
 
 def _op_findings_rule_drop(data: Data, ctx: Data) -> list[Site]:
+    """An emergency rule stops reacting to one of its emergency findings, written in its `when` or
+    in a definition it uses (the rewritten pathways name them: `danger_sign`)."""
     em = set(data.get("emergency_findings") or [])
+    defs: dict[str, str] = {str(k): str(v) for k, v in (data.get("definitions") or {}).items()}
+
+    def where(text: str, seen: frozenset[str] = frozenset()) -> tuple[str | None, str] | None:
+        """(None, finding) if the text names a finding itself, else (definition, finding) of the first
+        definition on the way that does."""
+        names = re.findall(r"[a-z_][a-z0-9_]*", text)
+        direct = sorted(set(names) & em)
+        if direct:
+            return None, direct[0]
+        for n in names:
+            if n in defs and n not in seen:
+                got = where(defs[n], seen | {n})
+                if got is not None:
+                    return (got[0] or n), got[1]
+        return None
+
     for i, rule in enumerate(_rules(data)):
-        names = set(re.findall(r"[a-z_]+", str(rule.get("when", ""))))
-        if _is(rule, _emergency) and names & em:
-            finding = sorted(names & em)[0]
+        if not _is(rule, _emergency):
+            continue
+        found = where(str(rule.get("when", "")))
+        if found is None:
+            continue
+        definition, finding = found
 
-            def apply(d: Data, i: int = i, finding: str = finding) -> None:
-                w = str(d["rules"][i]["when"])
-                d["rules"][i]["when"] = re.sub(rf"\b{finding}\b", "false", w)
+        def apply(d: Data, i: int = i, finding: str = finding, definition: str | None = definition) -> None:
+            if definition is None:
+                d["rules"][i]["when"] = re.sub(rf"\b{finding}\b", "false", str(d["rules"][i]["when"]))
+            else:
+                d["definitions"][definition] = re.sub(rf"\b{finding}\b", "false", str(d["definitions"][definition]))
 
-            return [
-                (
-                    f"{rule['id']}: the emergency finding {finding} no longer triggers it",
-                    "caught by the emergency invariant unless the finding is missing from emergency_findings",
-                    apply,
-                )
-            ]
+        place = "" if definition is None else f" (in the definition {definition})"
+        return [
+            (
+                f"{rule['id']}: the emergency finding {finding}{place} no longer triggers it",
+                "caught by the emergency invariant unless the finding is missing from emergency_findings",
+                apply,
+            )
+        ]
     return []
 
 

@@ -574,10 +574,50 @@ class CaseSpace:
                     d.setting = draw(self._sample(sorted(lit.values)))
             elif lit.field == "sex" and lit.values:
                 d.sex = draw(self._sample(sorted(lit.values)))
+        elif isinstance(lit, lang.Visits) and lit.value and lit.cond is not None:
+            self._steer_visits(draw, d, lit, conditions, pregnant, setting)
         elif isinstance(lit, Flag):
             self._steer_flag(draw, d, lit, conditions, pregnant)
         elif isinstance(lit, Present):
             self._steer_present(draw, d, lit, pregnant)
+
+    def _steer_visits(
+        self,
+        draw: st.DrawFn,
+        d: _Draft,
+        lit: lang.Visits,
+        conditions: Sequence[str] | _Any,
+        pregnant: bool | _Any | None,
+        setting: str | _Any,
+    ) -> None:
+        """consecutive_visits(N, COND, apart D, since SET): COND made true on the latest readings, then
+        those readings repeated at N-1 earlier visits D (or a little more) days apart, all after a
+        start of a drug of SET placed before the earliest one (the latest visit stays current)."""
+        assert lit.cond is not None
+        self._steer(draw, d, lang.nnf(lit.cond), conditions, pregnant, setting)
+        codes = sorted({str(x.num.arg) for x in _literals(lit.cond) if isinstance(x, Cmp) and x.num.kind == "obs"})
+        codes = [c for c in codes if d.readings.get(c)]
+        if not codes:
+            return
+        day = min(d.readings[c][0][0] for c in codes)
+        windows = [w for c in codes if (w := self.vocab.observations[c].current) is not None]
+        if windows and day > min(windows):
+            day = float(draw(st.integers(0, min(windows))))
+        days = [day]
+        for _ in range(lit.n - 1):
+            days.append(days[-1] + lit.apart + draw(st.integers(0, 10)))
+        for c in codes:
+            value = d.readings[c][0][1]
+            d.readings[c] = [[t, value] for t in days] + [r for r in d.readings[c][1:] if r[0] > days[-1]]
+        if lit.since:
+            start = days[-1] + draw(st.integers(1, 60))
+            ps = prefixes("|".join(lit.since))
+            kept = [m for m in d.meds if str(m[0]).startswith(ps)]
+            if kept:
+                for m in kept:
+                    m[1] = start
+            else:
+                d.meds.append([draw(self._sample(complete_atc(draw(self._sample(ps))))), start])
 
     def _steer_rise(self, draw: st.DrawFn, d: _Draft, lit: Cmp) -> None:
         """Two readings whose difference (latest minus previous; for rise_pct, as a percentage of the
