@@ -217,7 +217,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     """Evaluate a case; print the decision JSON (or --explain)."""
     from .evaluate import Engine
 
-    engine = Engine.from_directory(args.pathways, load_site_arg(args.site))
+    engine = Engine.from_directory(args.pathways, load_site_arg(args.site), backend=args.backend)
     case = read_case(args.case, fhir=True)
     from .fhir import is_fhir_input
 
@@ -230,7 +230,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.explain:
         sys.stdout.write(engine.explain(case, args.pathway_ids, near=args.near))
     else:
-        sys.stdout.write(dumps(engine.evaluate(case, args.pathway_ids, backend=args.backend)))
+        sys.stdout.write(dumps(engine.evaluate(case, args.pathway_ids)))
     return 0
 
 

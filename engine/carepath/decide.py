@@ -31,7 +31,6 @@ from typing import Any, NamedTuple, NoReturn
 
 from . import lang
 from .case import Case
-from .compile import reasoner
 from .validate import CheckedPathway, CheckedRule
 
 _KIND_ORDER = {"referral": 0, "alert": 1, "medication": 2, "test": 3, "follow_up": 4}
@@ -141,7 +140,7 @@ class _Prepared:
                     body = {**body, "loinc": od.loinc[0]}
             out.append(_Body(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, citation, essential, stable))
         self.bodies: tuple[_Body, ...] = tuple(out)
-        self.words = reasoner(cr.when_nnf, cp.vocab)
+        self.words = lang.reasoner(cr.when_nnf, cp.vocab)
 
 
 def _prepared_rules(p_index: int, cp: CheckedPathway) -> list[_Prepared | None]:

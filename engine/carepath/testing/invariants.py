@@ -161,12 +161,14 @@ def yaml_invariants(engine: Engine) -> list[YamlInvariant]:
 class Checker:
     """Checks every invariant on one case. ``draw`` (Hypothesis ``data.draw``) picks metamorphic variants."""
 
-    def __init__(self, engine: Engine, *, only: Sequence[str] | None = None, backend: str = "durable") -> None:
-        self.engine = engine
-        self.backend = "reference" if backend == "reference" else "durable"
+    def __init__(self, engine: Engine, *, only: Sequence[str] | None = None, backend: str | None = None) -> None:
+        self.backend = backend or engine.backend.name
+        # the engine that decides: ``engine`` itself, or the same pathways compiled by ``backend``
+        self.engine = engine if engine.backend.name == self.backend else engine.with_backend(self.backend)
         self.enabled = set(only) if only is not None else set(BUILTIN)
         if self.backend == "reference":  # nothing to compare against: the differential check needs durable-rules
             self.enabled.discard("differential")
+        self._reference: Engine | None = None  # the differential check's second engine, made on first use
         # the engine's reading of a case (recency windows, site, visit convention), so a `given`
         # means what the same words mean in a rule: a stale value is unknown here too
         ef = engine.features
@@ -192,8 +194,13 @@ class Checker:
 
     def evaluate(self, case: Case, backend: str | None = None) -> Decision:
         """Evaluate with ``backend`` (default: the checker's own, durable-rules unless set to ``reference``)."""
-        chosen = backend or self.backend
-        return self.engine.evaluate(case, backend="reference" if chosen == "reference" else "durable")
+        if backend is None or backend == self.backend:
+            return self.engine.evaluate(case)
+        if backend != "reference":
+            raise ValueError(f"the checker compares against the reference backend, not {backend!r}")
+        if self._reference is None:
+            self._reference = self.engine.with_backend("reference")
+        return self._reference.evaluate(case)
 
     # ------------------------------------------------------------ the check
     def check(self, case: Case, draw: Draw | None = None, pathway: str | None = None) -> Decision:
