@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,23 +12,11 @@ from .case import Case, validate_case
 from .decide import Plan, Planned, describe_recommendation, planned, render
 from .derive import Features, derive
 from .errors import PathwayError, UnknownPathwayError
+from .settings import NEAR, bundled_pathways
 from .site import DEFAULT_SITE, Site
 from .validate import CheckedPathway, CheckedRule, SourceSet, load_vocabulary, validate_paths, validate_set
 
-NEAR = 5  # --explain lists this many of the rules that came close by default
-
-
-def bundled_pathways() -> Path:
-    """The pathways shipped with carepath: $CAREPATH_PATHWAYS, the repo's pathways/, or the wheel's copy."""
-    env = os.environ.get("CAREPATH_PATHWAYS")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent.parent / "pathways", here / "bundled_pathways"):
-        if (cand / "dictionary.yaml").exists():
-            return cand
-    return here.parent.parent / "pathways"
-
+__all__ = ["NEAR", "Engine", "bundled_pathways"]  # NEAR and bundled_pathways: from carepath.settings
 
 Selection = list[tuple[int, CheckedPathway]]  # (pathway index, pathway)
 Fired = list[tuple[int, CheckedPathway, list[int]]]  # ... and the indices of the rules that fired

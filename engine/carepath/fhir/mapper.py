@@ -24,7 +24,6 @@ reads, a resource type the case has no place for).
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -36,6 +35,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from ..lang import ObsDef, Vocabulary
+from ..settings import current
 from .tables import PANEL, PREGNANCY_STATUS, VERSION, Tables, tables
 
 LOINC = "http://loinc.org"
@@ -143,7 +143,7 @@ class Mapped:
 
 def default_setting() -> tuple[str, str]:
     """The configured default setting: ``CAREPATH_SETTING`` (community or hospital), else community."""
-    env = os.environ.get("CAREPATH_SETTING")
+    env = current().setting
     if env:
         if env not in SETTINGS:
             raise FhirInputError(f"CAREPATH_SETTING must be community or hospital, not {env!r}")

@@ -32,10 +32,11 @@ from hypothesis import strategies as st
 
 from .. import lang
 from ..case import validate_case
-from ..cli import dumps
 from ..decide import describe_recommendation
 from ..derive import Features, derive
 from ..evaluate import Engine
+from ..output import dumps
+from ..recommendations import BLOCKS, STARTS, URGENCIES, atc_overlap
 from ..validate import CheckedPathway
 
 T = TypeVar("T")
@@ -55,8 +56,7 @@ BUILTIN: tuple[str, ...] = (
     "emergency",
     "monotonicity",
 )
-STARTS = frozenset({"start", "add", "titrate", "switch"})
-URGENCY_LEVEL = {"routine": 1, "priority": 2, "emergency": 3}
+URGENCY_LEVEL = {u: len(URGENCIES) - i for i, u in enumerate(URGENCIES)}  # routine 1, priority 2, emergency 3
 
 
 @dataclass
@@ -97,10 +97,6 @@ class Violation(AssertionError):
 
 def summary(r: Mapping[str, Any]) -> str:
     return describe_recommendation(r)
-
-
-def atc_overlap(a: str, b: str) -> bool:
-    return a.startswith(b) or b.startswith(a)
 
 
 def matches(rec: Mapping[str, Any], pattern: Mapping[str, Any]) -> bool:
@@ -262,7 +258,7 @@ class Checker:
                     if (x["kind"] == "medication" and x["action"] == "stop") or (x["kind"] == "alert" and x.get("severity") == "critical"):
                         raise fail("stable_down", f"{summary(r)} in the same decision as {summary(x)}")
         if "drug_safety" in on:
-            blocks = [r for r in recs if r["kind"] == "medication" and r["action"] in ("avoid", "stop")]
+            blocks = [r for r in recs if r["kind"] == "medication" and r["action"] in BLOCKS]
             for r in recs:
                 if r["kind"] != "medication" or r["action"] not in STARTS:
                     continue

@@ -35,9 +35,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ..errors import CaseError, PathwayError
-from ..evaluate import Engine, bundled_pathways
+from ..evaluate import Engine
 from ..load import Located, load_text
+from ..recommendations import BLOCKS, STARTS
 from ..scenarios import Scenario, check, iter_scenarios
+from ..settings import bundled_pathways
 from ..validate import CheckedPathway, check_set, find_dictionary, load_vocabulary, pathway_files
 from .runner import DEFAULT_SEED, check_engine, profile_settings
 from .strategies import CaseSpace
@@ -47,7 +49,6 @@ Apply = Callable[[Data], None]
 
 _CMP = re.compile(r"(?P<lhs>\b[a-z_]+(?:\([a-z_0-9, ]+\))?)\s*(?P<op>>=|<=|>|<)\s*(?P<num>\d+(?:\.\d+)?)")
 _NEG = {">=": "<", ">": "<=", "<=": ">", "<": ">="}
-_STARTS = {"start", "add", "titrate", "switch"}
 KINDS = ("validation", "scenario", "invariant")
 
 
@@ -164,11 +165,11 @@ def _emergency(r: Data) -> bool:
 
 
 def _block(r: Data) -> bool:
-    return r.get("kind") == "medication" and r.get("action") in ("avoid", "stop")
+    return r.get("kind") == "medication" and r.get("action") in BLOCKS
 
 
 def _start(r: Data) -> bool:
-    return r.get("kind") == "medication" and r.get("action") in _STARTS
+    return r.get("kind") == "medication" and r.get("action") in STARTS
 
 
 def _up_non_emergency(r: Data) -> bool:

@@ -26,9 +26,9 @@ from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 from hypothesis.reporting import with_reporter
 
 from .. import lang
-from ..cli import dumps
 from ..errors import CaseError
 from ..evaluate import Engine
+from ..output import dumps
 from .invariants import Checker, Violation, YamlInvariant
 from .strategies import CaseSpace
 
