@@ -133,6 +133,34 @@ def test_durable_and_reference_backends_agree_on_fixture_cases(engine: Engine) -
         assert engine.explain(c) == reference.explain(c)
 
 
+def test_an_engine_takes_a_backend_instance(engine: Engine) -> None:
+    """Engine(..., backend=X) takes any object with the Backend protocol (here one that compiles
+    with the reference backend and counts), compiles the set with it once, and asks only it."""
+    from collections.abc import Sequence
+
+    from carepath.backends import Backend, CompiledSet
+    from carepath.backends.reference import ReferenceBackend
+    from carepath.validate import CheckedPathway
+
+    class Counting:
+        name = "counting"
+
+        def __init__(self) -> None:
+            self.compiled = 0
+
+        def compile(self, pathways: Sequence[CheckedPathway]) -> CompiledSet:
+            self.compiled += 1
+            return ReferenceBackend().compile(pathways)
+
+    backend = Counting()
+    assert isinstance(backend, Backend)
+    mine = Engine.from_directory(FIXTURES, backend=backend)
+    assert backend.compiled == 1 and mine.backend is backend and isinstance(mine.compiled, CompiledSet)
+    assert mine.evaluate(case()) == engine.evaluate(case())
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        Engine.from_directory(FIXTURES, backend="nope")
+
+
 def test_thousands_of_evaluations_leave_no_state_behind(engine: Engine) -> None:
     # durable-rules refuses the 1025th live session, and a fact left in the session would make
     # the next assertion of the case a duplicate that fires nothing: each case is retracted
