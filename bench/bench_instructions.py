@@ -113,8 +113,10 @@ def child(n: int, pathways: str | None, helper: str | None) -> None:
     facts = [derive(case, obs, engine.features) for case, obs in checked]
     selected = engine._select(None)
     fired = [engine.fire(f) for f in facts]
-    groups = [[(i, c.pathway, [c.pathway.rules[k] for k in ks]) for i, c, ks in fs] for fs in fired]
+    # (a revision from before the backend protocol selected (index, _Compiled) pairs and named its backend per call)
+    groups = [[(i, getattr(c, "pathway", c), [getattr(c, "pathway", c).rules[k] for k in ks]) for i, c, ks in fs] for fs in fired]
     enrolled = [engine._enrolled(f, selected) for f in facts]
+    protocol = hasattr(engine, "compiled")
     # the decisions to serialise come from another engine: deciding them here would fill this
     # engine's plan store and memos with the very cases the decide section is about to see
     other = Engine.from_directory(pathways)
@@ -151,8 +153,12 @@ def child(n: int, pathways: str | None, helper: str | None) -> None:
             derive(case, obs, feats)
 
     def fire() -> None:
-        for f in facts:
-            engine._fire(f, selected, "durable", engine._enrolled(f, selected))
+        if protocol:
+            for f in facts:
+                engine._fire(f, selected, engine._enrolled(f, selected))
+        else:
+            for f in facts:
+                engine._fire(f, selected, "durable", engine._enrolled(f, selected))  # type: ignore[call-arg, arg-type, unused-ignore]
 
     def decide_all() -> None:
         plans = engine._plans

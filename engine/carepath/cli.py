@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 from .errors import CarepathError, CaseError, PathwayError, Terminated
+from .output import dumps as dumps  # re-exported: carepath.cli.dumps keeps working
+from .settings import NEAR
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -90,11 +92,6 @@ def _seconds(text: str, zero: bool) -> float:
     return n
 
 
-def dumps(obj: Any) -> str:
-    """The one JSON rendering of decisions: byte-identical for identical decisions."""
-    return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
-
-
 def read_case(source: str, fhir: bool = False) -> Any:
     """Read a case from a file or '-' (stdin); JSON or YAML; size-limited before parsing.
 
@@ -153,18 +150,12 @@ def _count(n: int, what: str) -> str:
 @command("validate", _validate_setup)
 def _validate(args: argparse.Namespace) -> int:
     """Validate pathway files; exit 0 when clean (warnings allowed unless --strict), 1 with errors."""
-    from dataclasses import replace
+    from .validate import validate_pathways
 
-    from .evaluate import bundled_pathways
-    from .readability import warnings
-    from .validate import validate_paths
-
-    paths = args.paths or [bundled_pathways()]
-    checked, diags = validate_paths(paths, bundled_pathways())
-    warned = warnings(checked)  # readability, on the pathways that validated
-    if args.strict:
-        diags, warned = sorted(diags + [replace(w, severity="error") for w in warned]), []
-    for d in sorted(diags + warned):
+    checked, found = validate_pathways(args.paths, strict=args.strict)  # errors, and readability warnings
+    diags = [d for d in found if d.severity == "error"]
+    warned = [d for d in found if d.severity != "error"]
+    for d in found:
         print(d, file=sys.stderr)
     if diags or warned:
         counts = [_count(len(diags), "error")] if diags else []
@@ -183,7 +174,7 @@ def _evaluate_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--near",
         type=count_arg,
-        default=5,  # evaluate.NEAR (not imported here: the engine is slow to import)
+        default=NEAR,
         metavar="N",
         help="with --explain: list the N rules that came closest to firing (default 5; 0: only how many)",
     )
@@ -217,7 +208,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     """Evaluate a case; print the decision JSON (or --explain)."""
     from .evaluate import Engine
 
-    engine = Engine.from_directory(args.pathways, load_site_arg(args.site))
+    engine = Engine.from_directory(args.pathways, load_site_arg(args.site), backend=args.backend)
     case = read_case(args.case, fhir=True)
     from .fhir import is_fhir_input
 
@@ -230,7 +221,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.explain:
         sys.stdout.write(engine.explain(case, args.pathway_ids, near=args.near))
     else:
-        sys.stdout.write(dumps(engine.evaluate(case, args.pathway_ids, backend=args.backend)))
+        sys.stdout.write(dumps(engine.evaluate(case, args.pathway_ids)))
     return 0
 
 
@@ -337,7 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: input/output failed{where}: {exc.strerror or exc}", file=sys.stderr)
         return 74
     except Exception as exc:  # a bug: one line for the user; CAREPATH_DEBUG=1 shows the traceback
-        if os.environ.get("CAREPATH_DEBUG"):
+        from .settings import current
+
+        if current().debug:
             raise
         print(f"carepath: internal error ({type(exc).__name__}: {exc}); rerun with CAREPATH_DEBUG=1 for details", file=sys.stderr)
         return 70

@@ -31,14 +31,13 @@ from typing import Any, NamedTuple, NoReturn
 
 from . import lang
 from .case import Case
-from .compile import reasoner
+from .recommendations import ACTIONS, BLOCKS, KINDS, STARTS, URGENCIES, atc_overlap
 from .validate import CheckedPathway, CheckedRule
 
-_KIND_ORDER = {"referral": 0, "alert": 1, "medication": 2, "test": 3, "follow_up": 4}
+_KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
-_ACTION = {"stop": 0, "avoid": 1, "start": 2, "add": 3, "switch": 4, "titrate": 5}
-_URGENCY = {"emergency": 0, "priority": 1, "routine": 2}
-_STARTS = {"start", "add", "titrate", "switch"}
+_ACTION = {a: i for i, a in enumerate(ACTIONS)}
+_URGENCY = {u: i for i, u in enumerate(URGENCIES)}
 
 
 def _plain(v: object) -> object:
@@ -141,7 +140,7 @@ class _Prepared:
                     body = {**body, "loinc": od.loinc[0]}
             out.append(_Body(body, (p_index, cr.index), cr.rule.priority, cr.rule.id, citation, essential, stable))
         self.bodies: tuple[_Body, ...] = tuple(out)
-        self.words = reasoner(cr.when_nnf, cp.vocab)
+        self.words = lang.reasoner(cr.when_nnf, cp.vocab)
 
 
 def _prepared_rules(p_index: int, cp: CheckedPathway) -> list[_Prepared | None]:
@@ -353,7 +352,7 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
                     if unstable is not None:
                         suppress(b, f"not stable: {unstable.label} ({unstable.rule})")
                         continue
-                    change = next((u for u, _ in recs if u.kind == "medication" and u.body["action"] in _STARTS), None)
+                    change = next((u for u, _ in recs if u.kind == "medication" and u.body["action"] in STARTS), None)
                     if change is not None:  # brief A6, B6: a stable regimen, no near-term change, before handover
                         suppress(b, f"regimen change pending: {change.label} ({change.rule})")
                         continue
@@ -364,7 +363,7 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
             kept = []
             for r in recs:
                 b = r[0]
-                if (b.kind == "medication" and b.body["action"] in _STARTS) or (b.kind == "test" and not b.essential):
+                if (b.kind == "medication" and b.body["action"] in STARTS) or (b.kind == "test" and not b.essential):
                     suppress(b, f"emergency up-referral ({emergency[0].rule}) takes precedence")
                 else:
                     kept.append(r)
@@ -382,18 +381,18 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
             recs = [r for r in recs if r[0].kind != "referral" or r[0].body == best.body]
     # 4. avoid/stop and allergies beat starts
     if "medication" in kinds:
-        blocks = [b for b, _ in recs if b.kind == "medication" and b.body["action"] in ("avoid", "stop")]
+        blocks = [b for b, _ in recs if b.kind == "medication" and b.body["action"] in BLOCKS]
         if blocks or allergies:
             kept = []
             for r in recs:
                 b = r[0]
-                if b.kind == "medication" and b.body["action"] in _STARTS:
+                if b.kind == "medication" and b.body["action"] in STARTS:
                     atc = str(b.body["atc"])
-                    hit = next((k for k in blocks if atc.startswith(k.body["atc"]) or k.body["atc"].startswith(atc)), None)
+                    hit = next((k for k in blocks if atc_overlap(atc, k.body["atc"])), None)
                     if hit is not None:
                         suppress(b, f"{hit.body['action']} {hit.body['atc']} ({hit.rule}) takes precedence")
                         continue
-                    allergy = next((a for a in allergies if atc.startswith(a) or a.startswith(atc)), None)
+                    allergy = next((a for a in allergies if atc_overlap(atc, a)), None)
                     if allergy is not None:
                         suppress(b, f"patient is allergic to {allergy}")
                         continue
@@ -401,8 +400,8 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
             recs = kept
     # 4b. what a rule says because it changes a drug (a recheck alert or test) goes when the change is overruled
     if "medication" in kinds and len(recs) < made_recs:
-        kept_change = {b.rule for b, _ in recs if b.kind == "medication" and b.body["action"] in _STARTS}
-        overruled = {b.rule for b, _ in initial if b.kind == "medication" and b.body["action"] in _STARTS} - kept_change
+        kept_change = {b.rule for b, _ in recs if b.kind == "medication" and b.body["action"] in STARTS}
+        overruled = {b.rule for b, _ in initial if b.kind == "medication" and b.body["action"] in STARTS} - kept_change
         if overruled:
             kept = []
             for r in recs:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import TypeVar
 
 # ---------------------------------------------------------------- vocabulary
 
@@ -921,33 +922,124 @@ def any3(truths: Iterable[Truth]) -> Truth:
     return out
 
 
-def eval3(e: Expr, facts: Facts) -> Truth:
-    """Kleene evaluation of the AST on derived facts: True, False or None (unknown)."""
+# The reference evaluator: the one definition of what a condition means on derived facts. Every
+# other evaluation is held to it: the durable backend's rulesets and generated code (differential
+# tests), the reasons decisions give and --explain's "came close" (built on `truth` below).
+
+Program = Callable[[Facts], Truth]
+
+
+def truth(e: Expr) -> Program:
+    """The condition as a function of the facts: its Kleene truth, True, False or None (unknown).
+    Compiled once into closures over the AST as written (not the NNF); ``eval3`` is the same for
+    one evaluation."""
     if isinstance(e, Cmp):
-        v = facts.get(e.num.key)
-        if v is None:
-            return None
-        assert isinstance(v, (int, float))
-        return _CMP[e.op](float(v), e.value)
+        key, value, test = e.num.key, e.value, _CMP[e.op]
+
+        def cmp(f: Facts) -> Truth:
+            v = f.get(key)
+            return None if v is None else test(float(v), value)  # type: ignore[arg-type]
+
+        return cmp
     if isinstance(e, Enum):
-        s = facts.get(e.field)
-        return None if s is None else s in e.values
+        fld, values = e.field, e.values
+
+        def enum(f: Facts) -> Truth:
+            v = f.get(fld)
+            return None if v is None else v in values
+
+        return enum
     if isinstance(e, Flag):
-        b = facts.get(e.key)
-        if b is None:
-            return None
-        return bool(b) == e.value
+        key, want = e.key, e.value
+
+        def flag(f: Facts) -> Truth:
+            v = f.get(key)
+            return None if v is None else bool(v) == want
+
+        return flag
     if isinstance(e, Present):
-        return bool(facts.get(e.key)) == e.value
+        key, want = e.key, e.value
+        return lambda f: bool(f.get(key)) == want
     if isinstance(e, Not):
-        t = eval3(e.item, facts)
-        return None if t is None else not t
+        inner = truth(e.item)
+
+        def neg(f: Facts) -> Truth:
+            t = inner(f)
+            return None if t is None else not t
+
+        return neg
     if isinstance(e, And):
-        return all3(eval3(i, facts) for i in e.items)
+        parts = [truth(i) for i in e.items]
+
+        def conj(f: Facts) -> Truth:
+            return all3(p(f) for p in parts)
+
+        return conj
     if isinstance(e, Or):
-        return any3(eval3(i, facts) for i in e.items)
+        parts = [truth(i) for i in e.items]
+
+        def disj(f: Facts) -> Truth:
+            return any3(p(f) for p in parts)
+
+        return disj
     assert isinstance(e, Const)
-    return e.value
+    value = e.value
+    return lambda f: value
+
+
+_PROGRAMS: dict[int, tuple[Expr, Program]] = {}  # eval3's compiled conditions, by the node's identity (kept alive here)
+_PROGRAMS_LIMIT = 4096
+
+
+def eval3(e: Expr, facts: Facts) -> Truth:
+    """Kleene evaluation of the AST on derived facts: True, False or None (unknown); ``truth(e)``
+    applied, compiled on the first evaluation of the node and kept."""
+    got = _PROGRAMS.get(id(e))
+    if got is None or got[0] is not e:
+        if len(_PROGRAMS) >= _PROGRAMS_LIMIT:
+            _PROGRAMS.clear()
+        got = _PROGRAMS[id(e)] = (e, truth(e))
+    return got[1](facts)
+
+
+T = TypeVar("T")
+
+
+def witness(e: Expr, leaf: Callable[[Literal], Callable[[Facts], T]]) -> Callable[[Facts], list[T] | None]:
+    """What made an NNF expression TRUE, compiled: for each literal on the way, ``leaf(literal)``
+    applied to the facts; None when the expression is not TRUE (false or unknown). An AND is TRUE
+    when every item is (its witnesses are theirs, in order); an OR when some item is (the first such
+    item's). Truth comes from ``truth``: decide() writes reasons with it (``leaf``: the literal's
+    words), ``true_literals`` names the literals."""
+    if isinstance(e, And):
+        parts = [witness(i, leaf) for i in e.items]
+
+        def every(f: Facts) -> list[T] | None:
+            out: list[T] = []
+            for p in parts:
+                w = p(f)
+                if w is None:
+                    return None
+                out.extend(w)
+            return out
+
+        return every
+    if isinstance(e, Or):
+        alts = [witness(i, leaf) for i in e.items]
+
+        def first(f: Facts) -> list[T] | None:
+            for p in alts:
+                w = p(f)
+                if w is not None:
+                    return w
+            return None
+
+        return first
+    holds = truth(e)
+    if isinstance(e, (Const, Not)):  # true or not, they name no literal
+        return lambda f: [] if holds(f) is True else None
+    say = leaf(e)
+    return lambda f: [say(f)] if holds(f) is True else None
 
 
 def num_text(v: float) -> str:
@@ -1019,16 +1111,11 @@ def staleness(lit: Literal, facts: Facts, vocab: Vocabulary) -> str | None:
 
 def true_literals(e: Expr, facts: Facts) -> list[Literal]:
     """The literals that made a TRUE expression true (for reasons); e must be in NNF."""
-    if isinstance(e, And):
-        return [lit for i in e.items for lit in true_literals(i, facts)]
-    if isinstance(e, Or):
-        for i in e.items:
-            if eval3(i, facts) is True:
-                return true_literals(i, facts)
-        return []
-    if isinstance(e, (Const, Not)):
-        return []
-    return [e] if eval3(e, facts) is True else []
+
+    def named(lit: Literal) -> Callable[[Facts], Literal]:
+        return lambda f: lit
+
+    return witness(e, named)(facts) or []
 
 
 def blocking(e: Expr, facts: Facts) -> list[tuple[Literal, Truth]]:
@@ -1036,13 +1123,23 @@ def blocking(e: Expr, facts: Facts) -> list[tuple[Literal, Truth]]:
     t = eval3(e, facts)
     if t is True:
         return []
-    if isinstance(e, And):
+    if isinstance(e, (And, Or)):
         return [b for i in e.items for b in blocking(i, facts)]
-    if isinstance(e, Or):
-        out: list[tuple[Literal, Truth]] = []
-        for i in e.items:
-            out.extend(blocking(i, facts))
-        return out
     if isinstance(e, (Const, Not)):
         return []
     return [(e, t)]
+
+
+def reasoner(e: Expr, vocab: Vocabulary) -> Callable[[Facts], list[str]]:
+    """The words for what made a TRUE expression (in NNF) true: ``true_literals`` then ``describe``,
+    compiled (one walk that evaluates and explains together; decide() writes reasons with it)."""
+
+    def words_of(lit: Literal) -> Callable[[Facts], str]:
+        return describer(lit, vocab)
+
+    explain = witness(e, words_of)
+
+    def words(f: Facts) -> list[str]:
+        return explain(f) or []
+
+    return words

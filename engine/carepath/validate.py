@@ -17,6 +17,7 @@ from .errors import Diagnostic, PathwayError
 from .lang import And, Cmp, Const, Enum, Expr, Flag, Or, Present, Vocabulary
 from .load import Located, YamlPath, load_file, load_text
 from .model import Dictionary, MedicationRec, Pathway, ReferralRec, Rule, TestRec
+from .recommendations import BLOCKS, STARTS, atc_overlap
 
 DICTIONARY_FILE = "dictionary.yaml"
 
@@ -81,6 +82,15 @@ class CheckedPathway:
     @property
     def version(self) -> str:
         return self.model.version
+
+    def info(self, file: str | None = None, source: bool = False) -> dict[str, str]:
+        """How PathwayService describes this pathway (the pathway-info shape, codec.PATHWAY_INFO_KEYS):
+        id, version, sha256, title, ``file`` (default: the file's name, never the server's path to
+        it) and, with ``source``, its text."""
+        out = {**self.identity, "title": self.model.title, "file": Path(self.file).name if file is None else file}
+        if source:
+            out["source"] = self.source
+        return out
 
 
 # ---------------------------------------------------------------- structure
@@ -404,18 +414,11 @@ def satisfiable(e: Expr, vocab: Vocabulary) -> bool:
 # ---------------------------------------------------------------- semantic checks
 
 
-def _overlap(a: str, b: str) -> bool:
-    return a.startswith(b) or b.startswith(a)
-
-
-_STARTS = {"start", "add", "titrate", "switch"}
-
-
 def _contradiction(r1: Rule, r2: Rule) -> str | None:
     for x, y in itertools.product(r1.then, r2.then):
-        if isinstance(x, MedicationRec) and isinstance(y, MedicationRec) and _overlap(x.atc, y.atc):
+        if isinstance(x, MedicationRec) and isinstance(y, MedicationRec) and atc_overlap(x.atc, y.atc):
             acts = {x.action, y.action}
-            if acts & _STARTS and acts & {"avoid", "stop"}:
+            if acts & STARTS and acts & BLOCKS:
                 return f"{x.action} {x.atc} vs {y.action} {y.atc}"
         if isinstance(x, ReferralRec) and isinstance(y, ReferralRec) and x.direction != y.direction:
             return "up-referral vs down-referral"
@@ -673,3 +676,21 @@ def validate_source(text: str, file: str, base: Vocabulary) -> tuple[CheckedPath
     except PathwayError as exc:
         return None, exc.diagnostics
     return check_pathway(loc, base)
+
+
+def validate_pathways(paths: Sequence[Path | str] | None = None, *, strict: bool = False) -> tuple[list[CheckedPathway], list[Diagnostic]]:
+    """Validate pathway files or directories (default: the bundled set) as ``carepath validate`` does.
+
+    Returns the pathways that validated and every diagnostic, sorted: the errors, and the
+    readability warnings of the pathways that validated (``strict``: as errors). When no diagnostic
+    is an error, ``Engine(pathways)`` compiles them (``Engine.from_paths`` does both, raising
+    PathwayError on an error).
+    """
+    from .readability import warnings
+    from .settings import bundled_pathways
+
+    checked, diags = validate_paths(list(paths) if paths else [bundled_pathways()], bundled_pathways())
+    warned = warnings(checked)
+    if strict:
+        warned = [replace(w, severity="error") for w in warned]
+    return checked, sorted(diags + warned)

@@ -126,8 +126,39 @@ def test_decision_is_byte_identical_and_names_pathway_versions(engine: Engine) -
 
 
 def test_durable_and_reference_backends_agree_on_fixture_cases(engine: Engine) -> None:
+    reference = Engine.from_directory(FIXTURES, backend="reference")
+    assert (engine.backend.name, reference.backend.name) == ("durable", "reference")
     for c in (case(), case(findings=["severe_headache"]), case(pregnant=None, age=30), case(allergies=["C09AA"])):
-        assert engine.evaluate(c) == engine.evaluate(c, backend="reference")
+        assert engine.evaluate(c) == reference.evaluate(c)
+        assert engine.explain(c) == reference.explain(c)
+
+
+def test_an_engine_takes_a_backend_instance(engine: Engine) -> None:
+    """Engine(..., backend=X) takes any object with the Backend protocol (here one that compiles
+    with the reference backend and counts), compiles the set with it once, and asks only it."""
+    from collections.abc import Sequence
+
+    from carepath.backends import Backend, CompiledSet
+    from carepath.backends.reference import ReferenceBackend
+    from carepath.validate import CheckedPathway
+
+    class Counting:
+        name = "counting"
+
+        def __init__(self) -> None:
+            self.compiled = 0
+
+        def compile(self, pathways: Sequence[CheckedPathway]) -> CompiledSet:
+            self.compiled += 1
+            return ReferenceBackend().compile(pathways)
+
+    backend = Counting()
+    assert isinstance(backend, Backend)
+    mine = Engine.from_directory(FIXTURES, backend=backend)
+    assert backend.compiled == 1 and mine.backend is backend and isinstance(mine.compiled, CompiledSet)
+    assert mine.evaluate(case()) == engine.evaluate(case())
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        Engine.from_directory(FIXTURES, backend="nope")
 
 
 def test_thousands_of_evaluations_leave_no_state_behind(engine: Engine) -> None:
@@ -146,7 +177,7 @@ def test_a_failure_inside_durable_rules_resets_the_session(engine: Engine, monke
     drop the session so the next case is evaluated from a clean one, not refused as a duplicate."""
     import durable_rules_engine
 
-    from carepath import evaluate
+    from carepath.backends import durable
 
     want = engine.evaluate(case())
 
@@ -160,7 +191,7 @@ def test_a_failure_inside_durable_rules_resets_the_session(engine: Engine, monke
             Failing.calls += 1
             raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(evaluate, "_dre", Failing())
+    monkeypatch.setattr(durable, "_dre", Failing())
     with pytest.raises(RuntimeError, match="injected"):
         engine.evaluate(case())
     assert Failing.calls == 1
@@ -217,7 +248,7 @@ def test_engines_give_back_durable_rules_handles(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(dre, "create_ruleset", create)
     monkeypatch.setattr(dre, "delete_ruleset", delete)
     engines = [Engine(checked) for _ in range(3)]
-    kept = {c.handle for e in engines for c in e._compiled}
+    kept = {rs.handle for e in engines for rs in e.compiled.rulesets}  # type: ignore[attr-defined]
     assert len(kept) == 3 * len(checked) and kept <= live  # each engine's own rulesets, in use
     assert len(created) > 3 * len(checked)  # ... and the pattern-size probes, already given back
     assert live == kept
@@ -280,10 +311,10 @@ def test_memoised_reasons_and_plans_equal_freshly_made_ones(monkeypatch: pytest.
 
 
 def test_compiled_reasons_equal_the_interpreted_walk() -> None:
-    """decide() writes reasons with compiled closures (compile.reasoner); they must say exactly what
+    """decide() writes reasons with compiled closures (lang.reasoner); they must say exactly what
     lang.true_literals + lang.describe say, on every golden scenario and 300 synthetic cases."""
     from carepath import lang
-    from carepath.compile import reasoner
+    from carepath.lang import reasoner
     from carepath.population.synth import synth_lines
     from carepath.scenarios import iter_scenarios
 
@@ -315,10 +346,10 @@ def test_posting_into_every_ruleset_fires_the_same_rules() -> None:
 
 
 def test_facts_post_only_the_values_some_pattern_tests() -> None:
-    """Engine._post leaves out a flag value no pattern tests for (comp.fact_tests): the rules that
+    """The durable backend leaves out a flag value no pattern tests for (fact_tests): the rules that
     fire must be those the reference backend finds on every fact, and the pruning must bite."""
-    from carepath import compile as comp
     from carepath import lang
+    from carepath.backends import durable as comp
     from carepath.population.synth import synth_lines
 
     vocab = lang.Vocabulary({}, frozenset({"chest_pain", "dyspnoea"}))
@@ -327,12 +358,14 @@ def test_facts_post_only_the_values_some_pattern_tests() -> None:
     tests = comp.fact_tests([expr])
     assert sorted(tests.items()) == [("f_chest_pain", frozenset({1})), ("f_dyspnoea", frozenset({0}))]
     bundled = Engine.from_directory(None)
+    reference = bundled.with_backend("reference")
     pruned = 0
     for line in synth_lines(300, 11):
         _, facts = bundled.prepare(json.loads(line))
         got = bundled.fire(facts, every_ruleset=True)
-        assert [(i, ks) for i, _, ks in got] == [(i, ks) for i, _, ks in bundled.fire(facts, backend="reference")]
-        for c in bundled._compiled:
+        assert [(i, ks) for i, _, ks in got] == [(i, ks) for i, _, ks in reference.fire(facts)]
+        assert isinstance(bundled.compiled, comp.DurableSet)
+        for c in bundled.compiled.rulesets:
             posted = c.build(facts)
             left_out = [k for k, want in c.valued if k in facts and facts[k] not in want]
             assert not {c.names[k] for k in left_out} & set(posted)
@@ -342,11 +375,11 @@ def test_facts_post_only_the_values_some_pattern_tests() -> None:
 
 
 def test_generated_truth_functions_agree_with_the_reference_evaluator() -> None:
-    """comp.holds (generated code: enrolment, factored-out sub-conditions) is TRUE exactly when
-    the reference evaluator says TRUE, for every condition of every bundled pathway, their
-    negations and their NNF sub-expressions, on synthetic patients."""
-    from carepath import compile as comp
+    """The durable backend's generated code (holds: enrolment, factored-out sub-conditions) is TRUE
+    exactly when the reference evaluator (lang.truth) says TRUE, for every condition of every
+    bundled pathway, their negations and their NNF sub-expressions, on synthetic patients."""
     from carepath import lang
+    from carepath.backends import durable as comp
     from carepath.population.synth import synth_lines
 
     bundled = Engine.from_directory(None)
@@ -360,7 +393,7 @@ def test_generated_truth_functions_agree_with_the_reference_evaluator() -> None:
                 exprs.append(x)
                 if isinstance(x, (lang.And, lang.Or)):
                     stack.extend(x.items)
-    pairs = [(comp.holds(e), comp.reference(e)) for e in exprs]
+    pairs = [(comp.holds(e), lang.truth(e)) for e in exprs]
     truths = {True: 0, False: 0, None: 0}
     for line in synth_lines(200, 13):
         _, facts = bundled.prepare(json.loads(line))

@@ -55,7 +55,7 @@ def engine() -> Engine:
 
 def decide(engine: Engine, c: dict[str, Any]) -> dict[str, Any]:
     d = engine.evaluate(c)
-    assert d == engine.evaluate(c, backend="reference"), "durable-rules and the reference evaluator disagree"
+    assert d == engine.with_backend("reference").evaluate(c), "durable-rules and the reference evaluator disagree"
     return d
 
 

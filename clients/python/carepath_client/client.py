@@ -39,7 +39,7 @@ from grpc_status import rpc_status
 from carepath_client._proto.v1 import case_pb2, decision_pb2
 from carepath_client._proto.v1 import decision_service_pb2 as ds
 from carepath_client._proto.v1 import pathway_service_pb2 as ps
-from carepath_client.codec import NotRepresentable, case_from_dict, decision_to_dict
+from carepath_client.codec import NotRepresentable, case_from_dict, decision_to_dict, pathway_from_message
 from carepath_client.contract import Decision
 from carepath_client.errors import CallError, CarepathError, CaseError, Diagnostic, FieldViolation
 
@@ -323,12 +323,11 @@ class CarepathClient:
     # ---------------------------------------------------------------- pathways
     def list_pathways(self, *, timeout: float | None = None) -> list[dict[str, str]]:
         resp: ps.ListPathwaysResponse = self._unary(self._list, ps.ListPathwaysRequest(), timeout)
-        return [{"id": p.id, "version": p.version, "sha256": p.sha256, "title": p.title, "file": p.file} for p in resp.pathways]
+        return [pathway_from_message(p) for p in resp.pathways]
 
     def get_pathway(self, pathway_id: str, *, timeout: float | None = None) -> dict[str, str]:
         resp: ps.GetPathwayResponse = self._unary(self._get, ps.GetPathwayRequest(id=pathway_id), timeout)
-        p = resp.pathway
-        return {"id": p.id, "version": p.version, "sha256": p.sha256, "title": p.title, "file": p.file, "source": p.source}
+        return pathway_from_message(resp.pathway, source=True)
 
     def validate_pathway(self, source: str, file: str = "<source>", *, timeout: float | None = None) -> list[Diagnostic]:
         """The same diagnostics as `carepath validate` (empty when the pathway is valid)."""

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any, cast
 
-from carepath_client._proto.v1 import case_pb2, decision_pb2
+from carepath_client._proto.v1 import case_pb2, decision_pb2, pathway_service_pb2
 from carepath_client.contract import Decision
 
 SETTINGS = {"community": case_pb2.SETTING_COMMUNITY, "hospital": case_pb2.SETTING_HOSPITAL}
@@ -298,3 +298,18 @@ def decision_to_dict(pb: decision_pb2.Decision) -> Decision:
         "site": {"id": pb.site.id, "sha256": pb.site.sha256},
     }
     return cast(Decision, decision)  # built key by key from the message above (tests/unit/test_contract.py)
+
+
+# ---------------------------------------------------------------- pathway info (PathwayService)
+
+PATHWAY_INFO_KEYS = ("id", "version", "sha256", "title", "file", "source")  # the pathway-info shape; "source" only when asked
+
+
+def pathway_from_message(p: pathway_service_pb2.Pathway, source: bool = False) -> dict[str, str]:
+    """A carepath.v1.Pathway as the pathway-info dict (``source`` only with ``source``)."""
+    return {k: getattr(p, k) for k in PATHWAY_INFO_KEYS if source or k != "source"}
+
+
+def pathway_to_message(info: Mapping[str, str | None], source: bool = False) -> pathway_service_pb2.Pathway:
+    """The pathway-info dict as a carepath.v1.Pathway (``source`` only with ``source``; a missing key is empty)."""
+    return pathway_service_pb2.Pathway(**{k: info.get(k) or "" for k in PATHWAY_INFO_KEYS if source or k != "source"})

@@ -24,7 +24,6 @@ reads, a resource type the case has no place for).
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -38,6 +37,7 @@ import orjson
 from pydantic import ValidationError
 
 from ..lang import ObsDef, Vocabulary
+from ..settings import current
 from .tables import PANEL, PREGNANCY_STATUS, VERSION, Tables, tables
 
 LOINC = "http://loinc.org"
@@ -145,7 +145,7 @@ class Mapped:
 
 def default_setting() -> tuple[str, str]:
     """The configured default setting: ``CAREPATH_SETTING`` (community or hospital), else community."""
-    env = os.environ.get("CAREPATH_SETTING")
+    env = current().setting
     if env:
         if env not in SETTINGS:
             raise FhirInputError(f"CAREPATH_SETTING must be community or hospital, not {env!r}")
@@ -230,10 +230,9 @@ READS: dict[str, frozenset[str]] = {
 
 
 def _cache_size() -> int:
-    try:
-        return max(0, int(os.environ.get("CAREPATH_FHIR_CACHE", "4096")))
-    except ValueError:
-        return 4096
+    from carepath.settings import current
+
+    return current().fhir_cache
 
 
 @lru_cache(maxsize=_cache_size())

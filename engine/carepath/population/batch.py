@@ -31,7 +31,8 @@ import orjson
 
 from ..case import MAX_CASE_BYTES, parse_json
 from ..errors import CarepathError, CaseError, PathwayError, raise_terminated
-from ..evaluate import Engine, bundled_pathways
+from ..evaluate import Engine
+from ..settings import bundled_pathways
 from ..site import Site
 
 Line = tuple[int, bytes | None]  # (1-based line number, raw bytes; None = over the size limit)

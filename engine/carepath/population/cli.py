@@ -52,7 +52,7 @@ def _synth_setup(p: argparse.ArgumentParser) -> None:
 @command("synth", _synth_setup)
 def _synth(args: argparse.Namespace) -> int:
     """Write a synthetic Luohu-like cohort as JSONL (deterministic by seed)."""
-    from ..evaluate import bundled_pathways
+    from ..settings import bundled_pathways
     from ..validate import validate_paths
     from .synth import DEFAULT_AS_OF, exams_known, synth_lines
 

@@ -33,9 +33,11 @@ from carepath.service.pool import LoadFailed, Pool, PoolError, Reply
 from carepath.service.tls import TlsError, TlsFiles, plaintext_refusal, server_credentials
 from carepath.service.validator import MAX_SOURCE, Busy, Failed, TimedOut, Validator
 from carepath.service.worker import clean_request_id, internal_error_line, utc_now
+from carepath.settings import current
 from carepath.site import Site
 from carepath_client._proto.v1 import decision_service_pb2 as ds
 from carepath_client._proto.v1 import pathway_service_pb2 as ps
+from carepath_client.codec import pathway_to_message
 
 log = logging.getLogger("carepath.service")
 rpc_log = logging.getLogger("carepath.rpc")
@@ -409,14 +411,7 @@ class DecisionServicer:
 
 
 def _pathway(info: dict[str, str], source: bool = False) -> ps.Pathway:
-    return ps.Pathway(
-        id=info["id"],
-        version=info["version"],
-        sha256=info["sha256"],
-        title=info.get("title", ""),
-        file=info.get("file", ""),
-        source=info.get("source", "") if source else "",
-    )
+    return pathway_to_message(info, source)
 
 
 class PathwayServicer:
@@ -781,7 +776,7 @@ class Service:
             log.warning(json.dumps({"event": "reloaded", "trigger": why, "pathway_set": gen.number, "pathways": pathways, "ms": ms}))
 
     def _watched(self) -> Path:
-        from carepath.evaluate import bundled_pathways
+        from carepath.settings import bundled_pathways
 
         return Path(self.pathways) if self.pathways else bundled_pathways()
 
@@ -829,7 +824,7 @@ def serve(**kwargs: Any) -> int:
     cut its CPU per call by about a fifth (bench/bench_grpc.py)."""
     configure_logging()
     service = Service(**kwargs)
-    if os.environ.get("CAREPATH_LOOP", "uvloop") != "asyncio":
+    if current().loop != "asyncio":
         try:
             import uvloop
         except ImportError:

@@ -47,7 +47,7 @@ def check(source: str, file: str, dictionary: tuple[str, str]) -> dict[str, Any]
     checked, diags = validate_source(source, file, vocabulary_text(dictionary[1], dictionary[0]))
     info = None
     if checked is not None and not diags:
-        info = {"id": checked.id, "version": checked.version, "sha256": checked.sha256, "title": checked.model.title, "file": file}
+        info = checked.info(file)
     return {"diagnostics": [(d.file, d.line, d.col, d.path, d.message, str(d)) for d in diags], "pathway": info}
 
 

@@ -31,9 +31,10 @@ from google.protobuf.message import DecodeError
 from carepath.case import LISTS, parse_json, too_many
 from carepath.cds import respond as cds_respond
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
-from carepath.evaluate import Engine, bundled_pathways
+from carepath.evaluate import Engine
 from carepath.fhir import FhirInputError
 from carepath.service.convert import case_to_dict, planned_response_bytes
+from carepath.settings import bundled_pathways
 from carepath.site import Site
 from carepath.validate import SourceSet, read_set
 from carepath_client._proto.v1 import decision_service_pb2 as ds
@@ -93,10 +94,7 @@ def log_internal(request_id: str, method: str, **more: Any) -> None:
 def pathway_info(engine: Engine) -> list[dict[str, str]]:
     """What PathwayService tells callers about the serving set: "file" is the file's name in the
     pathway directory, never the server's path to it."""
-    return [
-        {"id": p.id, "version": p.version, "sha256": p.sha256, "title": p.model.title, "file": Path(p.file).name, "source": p.source}
-        for p in engine.pathways
-    ]
+    return [p.info(source=True) for p in engine.pathways]
 
 
 class Worker:

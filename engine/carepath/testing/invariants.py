@@ -32,10 +32,11 @@ from hypothesis import strategies as st
 
 from .. import lang
 from ..case import validate_case
-from ..cli import dumps
 from ..decide import describe_recommendation
 from ..derive import Features, derive
 from ..evaluate import Engine
+from ..output import dumps
+from ..recommendations import BLOCKS, STARTS, URGENCIES, atc_overlap
 from ..validate import CheckedPathway
 
 T = TypeVar("T")
@@ -55,8 +56,7 @@ BUILTIN: tuple[str, ...] = (
     "emergency",
     "monotonicity",
 )
-STARTS = frozenset({"start", "add", "titrate", "switch"})
-URGENCY_LEVEL = {"routine": 1, "priority": 2, "emergency": 3}
+URGENCY_LEVEL = {u: len(URGENCIES) - i for i, u in enumerate(URGENCIES)}  # routine 1, priority 2, emergency 3
 
 
 @dataclass
@@ -97,10 +97,6 @@ class Violation(AssertionError):
 
 def summary(r: Mapping[str, Any]) -> str:
     return describe_recommendation(r)
-
-
-def atc_overlap(a: str, b: str) -> bool:
-    return a.startswith(b) or b.startswith(a)
 
 
 def matches(rec: Mapping[str, Any], pattern: Mapping[str, Any]) -> bool:
@@ -165,12 +161,14 @@ def yaml_invariants(engine: Engine) -> list[YamlInvariant]:
 class Checker:
     """Checks every invariant on one case. ``draw`` (Hypothesis ``data.draw``) picks metamorphic variants."""
 
-    def __init__(self, engine: Engine, *, only: Sequence[str] | None = None, backend: str = "durable") -> None:
-        self.engine = engine
-        self.backend = "reference" if backend == "reference" else "durable"
+    def __init__(self, engine: Engine, *, only: Sequence[str] | None = None, backend: str | None = None) -> None:
+        self.backend = backend or engine.backend.name
+        # the engine that decides: ``engine`` itself, or the same pathways compiled by ``backend``
+        self.engine = engine if engine.backend.name == self.backend else engine.with_backend(self.backend)
         self.enabled = set(only) if only is not None else set(BUILTIN)
         if self.backend == "reference":  # nothing to compare against: the differential check needs durable-rules
             self.enabled.discard("differential")
+        self._reference: Engine | None = None  # the differential check's second engine, made on first use
         # the engine's reading of a case (recency windows, site, visit convention), so a `given`
         # means what the same words mean in a rule: a stale value is unknown here too
         ef = engine.features
@@ -196,8 +194,13 @@ class Checker:
 
     def evaluate(self, case: Case, backend: str | None = None) -> Decision:
         """Evaluate with ``backend`` (default: the checker's own, durable-rules unless set to ``reference``)."""
-        chosen = backend or self.backend
-        return self.engine.evaluate(case, backend="reference" if chosen == "reference" else "durable")
+        if backend is None or backend == self.backend:
+            return self.engine.evaluate(case)
+        if backend != "reference":
+            raise ValueError(f"the checker compares against the reference backend, not {backend!r}")
+        if self._reference is None:
+            self._reference = self.engine.with_backend("reference")
+        return self._reference.evaluate(case)
 
     # ------------------------------------------------------------ the check
     def check(self, case: Case, draw: Draw | None = None, pathway: str | None = None) -> Decision:
@@ -259,7 +262,7 @@ class Checker:
                     if (x["kind"] == "medication" and x["action"] == "stop") or (x["kind"] == "alert" and x.get("severity") == "critical"):
                         raise fail("stable_down", f"{summary(r)} in the same decision as {summary(x)}")
         if "drug_safety" in on:
-            blocks = [r for r in recs if r["kind"] == "medication" and r["action"] in ("avoid", "stop")]
+            blocks = [r for r in recs if r["kind"] == "medication" and r["action"] in BLOCKS]
             for r in recs:
                 if r["kind"] != "medication" or r["action"] not in STARTS:
                     continue

@@ -35,9 +35,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ..errors import CaseError, PathwayError
-from ..evaluate import Engine, bundled_pathways
+from ..evaluate import Engine
 from ..load import Located, load_text
+from ..recommendations import BLOCKS, STARTS
 from ..scenarios import Scenario, check, iter_scenarios
+from ..settings import bundled_pathways
 from ..validate import CheckedPathway, check_set, find_dictionary, load_vocabulary, pathway_files
 from .runner import DEFAULT_SEED, check_engine, profile_settings
 from .strategies import CaseSpace
@@ -47,7 +49,6 @@ Apply = Callable[[Data], None]
 
 _CMP = re.compile(r"(?P<lhs>\b[a-z_]+(?:\([a-z_0-9, ]+\))?)\s*(?P<op>>=|<=|>|<)\s*(?P<num>\d+(?:\.\d+)?)")
 _NEG = {">=": "<", ">": "<=", "<=": ">", "<": ">="}
-_STARTS = {"start", "add", "titrate", "switch"}
 KINDS = ("validation", "scenario", "invariant")
 
 
@@ -164,11 +165,11 @@ def _emergency(r: Data) -> bool:
 
 
 def _block(r: Data) -> bool:
-    return r.get("kind") == "medication" and r.get("action") in ("avoid", "stop")
+    return r.get("kind") == "medication" and r.get("action") in BLOCKS
 
 
 def _start(r: Data) -> bool:
-    return r.get("kind") == "medication" and r.get("action") in _STARTS
+    return r.get("kind") == "medication" and r.get("action") in STARTS
 
 
 def _up_non_emergency(r: Data) -> bool:
@@ -617,12 +618,13 @@ def default_scenarios(root: Path) -> Path | None:
     return cand if cand.is_dir() else None
 
 
-def scenario_failures(engine: Engine, scenarios: Sequence[Scenario], backend: str = "durable") -> list[tuple[str, str]]:
-    """``(pathway/name, first failure)`` for every golden scenario whose expectations the engine's decision misses."""
+def scenario_failures(engine: Engine, scenarios: Sequence[Scenario]) -> list[tuple[str, str]]:
+    """``(pathway/name, first failure)`` for every golden scenario whose expectations the engine's decision misses
+    (evaluated with the engine's own backend)."""
     out: list[tuple[str, str]] = []
     for s in scenarios:
         try:
-            decision = engine.evaluate(s.case, backend="reference" if backend == "reference" else "durable")
+            decision = engine.evaluate(s.case)
         except CaseError as exc:  # e.g. a mutated dictionary no longer accepts the scenario's case
             out.append((f"{s.pathway}/{s.name}", f"case rejected: {exc}"))
             continue
@@ -641,14 +643,13 @@ def clinical_content(decision: dict[str, Any]) -> str:
     return json.dumps(sorted(json.dumps(r, sort_keys=True) for r in recs))
 
 
-def _differs(original: Engine, mutant: Engine, case: dict[str, Any], backend: str) -> bool:
-    b: Any = "reference" if backend == "reference" else "durable"
+def _differs(original: Engine, mutant: Engine, case: dict[str, Any]) -> bool:
     try:
-        a = clinical_content(original.evaluate(case, backend=b))
+        a = clinical_content(original.evaluate(case))
     except CaseError:
         return False
     try:
-        m = clinical_content(mutant.evaluate(case, backend=b))
+        m = clinical_content(mutant.evaluate(case))
     except CaseError:
         return True
     return a != m
@@ -671,7 +672,6 @@ def observable_difference(
     *,
     examples: int,
     seed: int | None,
-    backend: str = "durable",
 ) -> str | None:
     """A description of a case whose decision (clinical content) differs between the two engines, or None.
 
@@ -679,7 +679,7 @@ def observable_difference(
     that a changed (or dropped) rule's condition holds.
     """
     for s in scenarios:
-        if _differs(original, mutant, s.case, backend):
+        if _differs(original, mutant, s.case):
             return f"scenario {s.pathway}/{s.name}'s case"
     found: list[dict[str, Any]] = []
 
@@ -690,7 +690,7 @@ def observable_difference(
 
     @given(case=strategy)
     def search(case: dict[str, Any]) -> None:
-        if not found and _differs(original, mutant, case, backend):
+        if not found and _differs(original, mutant, case):
             found.append(case)
 
     wrapped = cfg(search)
@@ -740,8 +740,8 @@ def run_mutation(
         checked, diags = check_set_with(replace, keep)
         if diags:
             return res("validation", "validate", diags[0]), None
-        engine = Engine(checked)
-        fails = scenario_failures(engine, scens, backend)
+        engine = Engine(checked, backend=backend)
+        fails = scenario_failures(engine, scens)
         if fails and not invariants_too:
             return res("scenario", fails[0][0], fails[0][1], [n for n, _ in fails]), engine
         report = check_engine(
@@ -785,7 +785,6 @@ def run_mutation(
                     scens,
                     examples=equivalence_examples if equivalence_examples is not None else examples,
                     seed=seed,
-                    backend=backend,
                 )
                 if diff is None:
                     r.detail = (

@@ -26,9 +26,9 @@ from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 from hypothesis.reporting import with_reporter
 
 from .. import lang
-from ..cli import dumps
 from ..errors import CaseError
 from ..evaluate import Engine
+from ..output import dumps
 from .invariants import Checker, Violation, YamlInvariant
 from .strategies import CaseSpace
 
@@ -200,12 +200,13 @@ def check_engine(
     focus: str | Collection[str] | None = None,
     top_up: bool = True,
     yaml_examples: int | None = None,
-    backend: str = "durable",
+    backend: str | None = None,
 ) -> CheckReport:
     """Search for counterexamples to every invariant in every pathway of ``engine``.
 
-    ``backend="reference"`` evaluates with the reference evaluator (faster; the differential
-    invariant is then off, since it compares durable-rules against that evaluator).
+    ``backend`` (default: the engine's own) names the backend that decides: ``"reference"``
+    evaluates with the reference evaluator (faster; the differential invariant is then off, since
+    it compares durable-rules against that evaluator).
     ``focus`` limits the searches to one pathway id, or to several (an unknown id raises
     UnknownPathwayError, which names the known ones, rather than searching nothing).
     """

@@ -1,13 +1,26 @@
-"""Compile checked pathways two ways: durable-rules rulesets (production) and a pure-Python reference."""
+"""The durable-rules backend (production): each pathway compiled into a durable-rules ruleset in one
+host, and the case posted to it as one fact under short names, built by generated code.
+
+Only this module imports durable-rules (``Engine(..., backend="durable")`` imports it, through
+``backends.resolve``); the reference backend and the rest of carepath run without it.
+"""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+import json
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
-from . import lang
-from .lang import And, Cmp, Const, Enum, Expr, Flag, Not, Or, Present, Truth
+import durable_rules_engine as _dre
+import orjson
+from durable.engine import Host
+
+from .. import lang
+from ..lang import And, Cmp, Const, Enum, Expr, Flag, Or, Present
+from ..validate import CheckedPathway
 
 Json = dict[str, Any]
 _DR_OP = {"<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
@@ -45,7 +58,7 @@ def fact_tests(conditions: list[Expr]) -> dict[str, frozenset[object] | None]:
 
     durable-rules walks every property of a posted fact at each alpha node it reaches, so a
     property no pattern can match (a flag that is 0 where every rule tests it for 1) only costs
-    time: Engine._post leaves such properties out. Numbers are always kept (comparisons).
+    time: DurableSet.post leaves such properties out. Numbers are always kept (comparisons).
     """
     tests: dict[str, set[object] | None] = {}
     for cond in conditions:
@@ -123,23 +136,19 @@ def _fits(pattern: Json) -> bool:
     The probe ruleset is deleted at once: durable-rules has a fixed table of 131,071 ruleset
     handles per process, and every compiled rule is probed.
     """
-    import json
-
-    import durable_rules_engine as dre
-
     name = f"carepath_probe_{next(_ruleset_counter)}"
     try:
-        handle = dre.create_ruleset(name, json.dumps({"r": {"all": [{"m": pattern}]}}))
-    except dre.error:
+        handle = _dre.create_ruleset(name, json.dumps({"r": {"all": [{"m": pattern}]}}))
+    except _dre.error:
         return False
-    dre.delete_ruleset(handle)
+    _dre.delete_ruleset(handle)
     return True
 
 
 def durable_ruleset(conditions: list[Expr], subs: list[tuple[str, Expr]]) -> tuple[str, Json]:
     """A ruleset with rule ``r{k}`` for condition k, plus a catch-all so no assertion goes unhandled.
 
-    The engine reads which rules fired from durable-rules' action queue (Engine._post), so
+    The backend reads which rules fired from durable-rules' action queue (DurableSet.post), so
     the actions themselves do nothing.
     """
     name = f"carepath_{next(_ruleset_counter)}"
@@ -214,7 +223,7 @@ def _truth_source(e: Expr, consts: dict[str, object]) -> str:
 def holds(e: Expr) -> Callable[[lang.Facts], bool]:
     """Is `e` TRUE for these facts? One generated function (the reference closures, which
     dispatch per node and carry all three truth values, took 4-5 times as long); the
-    differential tests hold it to ``reference``."""
+    differential tests hold it to the reference evaluator (``lang.truth``)."""
     consts: dict[str, object] = {}
     body = _truth_source(lang.nnf(e), consts)
     return cast(Callable[[lang.Facts], bool], _generate(f"def holds(f):\n    g = f.get\n    return {body}\n", "holds", consts))
@@ -230,7 +239,7 @@ def fact_builder(
     """The fact durable-rules is given for a case: the numbers under `any_keys` that are known, the
     `valued` keys whose value some pattern tests for, 1 for each TRUE sub-condition, and `extra`,
     each under its name in `names` (short_names; `extra` as given); straight-line generated code,
-    one statement per key (Engine._post)."""
+    one statement per key (DurableSet.post)."""
     consts: dict[str, object] = {}
     lines = ["def build(f):", "    g = f.get", "    d = {}"]
     for k in any_keys:
@@ -257,111 +266,109 @@ def _generate(source: str, name: str, consts: dict[str, object]) -> Callable[...
     return cast(Callable[..., object], namespace[name])
 
 
-# ---------------------------------------------------------------- reference evaluator
+# ---------------------------------------------------------------- the host and the posts
 
-Program = Callable[[lang.Facts], Truth]
-
-
-def reference(e: Expr) -> Program:
-    """Kleene evaluation of the original AST (not the NNF), compiled to closures."""
-    if isinstance(e, Cmp):
-        key, value, test = e.num.key, e.value, lang._CMP[e.op]
-
-        def cmp(f: lang.Facts) -> Truth:
-            v = f.get(key)
-            return None if v is None else test(float(v), value)  # type: ignore[arg-type]
-
-        return cmp
-    if isinstance(e, Enum):
-        fld, values = e.field, e.values
-
-        def enum(f: lang.Facts) -> Truth:
-            v = f.get(fld)
-            return None if v is None else v in values
-
-        return enum
-    if isinstance(e, Flag):
-        key, want = e.key, e.value
-
-        def flag(f: lang.Facts) -> Truth:
-            v = f.get(key)
-            return None if v is None else bool(v) == want
-
-        return flag
-    if isinstance(e, Present):
-        key, want = e.key, e.value
-        return lambda f: bool(f.get(key)) == want
-    if isinstance(e, Not):
-        inner = reference(e.item)
-
-        def neg(f: lang.Facts) -> Truth:
-            t = inner(f)
-            return None if t is None else not t
-
-        return neg
-    if isinstance(e, And):
-        parts = [reference(i) for i in e.items]
-
-        def conj(f: lang.Facts) -> Truth:
-            return lang.all3(p(f) for p in parts)
-
-        return conj
-    if isinstance(e, Or):
-        parts = [reference(i) for i in e.items]
-
-        def disj(f: lang.Facts) -> Truth:
-            return lang.any3(p(f) for p in parts)
-
-        return disj
-    assert isinstance(e, Const)
-    value = e.value
-    return lambda f: value
+_SID = "case"  # the one durable-rules session of each ruleset (see DurableSet.post)
+_RETRACT = orjson.dumps({"sid": _SID, "id": "case"}).decode()
 
 
-def reasoner(e: Expr, vocab: lang.Vocabulary) -> Callable[[lang.Facts], list[str]]:
-    """``lang.true_literals`` then ``lang.describe``, compiled: the words for what made a TRUE
-    expression (in NNF) true. One walk that evaluates and explains together, without dispatching
-    on node types for every case."""
-    explain = _explainer(e, vocab)
+class _SyncHost(Host):  # type: ignore[misc]
+    """A durable-rules host without its background dispatch threads: all work is synchronous here."""
 
-    def words(f: lang.Facts) -> list[str]:
-        return explain(f) or []
-
-    return words
+    def _run(self) -> None:
+        return None
 
 
-def _explainer(e: Expr, vocab: lang.Vocabulary) -> Callable[[lang.Facts], list[str] | None]:
-    """The words for what makes `e` TRUE, or None when it is not TRUE (false or unknown).
+@dataclass
+class _Ruleset:
+    """One pathway as compiled for durable-rules."""
 
-    An AND is TRUE when every item is (its words are theirs, in order); an OR when some item is
-    (the first such item's words): exactly true_literals' choices on a TRUE expression.
-    """
-    if isinstance(e, And):
-        parts = [_explainer(i, vocab) for i in e.items]
+    name: str
+    handle: int  # the ruleset in durable-rules' C engine
+    build: Callable[[lang.Facts], dict[str, object]]  # the fact posted for a case (fact_builder)
+    valued: tuple[tuple[str, frozenset[object]], ...]  # keys posted only with a value some pattern tests
+    names: dict[str, str]  # each fact key's name in the ruleset and the posted fact (short_names)
+    enrols: Callable[[lang.Facts], bool]  # applies_to is TRUE (generated code: holds)
+    everyone: bool  # some rule has scope everyone: the ruleset is asked whatever the enrolment
 
-        def every(f: lang.Facts) -> list[str] | None:
-            out: list[str] = []
-            for p in parts:
-                w = p(f)
-                if w is None:
-                    return None
-                out.extend(w)
-            return out
 
-        return every
-    if isinstance(e, Or):
-        alts = [_explainer(i, vocab) for i in e.items]
+class DurableSet:
+    """A pathway set compiled into durable-rules rulesets in one host. Not thread-safe (durable-rules
+    is not): one per process, used by one thread."""
 
-        def first(f: lang.Facts) -> list[str] | None:
-            for p in alts:
-                w = p(f)
-                if w is not None:
-                    return w
-            return None
+    def __init__(self, pathways: Sequence[CheckedPathway]) -> None:
+        self._host = _SyncHost()
+        self.rulesets: list[_Ruleset] = []
+        for cp in pathways:
+            conds = [r.condition for r in cp.rules]
+            subs: list[tuple[str, lang.Expr]] = []
+            name, definition = durable_ruleset(conds, subs)
+            tests = fact_tests(conds)  # sub-conditions are only ever tested for TRUE: 1 or absent
+            names = short_names([*tests, *(k for k, _ in subs)])
+            self._host.set_rulesets(renamed_ruleset(definition, names))
+            handle = self._host.get_ruleset(name)._handle
+            valued = tuple(sorted((k, v) for k, v in tests.items() if v is not None))
+            numbers = tuple(sorted(k for k, v in tests.items() if v is None))
+            build = fact_builder(numbers, valued, subs, {"sid": _SID, "id": "case", "cp": 1}, names)
+            everyone = any(r.rule.scope == "everyone" for r in cp.rules)
+            self.rulesets.append(_Ruleset(name, handle, build, valued, names, holds(cp.applies), everyone))
+        for rs in self.rulesets:  # rulesets register lazily on the first post: warm them up now
+            self.post(rs, {})
+        # durable-rules' ruleset handles are a fixed per-process table: give them back with the set
+        weakref.finalize(self, _delete_rulesets, [rs.handle for rs in self.rulesets])
 
-        return first
-    holds = reference(e)
-    if isinstance(e, (Const, Not)):  # true or not, they name no literal
-        return lambda f: [] if holds(f) is True else None
-    say = lang.describer(e, vocab)
-    return lambda f: [say(f)] if holds(f) is True else None
+    def enrolled(self, index: int, facts: lang.Facts) -> bool:
+        return self.rulesets[index].enrols(facts)
+
+    def fire(self, index: int, facts: lang.Facts, enrolled: bool | None) -> list[int]:
+        """Every rule's condition is ``applies_to AND when``, so a pathway the patient is not
+        enrolled in (applies_to false or unknown) can fire nothing: durable-rules is not asked,
+        unless some rule has scope everyone (``enrolled`` None: it is asked anyway)."""
+        rs = self.rulesets[index]
+        if enrolled is None or enrolled or rs.everyone:
+            return self.post(rs, facts)
+        return []
+
+    @staticmethod
+    def post(rs: _Ruleset, facts: lang.Facts) -> list[int]:
+        """Assert the case as one fact, run every fired action, retract the fact.
+
+        Every post goes to the same session (_SID) of the ruleset, left empty after each case:
+        durable-rules makes a state fact for a session the first time it sees it and runs it
+        through the whole network, so a fresh session per case (deleted after) made each post about
+        1.5 times as dear. If anything goes wrong the session is deleted, so the next case starts
+        from a new one.
+        The loop is durable-rules' own action loop (Ruleset.do_actions) without its Python
+        closure objects and JSON round trips: an action only needs the rule's name.
+        """
+        fact = rs.build(facts)  # a value no pattern tests for would only cost (fact_tests)
+        fired: set[int] = set()
+        done = False
+        try:
+            code, state = _dre.assert_fact(rs.handle, orjson.dumps(fact).decode())
+            if code != 0:
+                raise RuntimeError(f"durable-rules did not handle the case (code {code})")
+            started = _dre.start_action_for_state(rs.handle, state)
+            message = started[1] if started else None
+            while message:
+                name = message[2 : message.index('"', 2)]  # {"r12": {...}}: the rule that fired
+                if name[0] == "r":
+                    fired.add(int(name[1:]))
+                message = _dre.complete_and_start_action(rs.handle, state)
+            done = _dre.retract_fact(rs.handle, _RETRACT)[0] == 0
+        finally:
+            if not done:  # an error, or the fact still there: the next case gets a new session
+                _dre.delete_state(rs.handle, _SID)
+        return sorted(fired)
+
+
+def _delete_rulesets(handles: list[int]) -> None:
+    for handle in handles:
+        _dre.delete_ruleset(handle)
+
+
+class DurableBackend:
+    name = "durable"
+
+    def compile(self, pathways: Sequence[CheckedPathway]) -> DurableSet:
+        return DurableSet(pathways)
