@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -227,6 +228,7 @@ def test_engines_give_back_durable_rules_handles(monkeypatch: pytest.MonkeyPatch
 
     import durable_rules_engine as dre
 
+    from carepath.backends import durable
     from carepath.validate import validate_paths
 
     checked, diags = validate_paths([BUNDLED], BUNDLED)
@@ -249,8 +251,9 @@ def test_engines_give_back_durable_rules_handles(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(dre, "delete_ruleset", delete)
     engines = [Engine(checked) for _ in range(3)]
     kept = {rs.handle for e in engines for rs in e.compiled.rulesets}  # type: ignore[attr-defined]
-    assert len(kept) == 3 * len(checked) and kept <= live  # each engine's own rulesets, in use
-    assert len(created) > 3 * len(checked)  # ... and the pattern-size probes, already given back
+    per_engine = sum(-(-max(len(p.rules), 1) // durable.CHUNK) for p in checked)  # a ruleset per CHUNK rules of a pathway
+    assert len(kept) == 3 * per_engine and kept <= live  # each engine's own rulesets, in use
+    assert len(created) > 3 * per_engine  # ... and the pattern-size probes, already given back
     assert live == kept
     del engines
     gc.collect()
@@ -434,3 +437,30 @@ def test_down_referral_needs_every_pathway_to_find_the_patient_stable() -> None:
     fine["observations"][2]["value"] = 3.0
     refs = [r for r in engine.evaluate(fine)["recommendations"] if r["kind"] == "referral"]
     assert [(r["direction"], r["rule"]) for r in refs] == [("down", "htn.down.stable")]
+
+
+def test_a_pathway_larger_than_a_durable_rules_ruleset_is_split(tmp_path: Path) -> None:
+    """durable-rules walks its network with a fixed stack of 64 nodes: 80 rules 'age >= k' and a
+    patient of 90 match 80 first-level tests at once (error 303, 'Could not assert fact'). The
+    backend compiles a pathway into rulesets of at most CHUNK rules, so the case is decided, and
+    decided as the reference evaluator decides it."""
+    import shutil
+
+    from carepath.backends import durable
+
+    rules = "".join(
+        f"  - {{id: big.r{k}, title: rule {k}, when: age >= {k}, citation: src,"
+        f" then: [{{kind: alert, severity: info, text: age at least {k}}}]}}\n"
+        for k in range(1, 81)
+    )
+    (tmp_path / "big.yaml").write_text(
+        "id: big\ntitle: Many rules\nversion: 1.0.0\nstatus: draft\nowners: [test]\napplies_to: everyone\n"
+        "citations:\n  src: {guideline: test, year: 2026, section: test}\nrules:\n" + rules
+    )
+    shutil.copy(BUNDLED / "dictionary.yaml", tmp_path / "dictionary.yaml")
+    engine = Engine.from_directory(tmp_path)
+    assert len(engine.compiled.rulesets) == -(-80 // durable.CHUNK)  # type: ignore[attr-defined]
+    case = {"patient_id": "p", "as_of": "2026-11-24", "setting": "community", "age": 90, "sex": "male"}
+    decision = engine.evaluate(case)
+    assert len(decision["trace"]) == 80
+    assert decision["recommendations"] == engine.with_backend("reference").evaluate(case)["recommendations"]

@@ -269,6 +269,11 @@ def _generate(source: str, name: str, consts: dict[str, object]) -> Callable[...
 # ---------------------------------------------------------------- the host and the posts
 
 _SID = "case"  # the one durable-rules session of each ruleset (see DurableSet.post)
+# Rules per durable-rules ruleset. Its network walk keeps the alpha nodes still to visit on a fixed
+# stack of 64 (events.c MAX_STACK_SIZE): a case that matches more first-level tests at once than
+# that is refused with error 303 (80 rules 'age >= k' and a patient of 90 do it). A pathway with
+# more rules is compiled into several rulesets of at most CHUNK rules, each case posted to each.
+CHUNK = 32
 _RETRACT = orjson.dumps({"sid": _SID, "id": "case"}).decode()
 
 
@@ -281,7 +286,7 @@ class _SyncHost(Host):  # type: ignore[misc]
 
 @dataclass
 class _Ruleset:
-    """One pathway as compiled for durable-rules."""
+    """One pathway, or a part of at most CHUNK of its rules, as compiled for durable-rules."""
 
     name: str
     handle: int  # the ruleset in durable-rules' C engine
@@ -290,6 +295,7 @@ class _Ruleset:
     names: dict[str, str]  # each fact key's name in the ruleset and the posted fact (short_names)
     enrols: Callable[[lang.Facts], bool]  # applies_to is TRUE (generated code: holds)
     everyone: bool  # some rule has scope everyone: the ruleset is asked whatever the enrolment
+    offset: int = 0  # the pathway's index of this ruleset's first rule (its rule r0)
 
 
 class DurableSet:
@@ -298,35 +304,41 @@ class DurableSet:
 
     def __init__(self, pathways: Sequence[CheckedPathway]) -> None:
         self._host = _SyncHost()
-        self.rulesets: list[_Ruleset] = []
+        self.rulesets: list[_Ruleset] = []  # every ruleset, in pathway order
+        self._parts: list[list[_Ruleset]] = []  # each pathway's rulesets (one per CHUNK rules)
         for cp in pathways:
-            conds = [r.condition for r in cp.rules]
-            subs: list[tuple[str, lang.Expr]] = []
-            name, definition = durable_ruleset(conds, subs)
-            tests = fact_tests(conds)  # sub-conditions are only ever tested for TRUE: 1 or absent
-            names = short_names([*tests, *(k for k, _ in subs)])
-            self._host.set_rulesets(renamed_ruleset(definition, names))
-            handle = self._host.get_ruleset(name)._handle
-            valued = tuple(sorted((k, v) for k, v in tests.items() if v is not None))
-            numbers = tuple(sorted(k for k, v in tests.items() if v is None))
-            build = fact_builder(numbers, valued, subs, {"sid": _SID, "id": "case", "cp": 1}, names)
             everyone = any(r.rule.scope == "everyone" for r in cp.rules)
-            self.rulesets.append(_Ruleset(name, handle, build, valued, names, holds(cp.applies), everyone))
+            enrols = holds(cp.applies)
+            parts: list[_Ruleset] = []
+            for offset in range(0, max(len(cp.rules), 1), CHUNK):
+                conds = [r.condition for r in cp.rules[offset : offset + CHUNK]]
+                subs: list[tuple[str, lang.Expr]] = []
+                name, definition = durable_ruleset(conds, subs)
+                tests = fact_tests(conds)  # sub-conditions are only ever tested for TRUE: 1 or absent
+                names = short_names([*tests, *(k for k, _ in subs)])
+                self._host.set_rulesets(renamed_ruleset(definition, names))
+                handle = self._host.get_ruleset(name)._handle
+                valued = tuple(sorted((k, v) for k, v in tests.items() if v is not None))
+                numbers = tuple(sorted(k for k, v in tests.items() if v is None))
+                build = fact_builder(numbers, valued, subs, {"sid": _SID, "id": "case", "cp": 1}, names)
+                parts.append(_Ruleset(name, handle, build, valued, names, enrols, everyone, offset))
+            self._parts.append(parts)
+            self.rulesets += parts
         for rs in self.rulesets:  # rulesets register lazily on the first post: warm them up now
             self.post(rs, {})
         # durable-rules' ruleset handles are a fixed per-process table: give them back with the set
         weakref.finalize(self, _delete_rulesets, [rs.handle for rs in self.rulesets])
 
     def enrolled(self, index: int, facts: lang.Facts) -> bool:
-        return self.rulesets[index].enrols(facts)
+        return self._parts[index][0].enrols(facts)
 
     def fire(self, index: int, facts: lang.Facts, enrolled: bool | None) -> list[int]:
         """Every rule's condition is ``applies_to AND when``, so a pathway the patient is not
         enrolled in (applies_to false or unknown) can fire nothing: durable-rules is not asked,
         unless some rule has scope everyone (``enrolled`` None: it is asked anyway)."""
-        rs = self.rulesets[index]
-        if enrolled is None or enrolled or rs.everyone:
-            return self.post(rs, facts)
+        parts = self._parts[index]
+        if enrolled is None or enrolled or parts[0].everyone:
+            return [rs.offset + k for rs in parts for k in self.post(rs, facts)]
         return []
 
     @staticmethod
