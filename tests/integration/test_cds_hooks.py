@@ -22,7 +22,7 @@ from grpc_helpers import Server
 from carepath.cds.cards import EXT_AS_OF, EXT_MAPPING, EXT_SETTING, SUMMARY_MAX, empty_values
 from carepath.cds.feedback import SqliteStore
 
-SHARED = ROOT.parent / "shared" / "data" / "cds-hooks"
+SHARED = ROOT / "tests" / "fixtures" / "cds-hooks"  # the official examples, copied from ../shared/data/cds-hooks with their PROVENANCE.md
 SYNTHEA = sorted((ROOT / "tests" / "fixtures" / "fhir" / "synthea").glob("*.json"))
 AS_OF = "2021-04-01"
 KEYS = {
