@@ -224,27 +224,27 @@ def wall(pythonpath: str, n: int, pathways: str) -> dict[str, float]:
     return {name: float(us) for name, us in (line.split("\t") for line in out.splitlines() if "\t" in line)}
 
 
+def export(rev: str, parts: list[str], dest: Path) -> Path:
+    """The paths ``parts`` of REV, written under ``dest`` (made here) with `git archive`."""
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *parts], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def checkout(rev: str, tmp: Path) -> str:
     """engine/carepath of REV (and its clients/python/carepath_client, where REV has one) in a
     directory of its own, importable as carepath: the PYTHONPATH that puts them first."""
-    dest = tmp / f"rev-{re.sub(r'[^A-Za-z0-9]', '_', rev)}"
-    dest.mkdir()
     client = "clients/python/carepath_client"
     has_client = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:{client}"], capture_output=True).returncode == 0
-    parts = ["engine/carepath", *([client] if has_client else [])]
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *parts], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    dest = export(rev, ["engine/carepath", *([client] if has_client else [])], tmp / f"rev-{re.sub(r'[^A-Za-z0-9]', '_', rev)}")
     # the generated protobuf modules are in git (in the engine or, since the split, in the client): REV's own come along
     return os.pathsep.join(str(dest / p) for p in ("engine", "clients/python"))
 
 
 def own_pathways(rev: str, tmp: Path) -> str:
     """REV's pathways/ in a directory of its own."""
-    dest = tmp / f"pathways-{re.sub(r'[^A-Za-z0-9]', '_', rev)}"
-    dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "pathways"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return str(dest / "pathways")
+    return str(export(rev, ["pathways"], tmp / f"pathways-{re.sub(r'[^A-Za-z0-9]', '_', rev)}") / "pathways")
 
 
 def main() -> int:
