@@ -100,7 +100,21 @@ class _Body:
     key order; the rest is filled in per case). ``wire`` keeps the service's protobuf
     encodings of its fixed parts, by the rules merged into it (service.convert)."""
 
-    __slots__ = ("body", "essential", "in_hospital", "key", "kind", "label", "order", "priority", "rule", "sort", "stable", "template", "wire")
+    __slots__ = (
+        "body",
+        "essential",
+        "in_hospital",
+        "key",
+        "kind",
+        "label",
+        "order",
+        "priority",
+        "rule",
+        "sort",
+        "stable",
+        "template",
+        "wire",
+    )
 
     def __init__(
         self,
