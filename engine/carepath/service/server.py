@@ -677,7 +677,12 @@ class Service:
             ],
         )
         decisions = DecisionServicer(self.pool, PeerLimit(self.max_per_peer))
-        server.add_generic_rpc_handlers((decisions.handler(), PathwayServicer(self.pool, Validator(self.pool.ctx)).handler()))
+        from carepath.service.feedback import FeedbackServicer
+
+        feedback = FeedbackServicer(self.audit)
+        server.add_generic_rpc_handlers(
+            (decisions.handler(), feedback.handler(), PathwayServicer(self.pool, Validator(self.pool.ctx)).handler())
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (DECISION, PATHWAY, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         if self.reflection:
@@ -747,6 +752,7 @@ class Service:
         for t in tasks:
             t.cancel()
         await self.pool.close()
+        feedback.close()
         if self.audit:
             self.audit.close()
         _rpc_lines.flush()
