@@ -65,7 +65,8 @@ def with_recommendations(c: CarepathClient, at_least: int = 2) -> tuple[str, lis
         got = c.evaluate_recorded(varied_case(i))
         if len(got.decision["recommendations"]) >= at_least:
             assert got.decision_id.startswith("d-")
-            return got.decision_id, list(got.decision["recommendations"])
+            recs: list[dict[str, Any]] = [dict(r) for r in got.decision["recommendations"]]
+            return got.decision_id, recs
     raise AssertionError(f"no varied case has {at_least} recommendations on the fixture pathway")
 
 
@@ -166,12 +167,25 @@ def test_unknown_decision_or_recommendation_is_not_found(server: Server, pki: di
         ),
         ({"items": [ds.RecommendationFeedback(recommendation=0)]}, "items[0].outcome", "is required"),
         (
-            {"items": [ds.RecommendationFeedback(outcome=1, reason=ds.OVERRIDE_REASON_OTHER)]},
+            {"items": [ds.RecommendationFeedback(outcome=ds.FEEDBACK_OUTCOME_ACCEPTED, reason=ds.OVERRIDE_REASON_OTHER)]},
             "items[0].reason",
             "a reason is for an override",
         ),
-        ({"items": [ds.RecommendationFeedback(outcome=1, reason_text="x" * 1001)]}, "items[0].reason_text", "at most 1000"),
-        ({"items": [ds.RecommendationFeedback(outcome=1), ds.RecommendationFeedback(outcome=1)]}, "items[1].recommendation", "twice"),
+        (
+            {"items": [ds.RecommendationFeedback(outcome=ds.FEEDBACK_OUTCOME_ACCEPTED, reason_text="x" * 1001)]},
+            "items[0].reason_text",
+            "at most 1000",
+        ),
+        (
+            {
+                "items": [
+                    ds.RecommendationFeedback(outcome=ds.FEEDBACK_OUTCOME_ACCEPTED),
+                    ds.RecommendationFeedback(outcome=ds.FEEDBACK_OUTCOME_ACCEPTED),
+                ]
+            },
+            "items[1].recommendation",
+            "twice",
+        ),
         ({"at": "yesterday"}, "at", "RFC 3339"),
         ({"at": "2999-01-01T00:00:00Z"}, "at", "in the future"),
     ],

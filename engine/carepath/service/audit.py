@@ -577,6 +577,8 @@ def prune(path: Path, before: str, caller: str = "carepath audit prune") -> Prun
     appends an AuditPrune record naming it (request_id ``through-SEQ``, response_sha256 its hash).
     Records are deleted from the start only (up to the last one older than ``before``), so the rest
     is still one chain. Safe beside a running server (the file's write lock orders them)."""
+    if not path.is_file():
+        raise AuditError(f"{path}: no such audit file")
     db = connect(path, create=True)
     try:
         db.execute("BEGIN IMMEDIATE")
