@@ -58,6 +58,7 @@ from carepath_client.errors import CarepathError  # noqa: E402
 
 TIMEOUT = 10.0  # each call's deadline, retries included
 STREAM_CASES = 32
+TOKEN_LIFETIME = 30  # seconds
 
 
 @dataclass
@@ -138,7 +139,18 @@ class Soak:
         return load_pem_private_key((self.keys / "idp.key").read_bytes(), password=None)
 
     def token(self) -> str:
-        return devpki.token(self.idp_key, "example-1", alg="ES256", issuer=devpki.ISSUER, audience=devpki.AUDIENCE, scope=devpki.ALL_SCOPES)
+        """A fresh single-use token that expires in TOKEN_LIFETIME s: the server keeps each token id it
+        has seen until the token expires (replay protection), so that memory plateaus after
+        TOKEN_LIFETIME plus the 30 s leeway; RSS growth is measured after that."""
+        return devpki.token(
+            self.idp_key,
+            "example-1",
+            alg="ES256",
+            issuer=devpki.ISSUER,
+            audience=devpki.AUDIENCE,
+            scope=devpki.ALL_SCOPES,
+            lifetime=TOKEN_LIFETIME,
+        )
 
     def start(self) -> None:
         k = self.keys
@@ -199,7 +211,9 @@ class Soak:
         return CarepathClient(self.target, channel=ch, timeout=TIMEOUT, token=self.token)
 
     def minute(self) -> int:
-        return int((time.monotonic() - self.t0) // 60)
+        """The minute a call ended in (a call ending after the run's last whole minute counts in it)."""
+        last = max(0, int(self.args.seconds // 60) - 1)
+        return min(int((time.monotonic() - self.t0) // 60), last)
 
     def unary(self, n: int) -> None:
         i = n * 1_000_000
@@ -246,8 +260,13 @@ class Soak:
             return 0, 0
 
     def workers(self) -> list[int]:
+        """The live workers of the newest pathway set (an older set's are being retired by a reload)."""
+        started = self.events("worker_started")
+        newest = max((int(ev["pathway_set"]) for ev in started), default=0)
         alive = []
-        for ev in self.events("worker_started"):
+        for ev in started:
+            if int(ev["pathway_set"]) != newest:
+                continue
             pid = int(ev["pid"])
             try:
                 if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
@@ -257,24 +276,34 @@ class Soak:
         return alive
 
     def chaos(self) -> None:
-        """RSS every 2 s; SIGHUP every reload_every s; a worker SIGKILLed every kill_every s."""
+        """RSS every 2 s; a worker SIGKILLed every kill_every s; SIGHUP every reload_every s (after
+        the kill when both are due)."""
         next_reload, next_kill = self.args.reload_every, self.args.kill_every
         while not self.stop.wait(2.0):
             now = time.monotonic() - self.t0
             self.rss.append((now, *self.tree()))
-            if now >= next_reload:
-                self.proc.send_signal(signal.SIGHUP)
-                self.reloads += 1
-                next_reload += self.args.reload_every
             if now >= next_kill:
                 pids = self.workers()
                 if pids:
                     os.kill(random.choice(pids), signal.SIGKILL)
                     self.kills += 1
                 next_kill += self.args.kill_every
+            if now >= next_reload:
+                self.proc.send_signal(signal.SIGHUP)
+                self.reloads += 1
+                next_reload += self.args.reload_every
 
     def run(self) -> dict[str, Any]:
         self.start()
+        try:
+            return self._run()
+        finally:
+            self.stop.set()
+            if self.proc.poll() is None:  # interrupted: the server goes too
+                self.proc.kill()
+                self.proc.wait(30)
+
+    def _run(self) -> dict[str, Any]:
         self.t0 = time.monotonic()
         threads = [threading.Thread(target=self.unary, args=(n,)) for n in range(self.args.callers)]
         threads += [threading.Thread(target=self.streams, args=(n,)) for n in range(self.args.streams)]
