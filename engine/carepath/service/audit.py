@@ -30,10 +30,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
-import uuid
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -420,7 +421,9 @@ def _failure(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) ->
 
 
 def new_decision_id() -> str:
-    return "d-" + uuid.uuid4().hex
+    """Time-ordered (nanoseconds, then 48 random bits), so the audit file's decision_id index grows at
+    its end rather than at random pages."""
+    return f"d-{time.time_ns():016x}{os.urandom(6).hex()}"
 
 
 def with_decision_id(action: str, response: bytes, fields: dict[str, Any]) -> bytes:
