@@ -531,7 +531,7 @@ class _Http:
         self.server, self.task, self.store, self.port = server, task, store, port
 
     @classmethod
-    async def start(cls, pool: Pool, opts: CdsHooksOptions) -> _Http:
+    async def start(cls, pool: Pool, opts: CdsHooksOptions, audit: AuditLog | None = None) -> _Http:
         import contextlib
 
         import uvicorn
@@ -545,7 +545,8 @@ class _Http:
                 yield
 
         store = SqliteStore(opts.feedback_dir)
-        app = CdsHooks(pool, store, opts.config or CdsConfig()).app()
+        hooks = CdsHooks(pool, store, opts.config or CdsConfig(), audit)
+        app = hooks.app()
         sock = socket.create_server((opts.host, opts.port), reuse_port=False)
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="on", http="auto", loop="none", timeout_graceful_shutdown=None
@@ -557,7 +558,8 @@ class _Http:
                 task.result()
                 raise OSError("the CDS Hooks HTTP server did not start")
             await asyncio.sleep(0.01)
-        return cls(server, task, store, sock.getsockname()[1])
+        closing: Any = _Stores(store, hooks.audited) if hooks.audited is not None else store
+        return cls(server, task, closing, sock.getsockname()[1])
 
     async def stop(self, grace: float) -> None:
         self.server.config.timeout_graceful_shutdown = max(0.1, grace - CUT_BEFORE)
@@ -567,6 +569,17 @@ class _Http:
         except TimeoutError:
             self.server.force_exit = True
         self.store.close()
+
+
+class _Stores:
+    """Closes the CDS Hooks feedback store and the audit's reader together."""
+
+    def __init__(self, *stores: Any) -> None:
+        self.stores = stores
+
+    def close(self) -> None:
+        for s in self.stores:
+            s.close()
 
 
 def _bind_problem(host: str, port: int) -> str:
@@ -714,7 +727,7 @@ class Service:
         http: _Http | None = None
         if self.cds_hooks is not None:
             try:
-                http = await _Http.start(self.pool, self.cds_hooks)
+                http = await _Http.start(self.pool, self.cds_hooks, self.audit)
             except OSError as exc:
                 print(
                     f"carepath: cannot listen on {self.cds_hooks.host}:{self.cds_hooks.port} for CDS Hooks: {exc.strerror or exc}",
