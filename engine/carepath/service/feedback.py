@@ -315,7 +315,9 @@ def summarise(path: Path) -> FeedbackSummary:
     try:
         rules: dict[str, RuleFeedback] = {}
         n, first, last = 0, None, None
-        cur = db.execute("SELECT ts, rules FROM audit WHERE action IN ('Evaluate', 'EvaluateStream') AND outcome = 'OK' ORDER BY seq")
+        cur = db.execute(
+            "SELECT ts, rules FROM audit WHERE action IN ('Evaluate', 'EvaluateStream', 'CdsHooks') AND outcome = 'OK' ORDER BY seq"
+        )
         while chunk := cur.fetchmany(5000):
             for ts, fired in chunk:
                 n += 1

@@ -30,6 +30,8 @@ ACTIONS = {
     "ListPathways": "R",
     "GetPathway": "R",
     "RecordFeedback": "C",
+    "CdsHooks": "E",
+    "CdsFeedback": "C",
     "AuditPrune": "D",
 }
 MINOR = {
