@@ -184,7 +184,22 @@ def test_an_inserted_record_is_detected(tmp_path: Path) -> None:
         for seq in range(6, 2, -1):
             db.execute("UPDATE audit SET seq = seq + 1 WHERE seq = ?", (seq,))
         prev = db.execute("SELECT hash FROM audit WHERE seq = 2").fetchone()[0]
-        fields = ("2026-12-07T00:00:00.000Z", "ehr", ISS, None, "ipv4:127.0.0.1", "Evaluate", "OK", None, "r-inserted", "[]", "[]", None)
+        fields = (
+            "2026-12-07T00:00:00.000Z",
+            "ehr",
+            ISS,
+            None,
+            "ipv4:127.0.0.1",
+            "Evaluate",
+            "OK",
+            None,
+            "r-inserted",
+            "[]",
+            "[]",
+            None,
+            None,
+            None,
+        )
         db.execute(
             f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
             (3, *fields, prev, record_hash(3, fields, prev)),
@@ -199,7 +214,25 @@ def test_a_record_appended_without_the_chain_is_detected(tmp_path: Path) -> None
     with sqlite3.connect(path) as db:
         db.execute(
             f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-            (7, "2026-12-07T00:00:00.000Z", None, None, None, None, "Evaluate", "OK", None, "r-x", "[]", "[]", None, "0" * 64, "f" * 64),
+            (
+                7,
+                "2026-12-07T00:00:00.000Z",
+                None,
+                None,
+                None,
+                None,
+                "Evaluate",
+                "OK",
+                None,
+                "r-x",
+                "[]",
+                "[]",
+                None,
+                None,
+                None,
+                "0" * 64,
+                "f" * 64,
+            ),
         )
     done = verify(path)
     assert done.returncode == 1 and "record 7: its prev_hash is not record 6's hash" in done.stderr

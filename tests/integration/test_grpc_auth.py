@@ -69,6 +69,8 @@ def refused(server: Server, token: str | None, method: str = "evaluate") -> Call
             c.evaluate(SAMPLE)
         elif method == "list":
             c.list_pathways()
+        elif method == "get":  # the pathway's source
+            c.get_pathway("mini_htn")
         elif method == "validate":
             c.validate_pathway("id: x\n")
         else:
@@ -272,7 +274,7 @@ def test_a_bearer_scheme_is_required(server: Server, keys: Keys) -> None:
 
 @pytest.mark.parametrize(
     ("scope", "method"),
-    [(READ, "evaluate"), (READ, "stream"), (EVALUATE, "list"), (f"{EVALUATE} {READ}", "validate"), ("", "list")],
+    [(READ, "evaluate"), (READ, "stream"), (EVALUATE, "list"), (EVALUATE, "get"), (f"{EVALUATE} {READ}", "validate"), ("", "list")],
 )
 def test_a_missing_scope(server: Server, keys: Keys, scope: str, method: str) -> None:
     err = refused(server, keys.rs(scope=scope), method)

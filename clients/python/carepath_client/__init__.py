@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from carepath_client.client import CallError, CarepathClient, CaseInput, Result
+    from carepath_client.client import CallError, CarepathClient, CaseInput, Evaluated, FeedbackItem, FeedbackReceipt, Result
     from carepath_client.contract import Decision, PathwayUsed, Recommendation, SiteUsed, TraceEntry
     from carepath_client.errors import CarepathError, CaseError, Diagnostic, FieldViolation
 
@@ -29,6 +29,9 @@ __all__ = [
     "CaseInput",
     "Decision",
     "Diagnostic",
+    "Evaluated",
+    "FeedbackItem",
+    "FeedbackReceipt",
     "FieldViolation",
     "PathwayUsed",
     "Recommendation",
@@ -42,6 +45,9 @@ _WHERE = {
     "CarepathClient": "client",
     "CaseInput": "client",
     "Result": "client",
+    "Evaluated": "client",
+    "FeedbackItem": "client",
+    "FeedbackReceipt": "client",
     "Decision": "contract",
     "PathwayUsed": "contract",
     "Recommendation": "contract",

@@ -43,7 +43,7 @@ from carepath_client.codec import NotRepresentable, case_from_dict, decision_to_
 from carepath_client.contract import Decision
 from carepath_client.errors import CallError, CarepathError, CaseError, Diagnostic, FieldViolation
 
-__all__ = ["CallError", "CarepathClient", "CaseInput", "Result"]
+__all__ = ["CallError", "CarepathClient", "CaseInput", "Evaluated", "FeedbackItem", "FeedbackReceipt", "Result"]
 
 CaseInput = Mapping[str, Any] | case_pb2.Case
 Pem = str | Path | bytes  # a PEM file's path, or its bytes
@@ -63,6 +63,56 @@ class Result:
     request_id: str
     decision: Decision | None
     error: CarepathError | None
+    decision_id: str = ""  # the decision's id in the server's audit trail (servers with --audit): for record_feedback
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """evaluate_recorded's answer: the decision, with the ids that name it."""
+
+    request_id: str
+    decision_id: str  # empty when the server keeps no audit trail
+    decision: Decision
+
+
+OUTCOMES = {"accepted": ds.FEEDBACK_OUTCOME_ACCEPTED, "overridden": ds.FEEDBACK_OUTCOME_OVERRIDDEN}
+REASONS = tuple(
+    v.name.removeprefix("OVERRIDE_REASON_").lower()
+    for v in ds.DESCRIPTOR.enum_types_by_name["OverrideReason"].values
+    if v.number != ds.OVERRIDE_REASON_UNSPECIFIED
+)
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    """Feedback on one recommendation: its index in the decision's recommendations, ``accepted`` or
+    ``overridden``, and for an override a reason (one of REASONS: patient_declined, contraindicated,
+    already_done, data_incorrect, not_available, clinical_judgement, other) and free text. ``rule``
+    (the recommendation's rule), when given, is checked by the server."""
+
+    recommendation: int
+    outcome: str
+    reason: str | None = None
+    reason_text: str = ""
+    rule: str = ""
+
+    def message(self) -> ds.RecommendationFeedback:
+        if self.outcome not in OUTCOMES:
+            raise CarepathError(f"FeedbackItem.outcome: 'accepted' or 'overridden', not {self.outcome!r}")
+        if self.reason is not None and self.reason not in REASONS:
+            raise CarepathError(f"FeedbackItem.reason: one of {', '.join(REASONS)}, not {self.reason!r}")
+        reason = "OVERRIDE_REASON_" + (self.reason.upper() if self.reason else "UNSPECIFIED")
+        return ds.RecommendationFeedback(
+            recommendation=self.recommendation, rule=self.rule, outcome=OUTCOMES[self.outcome], reason=reason, reason_text=self.reason_text
+        )
+
+
+@dataclass(frozen=True)
+class FeedbackReceipt:
+    feedback_id: str
+    duplicate: bool  # the server had it already (a resend)
+    items: int
+    content_sha256: str
 
 
 def _case_fields(case: CaseInput) -> dict[str, Any]:
@@ -162,6 +212,11 @@ class CarepathClient:
             request_serializer=ds.EvaluateStreamRequest.SerializeToString,
             response_deserializer=ds.EvaluateStreamResponse.FromString,
         )
+        self._feedback = ch.unary_unary(
+            _DECISION + "RecordFeedback",
+            request_serializer=ds.RecordFeedbackRequest.SerializeToString,
+            response_deserializer=ds.RecordFeedbackResponse.FromString,
+        )
         self._list = ch.unary_unary(
             _PATHWAY + "ListPathways",
             request_serializer=ps.ListPathwaysRequest.SerializeToString,
@@ -245,6 +300,37 @@ class CarepathClient:
         typed as carepath_client.Decision."""
         return decision_to_dict(self.evaluate_proto(case, pathway_ids=pathway_ids, request_id=request_id, timeout=timeout))
 
+    def evaluate_recorded(
+        self, case: CaseInput, *, pathway_ids: Sequence[str] | None = None, request_id: str = "", timeout: float | None = None
+    ) -> Evaluated:
+        """The decision for one case with its request id and decision id (what record_feedback names)."""
+        req = ds.EvaluateRequest(request_id=request_id or uuid.uuid4().hex[:16], pathway_ids=list(pathway_ids or []), **_case_fields(case))
+        resp: ds.EvaluateResponse = self._unary(self._evaluate, req, timeout)
+        return Evaluated(resp.request_id, resp.decision_id, decision_to_dict(resp.decision))
+
+    def record_feedback(
+        self,
+        decision_id: str,
+        items: Sequence[FeedbackItem],
+        *,
+        feedback_id: str = "",
+        clinician: str = "",
+        at: str = "",
+        timeout: float | None = None,
+    ) -> FeedbackReceipt:
+        """Whether the clinician accepted or overrode each recommendation of a decision (RecordFeedback).
+        ``feedback_id`` (default: a new one) makes it safe to send again: it is retried like every call.
+        ``at``: when, RFC 3339 (default: now). NOT_FOUND (CallError) for an unknown decision or recommendation."""
+        req = ds.RecordFeedbackRequest(
+            feedback_id=feedback_id or uuid.uuid4().hex,
+            decision_id=decision_id,
+            items=[i.message() for i in items],
+            clinician=clinician,
+            at=at,
+        )
+        resp: ds.RecordFeedbackResponse = self._unary(self._feedback, req, timeout)
+        return FeedbackReceipt(resp.feedback_id, resp.duplicate, resp.items, resp.content_sha256)
+
     def evaluate_many(
         self, cases: Iterable[CaseInput], *, pathway_ids: Sequence[str] | None = None, timeout: float | None = None
     ) -> Iterator[Result]:
@@ -294,7 +380,7 @@ class CarepathClient:
                         req = sent.popleft()
                     failures = 0
                     if resp.WhichOneof("result") == "decision":
-                        yield Result(resp.request_id, decision_to_dict(resp.decision), None)
+                        yield Result(resp.request_id, decision_to_dict(resp.decision), None, resp.decision_id)
                     elif resp.error.code == _UNAVAILABLE:  # no worker could take it: this case alone, retried as a unary call
                         yield self._evaluate_again(req, end)
                     else:
@@ -318,7 +404,7 @@ class CarepathClient:
             resp: ds.EvaluateResponse = self._unary(self._evaluate, one, max(0.001, end - time.monotonic()))
         except CarepathError as exc:
             return Result(req.request_id, None, exc)
-        return Result(resp.request_id, decision_to_dict(resp.decision), None)
+        return Result(resp.request_id, decision_to_dict(resp.decision), None, resp.decision_id)
 
     # ---------------------------------------------------------------- pathways
     def list_pathways(self, *, timeout: float | None = None) -> list[dict[str, str]]:

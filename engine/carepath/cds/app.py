@@ -60,10 +60,21 @@ def outcome(status: int, text: str, field: str | None = None, code: str = "inval
     return Response(orjson.dumps(body), status_code=status, media_type="application/fhir+json")
 
 
+def _peer(request: Request) -> str:
+    return f"ipv4:{request.client.host}" if request.client else ""
+
+
 class CdsHooks:
-    def __init__(self, pool: Pool, store: FeedbackStore, config: CdsConfig) -> None:
+    def __init__(self, pool: Pool, store: FeedbackStore, config: CdsConfig, audit: Any = None) -> None:
+        """``audit``: the server's AuditLog (serve --audit): calls and card feedback are recorded in it
+        (carepath.cds.audited)."""
         self.pool = pool
         self.store = store
+        self.audited: Any = None
+        if audit is not None:
+            from carepath.cds.audited import CdsAudit
+
+            self.audited = CdsAudit(audit)
         self.config = config
         self.client: httpx.AsyncClient | None = None
         self._discovery: tuple[int, bytes, dict[str, dict[str, str]]] | None = None
@@ -181,6 +192,14 @@ class CdsHooks:
             self._log(f"POST /cds-services/{service_id}", 500, t0, rid, req.patient_id)
             return outcome(500, f"internal error; request id {rid}", code="exception")
         body, card_ids = reply.payload
+        if self.audited is not None:
+            from carepath.service.audit import WITHHELD, AuditError
+
+            try:
+                await self.audited.hook(service_id, rid, req.patient_id, body, _peer(request))
+            except AuditError:
+                self._log(f"POST /cds-services/{service_id}", 503, t0, rid, req.patient_id)
+                return outcome(503, f"{WITHHELD}; request id {rid}", code="transient")
         self.store.issued(service_id, ((c, req.patient_id) for c in card_ids))
         self._log(f"POST /cds-services/{service_id}", 200, t0, rid, req.patient_id)
         return Response(body, media_type="application/json")
@@ -201,6 +220,15 @@ class CdsHooks:
             if not self.store.was_issued(service_id, item.card):
                 self._log(method, 404, t0, "")
                 return outcome(404, f"card {item.card[:64]!r} was not issued by {service_id}", f"feedback[{i}].card", code="not-found")
+        if self.audited is not None:
+            from carepath.service.audit import AuditError
+
+            try:
+                for item in items:
+                    await self.audited.feedback(service_id, item.item, _peer(request))
+            except AuditError:
+                self._log(method, 503, t0, "")
+                return outcome(503, "the audit trail could not record this feedback; send it again later", code="transient")
         added = sum(self.store.add(service_id, item.item) for item in items)
         self._log(method, 200, t0, "")
         return Response(orjson.dumps({"received": len(items), "new": added}), media_type="application/json")

@@ -8,6 +8,7 @@ import signal
 import sys
 import tempfile
 from datetime import date
+from html import escape
 from pathlib import Path
 from typing import IO
 
@@ -220,9 +221,14 @@ REPORT_SUFFIXES = (*HTML_SUFFIXES, ".md", ".markdown")
 
 
 def _report_setup(p: argparse.ArgumentParser) -> None:
-    p.add_argument("decisions", metavar="DECISIONS", help="decisions JSONL from `carepath batch`, or - for stdin")
+    p.add_argument("decisions", metavar="DECISIONS", nargs="?", help="decisions JSONL from `carepath batch`, or - for stdin")
     p.add_argument("--out", metavar="FILE", help="report.html or report.md (default: Markdown on stdout)")
     p.add_argument("--title", default="carepath population report")
+    p.add_argument(
+        "--feedback",
+        metavar="AUDIT_DB",
+        help="the audit file of `carepath serve --audit`: add per-rule firing, acceptance and override rates and the top override reasons",
+    )
 
 
 @command("report", _report_setup)
@@ -232,6 +238,20 @@ def _report(args: argparse.Namespace) -> int:
 
     if args.out and Path(args.out).suffix.lower() not in REPORT_SUFFIXES:
         raise CarepathError(f"--out {args.out}: a report is .html (a page with charts) or .md (Markdown)")
+    if args.decisions is None and not args.feedback:
+        print("carepath report: give DECISIONS (from `carepath batch`), --feedback AUDIT_DB, or both", file=sys.stderr)
+        return 2
+    html_out = bool(args.out) and Path(args.out).suffix.lower() in HTML_SUFFIXES
+    feedback = _feedback_section(args.feedback, html_out) if args.feedback else ""
+    if args.decisions is None:
+        text = (
+            f"<!doctype html><title>{escape(args.title)}</title>\n<h1>{escape(args.title)}</h1>\n{feedback}"
+            if html_out
+            else f"# {args.title}\n\n{feedback}"
+        )
+        with OutputFile(args.out) as out:
+            out.write(text.encode())
+        return 0
     if args.decisions == "-":
         summary = aggregate(sys.stdin.buffer)
     else:
@@ -246,13 +266,26 @@ def _report(args: argparse.Namespace) -> int:
             f"{args.decisions} holds no carepath decisions (not one: line(s) {first}; a decision has pathways, "
             "recommendations and trace): give it what `carepath batch` wrote, not the cohort"
         )
-    if args.out and Path(args.out).suffix.lower() in HTML_SUFFIXES:
+    if html_out:
         text = render_html(summary, args.title)
+        if feedback:
+            text = text.replace("</body>", feedback + "</body>", 1) if "</body>" in text else text + feedback
     else:
-        text = render_markdown(summary, args.title)
+        text = render_markdown(summary, args.title) + ("\n" + feedback if feedback else "")
     with OutputFile(args.out) as out:
         out.write(text.encode())
     return 0
+
+
+def _feedback_section(path: str, html_out: bool) -> str:
+    from carepath.service.audit import AuditError
+    from carepath.service.feedback import render_feedback_html, render_feedback_markdown, summarise
+
+    try:
+        summary = summarise(Path(path))
+    except AuditError as exc:
+        raise CarepathError(f"--feedback {exc}") from None
+    return render_feedback_html(summary) if html_out else render_feedback_markdown(summary)
 
 
 def _diff_setup(p: argparse.ArgumentParser) -> None:

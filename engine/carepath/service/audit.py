@@ -30,9 +30,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -54,25 +56,50 @@ KEY_MIN = 16  # bytes of --audit-key at least
 LOCK_TIMEOUT = 10.0  # seconds a commit waits for another writer's lock on the file before it fails
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,      -- 1, 2, 3, ... with no gaps
+    seq INTEGER PRIMARY KEY,      -- 1, 2, 3, ... with no gaps (after the anchor, once pruned)
     ts TEXT NOT NULL,             -- UTC, ISO 8601 to the millisecond
     subject TEXT,                 -- the token's sub
     issuer TEXT,                  -- the token's iss
     certificate TEXT,             -- the client certificate's subject (mutual TLS)
     peer TEXT,                    -- the caller's address
-    action TEXT NOT NULL,         -- the RPC (Evaluate, EvaluateStream, ListPathways, ...)
+    action TEXT NOT NULL,         -- the RPC (Evaluate, EvaluateStream, ListPathways, ..., RecordFeedback, AuditPrune)
     outcome TEXT NOT NULL,        -- the gRPC status name
     patient TEXT,                 -- patient_id, or hmac-sha256:... of it with --audit-key
-    request_id TEXT,
+    request_id TEXT,              -- the request id (RecordFeedback: the feedback id)
     pathways TEXT NOT NULL,       -- JSON [[id, version, sha256], ...]
     rules TEXT NOT NULL,          -- JSON [rule id, ...] that fired
-    response_sha256 TEXT,         -- of the response message's bytes as sent
+    response_sha256 TEXT,         -- of the response message's bytes as sent (AuditPrune: the last pruned record's hash)
+    decision_id TEXT,             -- a decision's id (EvaluateResponse.decision_id); RecordFeedback: the decision it is on
+    recommendations TEXT,         -- a decision's recommendations, JSON [[kind, rule], ...] in order
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+CREATE INDEX IF NOT EXISTS audit_decision ON audit (decision_id) WHERE decision_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS anchor (   -- after a prune: the last record pruned (the chain continues from it)
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (  -- RecordFeedback (and CDS Hooks feedback): one row per recommendation
+    feedback_id TEXT NOT NULL,
+    item INTEGER NOT NULL,        -- its index in the request
+    decision_id TEXT NOT NULL,
+    recommendation INTEGER NOT NULL,  -- the index in the decision's recommendations
+    kind TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    outcome TEXT NOT NULL,        -- accepted or overridden
+    reason TEXT,                  -- the coded reason (patient_declined, ...)
+    reason_text TEXT,             -- free text
+    clinician TEXT,
+    at TEXT NOT NULL,             -- when the clinician acted (UTC)
+    audit_seq INTEGER NOT NULL,   -- the audit record of this feedback
+    content_sha256 TEXT NOT NULL, -- of the feedback's canonical content (a resend is compared with it)
+    PRIMARY KEY (feedback_id, item)
+);
+CREATE INDEX IF NOT EXISTS feedback_seq ON feedback (audit_seq);
 """
-COLUMNS = (
+LEGACY = (  # the columns of an audit file written before decision ids: opened and given the new columns
     "seq",
     "ts",
     "subject",
@@ -89,6 +116,9 @@ COLUMNS = (
     "prev_hash",
     "hash",
 )
+COLUMNS = (*LEGACY[:-2], "decision_id", "recommendations", "prev_hash", "hash")
+EXTENSION = 2  # the trailing content fields that enter a record's hash only when one is set
+PRUNE = "AuditPrune"  # the action of the record a prune appends
 
 
 class AuditError(Exception):
@@ -109,10 +139,16 @@ class Record:
     pathways: str  # JSON
     rules: str  # JSON
     response_sha256: str | None
+    decision_id: str | None = None
+    recommendations: str | None = None  # JSON
 
 
 def record_hash(seq: int, fields: tuple[Any, ...], prev_hash: str) -> str:
-    """sha256 over the record's seq, content (Record's fields in order) and prev_hash, as compact JSON."""
+    """sha256 over the record's seq, content (Record's fields in order) and prev_hash, as compact JSON.
+    The extension fields (decision_id, recommendations) enter it only when one of them is set, so a
+    record without them hashes as records did before they existed (older files still verify)."""
+    if len(fields) == len(COLUMNS) - 3 and all(f is None for f in fields[-EXTENSION:]):
+        fields = fields[:-EXTENSION]
     body = json.dumps([seq, *fields, prev_hash], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
@@ -125,13 +161,48 @@ def connect(path: Path, create: bool) -> sqlite3.Connection:
         if create:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={AUDIT_SYNC}")
+        cols = [r[1] for r in db.execute("PRAGMA table_info(audit)")]
+        if tuple(cols) == LEGACY:  # written before decision ids: the new columns and tables are added
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ALTER TABLE audit ADD COLUMN decision_id TEXT")
+            db.execute("ALTER TABLE audit ADD COLUMN recommendations TEXT")
+            db.execute("COMMIT")
+        if create or tuple(cols) == LEGACY:
             db.executescript(SCHEMA)
         cols = [r[1] for r in db.execute("PRAGMA table_info(audit)")]
     except sqlite3.Error as exc:
         raise AuditError(f"{path}: cannot open the audit trail: {exc}") from None
-    if tuple(cols) != COLUMNS:
+    if sorted(cols) != sorted(COLUMNS):
         raise AuditError(f"{path}: not a carepath audit trail (table audit has columns {cols})")
     return db
+
+
+INSERT = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+FEEDBACK = (  # the feedback table's columns, audit_seq last (the writer adds it)
+    "feedback_id",
+    "item",
+    "decision_id",
+    "recommendation",
+    "kind",
+    "rule",
+    "outcome",
+    "reason",
+    "reason_text",
+    "clinician",
+    "at",
+    "content_sha256",
+    "audit_seq",
+)
+_Item = tuple[Record, list[tuple[Any, ...]] | None, asyncio.AbstractEventLoop, asyncio.Future[None]]
+
+
+def _head(db: sqlite3.Connection) -> tuple[int, str]:
+    """The last record's seq and hash; after a prune that left none, the anchor's; else (0, GENESIS)."""
+    last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    if last:
+        return int(last[0]), str(last[1])
+    anchor = db.execute("SELECT seq, hash FROM anchor").fetchone()
+    return (int(anchor[0]), str(anchor[1])) if anchor else (0, GENESIS)
 
 
 class AuditLog:
@@ -142,7 +213,7 @@ class AuditLog:
             raise AuditError(f"the audit key must be at least {KEY_MIN} bytes (got {len(key)})")
         self.path, self.key, self.fail_open = path, key, fail_open
         self.db = connect(path, create=True)
-        self.queue: queue.SimpleQueue[tuple[Record, asyncio.AbstractEventLoop, asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="carepath-audit", daemon=True)
         self.thread.start()
         self.written = 0
@@ -152,12 +223,14 @@ class AuditLog:
             return patient_id
         return "hmac-sha256:" + hmac.new(self.key, patient_id.encode(), hashlib.sha256).hexdigest()[:32]
 
-    async def append(self, rec: Record) -> None:
-        """Queue ``rec``; fail closed: return once it is committed (AuditError if it could not be)."""
+    async def append(self, rec: Record, feedback: list[tuple[Any, ...]] | None = None) -> None:
+        """Queue ``rec``; fail closed: return once it is committed (AuditError if it could not be).
+        ``feedback``: rows of the feedback table (without audit_seq, which is ``rec``'s seq), committed
+        in the same transaction as ``rec``; always waited for, fail open or not."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self.queue.put((rec, loop, fut))
-        if self.fail_open:
+        self.queue.put((rec, feedback, loop, fut))
+        if self.fail_open and feedback is None:
             fut.add_done_callback(lambda f: f.exception())  # logged by the writer; nobody waits
             return
         await fut
@@ -180,30 +253,34 @@ class AuditLog:
                 batch.append(nxt)
             error: AuditError | None = None
             try:
-                self._commit([rec for rec, _, _ in batch])
+                self._commit([(rec, fb) for rec, fb, _, _ in batch])
             except Exception as exc:
                 error = AuditError(f"{self.path}: the audit record could not be written: {exc}")
                 log.error(json.dumps({"event": "audit_failed", "records": len(batch), "error": str(exc), "fail_open": self.fail_open}))
-            for _, loop, fut in batch:
+            for _, _, loop, fut in batch:
                 try:
                     loop.call_soon_threadsafe(_settle, fut, error)
                 except RuntimeError:  # the loop is closed: nobody is waiting
                     pass
 
-    def _commit(self, records: list[Record]) -> None:
+    def _commit(self, records: list[tuple[Record, list[tuple[Any, ...]] | None]]) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, head = (last[0], last[1]) if last else (0, GENESIS)
-            rows = []
-            for rec in records:
+            seq, head = _head(db)
+            rows, feedback = [], []
+            for rec, fb in records:
                 seq += 1
                 fields = astuple(rec)
                 h = record_hash(seq, fields, head)
                 rows.append((seq, *fields, head, h))
                 head = h
-            db.executemany(f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+                feedback += [(*row, seq) for row in fb or ()]
+            db.executemany(INSERT, rows)
+            if feedback:  # a resend racing its first copy: the first one stays
+                db.executemany(
+                    f"INSERT OR IGNORE INTO feedback ({', '.join(FEEDBACK)}) VALUES ({', '.join('?' * len(FEEDBACK))})", feedback
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -228,6 +305,9 @@ class AuditLog:
         pathways: list[list[str]] | None = None,
         rules: list[str] | None = None,
         response: bytes | None = None,
+        decision_id: str | None = None,
+        recommendations: list[list[str]] | None = None,
+        pseudonymise: bool = True,
     ) -> Record:
         c = caller or Caller()
         return Record(
@@ -238,11 +318,13 @@ class AuditLog:
             peer=c.peer or None,
             action=action,
             outcome=outcome,
-            patient=self.pseudonym(patient) if patient else None,
+            patient=(self.pseudonym(patient) if pseudonymise else patient) if patient else None,
             request_id=request_id or None,
             pathways=json.dumps(pathways or [], separators=(",", ":")),
             rules=json.dumps(rules or [], separators=(",", ":")),
             response_sha256=hashlib.sha256(response).hexdigest() if response is not None else None,
+            decision_id=decision_id,
+            recommendations=None if recommendations is None else json.dumps(recommendations, separators=(",", ":")),
         )
 
     async def refused(self, method: str, caller: Caller, exc: AuthError) -> None:
@@ -274,6 +356,7 @@ def _decision_fields(resp: ds.EvaluateResponse | ds.EvaluateStreamResponse) -> d
         "request_id": resp.request_id,
         "pathways": [[p.id, p.version, p.sha256] for p in d.pathways],
         "rules": rules,
+        "recommendations": [[r.WhichOneof("detail") or "", r.rule] for r in d.recommendations],
     }
 
 
@@ -303,11 +386,15 @@ def describe(action: str, response: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def request_id_of(action: str, request: Any) -> str | None:
-    """The request id of an Evaluate request that failed, when it is an id (never anything else)."""
-    if action != "Evaluate" or not isinstance(request, bytes):
+    """The request id of an Evaluate request (the feedback id of a RecordFeedback) that failed, when
+    it is an id (never anything else)."""
+    if action not in ("Evaluate", "RecordFeedback") or not isinstance(request, bytes):
         return None
     try:
-        rid = ds.EvaluateRequest.FromString(request).request_id
+        if action == "Evaluate":
+            rid = ds.EvaluateRequest.FromString(request).request_id
+        else:
+            rid = ds.RecordFeedbackRequest.FromString(request).feedback_id
     except Exception:
         return None
     return rid if rid and REQUEST_ID.fullmatch(rid) else None
@@ -331,6 +418,22 @@ def _failure(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) ->
     if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
         return code.name
     return "UNKNOWN"
+
+
+def new_decision_id() -> str:
+    """Time-ordered (nanoseconds, then 48 random bits), so the audit file's decision_id index grows at
+    its end rather than at random pages."""
+    return f"d-{time.time_ns():016x}{os.urandom(6).hex()}"
+
+
+def with_decision_id(action: str, response: bytes, fields: dict[str, Any]) -> bytes:
+    """A decision's response with a new decision id appended (protobuf merges a field appended to a
+    message's bytes), the id put in ``fields`` for its record; any other response as it is."""
+    if "recommendations" not in fields:
+        return response
+    did = fields["decision_id"] = new_decision_id()
+    tail = ds.EvaluateResponse(decision_id=did) if action == "Evaluate" else ds.EvaluateStreamResponse(decision_id=did)
+    return response + tail.SerializeToString()
 
 
 WITHHELD = "the audit trail could not record this call, so its response is withheld; retry later"
@@ -375,7 +478,10 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 except BaseException as exc:
                     await self._failed(context, action, exc, request)
                     raise
+                if action == "RecordFeedback":  # recorded by the servicer, with the feedback, in one transaction
+                    return response
                 outcome, fields = describe(action, response)
+                response = with_decision_id(action, response, fields)
                 await self._append(context, audit.record(_caller(context), action, outcome, response=response, **fields))
                 return response
 
@@ -387,6 +493,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     async for response in inner_ss(requests, context):
                         outcome, fields = describe(action, response)
+                        response = with_decision_id(action, response, fields)
                         await self._append(context, audit.record(_caller(context), action, outcome, response=response, **fields))
                         yield response
                 except BaseException as exc:
@@ -417,10 +524,14 @@ def rows(db: sqlite3.Connection, where: str = "", args: tuple[Any, ...] = ()) ->
 
 
 def verify(path: Path) -> Verified:
-    """Walk the chain from the first record; stop at the first break and name it."""
+    """Walk the chain from the first record (after a prune, from the anchor: the last record pruned);
+    stop at the first break and name it. A prune's anchor must match the AuditPrune record the chain
+    holds for the latest prune, so records cut off the start and an anchor moved to hide it are found."""
     db = connect(path, create=False)
     try:
-        n, seq, head = 0, 0, GENESIS
+        anchor = db.execute("SELECT seq, hash FROM anchor").fetchone()
+        n, seq, head = (0, int(anchor[0]), str(anchor[1])) if anchor else (0, 0, GENESIS)
+        pruned: tuple[int, str] | None = None  # the latest AuditPrune record's (last seq pruned, its hash)
         for row in rows(db):
             rseq, fields, prev, h = row[0], row[1:-2], row[-2], row[-1]
             if rseq != seq + 1:
@@ -434,8 +545,69 @@ def verify(path: Path) -> Verified:
                 )
             if record_hash(rseq, tuple(fields), prev) != h:
                 return Verified(n, seq, head, f"record {rseq}: changed (its content does not match its hash)")
+            rec = dict(zip(COLUMNS, row, strict=True))
+            if rec["action"] == PRUNE:
+                pruned = (_pruned_through(rec["request_id"]), str(rec["response_sha256"]))
             n, seq, head = n + 1, rseq, h
+        if anchor and pruned != (int(anchor[0]), str(anchor[1])):
+            said = f"record {pruned[0]}" if pruned else "nothing (no AuditPrune record)"
+            return Verified(n, seq, head, f"the anchor (record {anchor[0]}) is not what the latest prune recorded: {said}")
         return Verified(n, seq, head, "")
+    finally:
+        db.close()
+
+
+def _pruned_through(request_id: Any) -> int:
+    try:
+        return int(str(request_id).removeprefix("through-"))
+    except ValueError:
+        return -1
+
+
+@dataclass(frozen=True)
+class Pruned:
+    records: int  # records deleted
+    feedback: int  # feedback rows deleted with them
+    through: int  # the last seq deleted (0: none)
+
+
+RETENTION_DAYS = 6 * 365 + 2  # six years (with their leap days): the default of `carepath audit prune`
+
+
+def prune(path: Path, before: str, caller: str = "carepath audit prune") -> Pruned:
+    """Delete the records older than ``before`` (a UTC time as the trail stores it), with the feedback
+    recorded by them, in one transaction that also moves the anchor to the last record deleted and
+    appends an AuditPrune record naming it (request_id ``through-SEQ``, response_sha256 its hash).
+    Records are deleted from the start only (up to the last one older than ``before``), so the rest
+    is still one chain. Safe beside a running server (the file's write lock orders them)."""
+    if not path.is_file():
+        raise AuditError(f"{path}: no such audit file")
+    db = connect(path, create=True)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            last = db.execute(
+                "SELECT seq, hash FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit WHERE ts < ?) ORDER BY seq DESC LIMIT 1", (before,)
+            ).fetchone()
+            if last is None:
+                db.execute("ROLLBACK")
+                return Pruned(0, 0, 0)
+            through, through_hash = int(last[0]), str(last[1])
+            fb = db.execute("DELETE FROM feedback WHERE audit_seq <= ?", (through,)).rowcount
+            n = db.execute("DELETE FROM audit WHERE seq <= ?", (through,)).rowcount
+            db.execute("INSERT OR REPLACE INTO anchor (id, seq, hash) VALUES (1, ?, ?)", (through, through_hash))
+            seq, head = _head(db)
+            rec = Record(utc_now(), caller, None, None, None, PRUNE, "OK", None, f"through-{through}", "[]", "[]", through_hash)
+            fields = astuple(rec)
+            db.execute(INSERT, (seq + 1, *fields, head, record_hash(seq + 1, fields, head)))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return Pruned(n, fb, through)
+    except sqlite3.Error as exc:
+        raise AuditError(f"{path}: cannot prune: {exc}") from None
     finally:
         db.close()
 

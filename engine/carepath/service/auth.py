@@ -57,9 +57,11 @@ URL_REFETCH = 30.0  # seconds at least between fetches for tokens naming an unkn
 FETCH_TIMEOUT = 5.0  # seconds for a JWKS URL to answer
 
 EVALUATE, READ, VALIDATE, RELOAD = "carepath.evaluate", "carepath.read", "carepath.validate", "carepath.reload"
+FEEDBACK = "carepath.feedback"
 SCOPES = {
     "/carepath.v1.DecisionService/Evaluate": EVALUATE,
     "/carepath.v1.DecisionService/EvaluateStream": EVALUATE,
+    "/carepath.v1.DecisionService/RecordFeedback": FEEDBACK,
     "/carepath.v1.PathwayService/ListPathways": READ,
     "/carepath.v1.PathwayService/GetPathway": READ,
     "/carepath.v1.PathwayService/ValidatePathway": VALIDATE,

@@ -228,6 +228,22 @@ def _audit_setup(p: argparse.ArgumentParser) -> None:
     e.add_argument("path", metavar="PATH", help="the audit file of serve --audit")
     e.add_argument("--since", type=_utc, metavar="TIME", help="from this UTC time (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS])")
     e.add_argument("--until", type=_utc, metavar="TIME", help="before this UTC time")
+    e.add_argument(
+        "--format",
+        choices=("jsonl", "fhir", "fhir-ndjson"),
+        default="jsonl",
+        help="jsonl: the records (default); fhir: a FHIR R4 Bundle of AuditEvent resources; fhir-ndjson: one AuditEvent a line",
+    )
+    r = sub.add_parser("prune", help="delete records older than the retention period, keeping the rest verifiable")
+    r.add_argument("path", metavar="PATH", help="the audit file of serve --audit")
+    when = r.add_mutually_exclusive_group()
+    when.add_argument("--before", type=_utc, metavar="TIME", help="delete the records before this UTC time")
+    when.add_argument(
+        "--keep-days",
+        type=_positive,
+        metavar="DAYS",
+        help="delete the records older than this many days (default 2192: six years, the retention default)",
+    )
 
 
 def _utc(text: str) -> str:
@@ -248,9 +264,22 @@ def _audit(args: argparse.Namespace) -> int:
     """Check or export the audit trail of `carepath serve --audit`."""
     import json
 
-    from carepath.service.audit import AuditError, export, verify
+    from carepath.service.audit import RETENTION_DAYS, AuditError, export, prune, verify
 
     try:
+        if args.audit_command == "prune":
+            from datetime import UTC, datetime, timedelta
+
+            before = args.before or _utc((datetime.now(UTC) - timedelta(days=args.keep_days or RETENTION_DAYS)).isoformat())
+            done = prune(Path(args.path), before)
+            if not done.records:
+                print(f"{args.path}: no record before {before}; nothing pruned")
+                return 0
+            print(
+                f"{args.path}: pruned {done.records} records (through record {done.through}) and {done.feedback} feedback rows "
+                f"before {before}; the chain continues from the anchor (record {done.through})"
+            )
+            return 0
         if args.audit_command == "verify":
             v = verify(Path(args.path))
             if v.problem:
@@ -259,8 +288,19 @@ def _audit(args: argparse.Namespace) -> int:
             print(f"{args.path}: {v.records} records, chain intact; head: record {v.head_seq} hash {v.head_hash}")
             return 0
         out = sys.stdout
-        for rec in export(Path(args.path), args.since, args.until):
-            out.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+        records = export(Path(args.path), args.since, args.until)
+        if args.format == "jsonl":
+            for rec in records:
+                out.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+            return 0
+        from carepath.service.fhir_audit import audit_event, bundle
+
+        if args.format == "fhir-ndjson":
+            for rec in records:
+                out.write(json.dumps(audit_event(rec), ensure_ascii=False, separators=(",", ":")) + "\n")
+            return 0
+        json.dump(bundle(records), out, ensure_ascii=False, indent=1)
+        out.write("\n")
         return 0
     except AuditError as exc:
         print(f"carepath: {exc}", file=sys.stderr)

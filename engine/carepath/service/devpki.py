@@ -153,7 +153,7 @@ def write(path: Path, data: bytes | str, private: bool = False) -> None:
 # ------------------------------------------------------------------------------------ scripts/dev-certs
 ISSUER = "https://idp.example.org"
 AUDIENCE = "carepath"
-ALL_SCOPES = "carepath.evaluate carepath.read carepath.validate"
+ALL_SCOPES = "carepath.evaluate carepath.read carepath.validate carepath.feedback"
 
 
 def write_example(directory: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> list[str]:

@@ -531,7 +531,7 @@ class _Http:
         self.server, self.task, self.store, self.port = server, task, store, port
 
     @classmethod
-    async def start(cls, pool: Pool, opts: CdsHooksOptions) -> _Http:
+    async def start(cls, pool: Pool, opts: CdsHooksOptions, audit: AuditLog | None = None) -> _Http:
         import contextlib
 
         import uvicorn
@@ -545,7 +545,8 @@ class _Http:
                 yield
 
         store = SqliteStore(opts.feedback_dir)
-        app = CdsHooks(pool, store, opts.config or CdsConfig()).app()
+        hooks = CdsHooks(pool, store, opts.config or CdsConfig(), audit)
+        app = hooks.app()
         sock = socket.create_server((opts.host, opts.port), reuse_port=False)
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="on", http="auto", loop="none", timeout_graceful_shutdown=None
@@ -557,7 +558,8 @@ class _Http:
                 task.result()
                 raise OSError("the CDS Hooks HTTP server did not start")
             await asyncio.sleep(0.01)
-        return cls(server, task, store, sock.getsockname()[1])
+        closing: Any = _Stores(store, hooks.audited) if hooks.audited is not None else store
+        return cls(server, task, closing, sock.getsockname()[1])
 
     async def stop(self, grace: float) -> None:
         self.server.config.timeout_graceful_shutdown = max(0.1, grace - CUT_BEFORE)
@@ -567,6 +569,17 @@ class _Http:
         except TimeoutError:
             self.server.force_exit = True
         self.store.close()
+
+
+class _Stores:
+    """Closes the CDS Hooks feedback store and the audit's reader together."""
+
+    def __init__(self, *stores: Any) -> None:
+        self.stores = stores
+
+    def close(self) -> None:
+        for s in self.stores:
+            s.close()
 
 
 def _bind_problem(host: str, port: int) -> str:
@@ -677,7 +690,12 @@ class Service:
             ],
         )
         decisions = DecisionServicer(self.pool, PeerLimit(self.max_per_peer))
-        server.add_generic_rpc_handlers((decisions.handler(), PathwayServicer(self.pool, Validator(self.pool.ctx)).handler()))
+        from carepath.service.feedback import FeedbackServicer
+
+        feedback = FeedbackServicer(self.audit)
+        server.add_generic_rpc_handlers(
+            (decisions.handler(), feedback.handler(), PathwayServicer(self.pool, Validator(self.pool.ctx)).handler())
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (DECISION, PATHWAY, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         if self.reflection:
@@ -709,7 +727,7 @@ class Service:
         http: _Http | None = None
         if self.cds_hooks is not None:
             try:
-                http = await _Http.start(self.pool, self.cds_hooks)
+                http = await _Http.start(self.pool, self.cds_hooks, self.audit)
             except OSError as exc:
                 print(
                     f"carepath: cannot listen on {self.cds_hooks.host}:{self.cds_hooks.port} for CDS Hooks: {exc.strerror or exc}",
@@ -747,6 +765,7 @@ class Service:
         for t in tasks:
             t.cancel()
         await self.pool.close()
+        feedback.close()
         if self.audit:
             self.audit.close()
         _rpc_lines.flush()

@@ -27,25 +27,35 @@ from carepath_client._proto.v1 import case_pb2 as carepath_dot_v1_dot_case__pb2
 from carepath_client._proto.v1 import decision_pb2 as carepath_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"carepath/v1/decision_service.proto\x12\x0b\x63\x61repath.v1\x1a\x16\x63\x61repath/v1/case.proto\x1a\x1a\x63\x61repath/v1/decision.proto\"{\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04\x63\x61se\x18\x02 \x01(\x0b\x32\x11.carepath.v1.CaseH\x00\x12\x13\n\tcase_json\x18\x03 \x01(\tH\x00\x12\x13\n\x0bpathway_ids\x18\x04 \x03(\tB\x07\n\x05input\"O\n\x10\x45valuateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x15.carepath.v1.Decision\"\x81\x01\n\x15\x45valuateStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04\x63\x61se\x18\x02 \x01(\x0b\x32\x11.carepath.v1.CaseH\x00\x12\x13\n\tcase_json\x18\x03 \x01(\tH\x00\x12\x13\n\x0bpathway_ids\x18\x04 \x03(\tB\x07\n\x05input\"\x8e\x01\n\x16\x45valuateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x15.carepath.v1.DecisionH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.carepath.v1.EvaluateErrorH\x00\x42\x08\n\x06result\"e\n\rEvaluateError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x35\n\x10\x66ield_violations\x18\x03 \x03(\x0b\x32\x1b.carepath.v1.FieldViolation\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t2\xb9\x01\n\x0f\x44\x65\x63isionService\x12G\n\x08\x45valuate\x12\x1c.carepath.v1.EvaluateRequest\x1a\x1d.carepath.v1.EvaluateResponse\x12]\n\x0e\x45valuateStream\x12\".carepath.v1.EvaluateStreamRequest\x1a#.carepath.v1.EvaluateStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"carepath/v1/decision_service.proto\x12\x0b\x63\x61repath.v1\x1a\x16\x63\x61repath/v1/case.proto\x1a\x1a\x63\x61repath/v1/decision.proto\"{\n\x0f\x45valuateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04\x63\x61se\x18\x02 \x01(\x0b\x32\x11.carepath.v1.CaseH\x00\x12\x13\n\tcase_json\x18\x03 \x01(\tH\x00\x12\x13\n\x0bpathway_ids\x18\x04 \x03(\tB\x07\n\x05input\"d\n\x10\x45valuateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x15.carepath.v1.Decision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\"\x81\x01\n\x15\x45valuateStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04\x63\x61se\x18\x02 \x01(\x0b\x32\x11.carepath.v1.CaseH\x00\x12\x13\n\tcase_json\x18\x03 \x01(\tH\x00\x12\x13\n\x0bpathway_ids\x18\x04 \x03(\tB\x07\n\x05input\"\xa3\x01\n\x16\x45valuateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x15.carepath.v1.DecisionH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.carepath.v1.EvaluateErrorH\x00\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\tB\x08\n\x06result\"e\n\rEvaluateError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x35\n\x10\x66ield_violations\x18\x03 \x03(\x0b\x32\x1b.carepath.v1.FieldViolation\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x94\x01\n\x15RecordFeedbackRequest\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x32\n\x05items\x18\x03 \x03(\x0b\x32#.carepath.v1.RecommendationFeedback\x12\x11\n\tclinician\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\t\"\xaf\x01\n\x16RecommendationFeedback\x12\x16\n\x0erecommendation\x18\x01 \x01(\x05\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12-\n\x07outcome\x18\x03 \x01(\x0e\x32\x1c.carepath.v1.FeedbackOutcome\x12+\n\x06reason\x18\x04 \x01(\x0e\x32\x1b.carepath.v1.OverrideReason\x12\x13\n\x0breason_text\x18\x05 \x01(\t\"g\n\x16RecordFeedbackResponse\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\r\n\x05items\x18\x03 \x01(\x05\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\t*s\n\x0f\x46\x65\x65\x64\x62\x61\x63kOutcome\x12 \n\x1c\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_ACCEPTED\x10\x01\x12\x1f\n\x1b\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_OVERRIDDEN\x10\x02*\xa8\x02\n\x0eOverrideReason\x12\x1f\n\x1bOVERRIDE_REASON_UNSPECIFIED\x10\x00\x12$\n OVERRIDE_REASON_PATIENT_DECLINED\x10\x01\x12#\n\x1fOVERRIDE_REASON_CONTRAINDICATED\x10\x02\x12 \n\x1cOVERRIDE_REASON_ALREADY_DONE\x10\x03\x12\"\n\x1eOVERRIDE_REASON_DATA_INCORRECT\x10\x04\x12!\n\x1dOVERRIDE_REASON_NOT_AVAILABLE\x10\x05\x12&\n\"OVERRIDE_REASON_CLINICAL_JUDGEMENT\x10\x06\x12\x19\n\x15OVERRIDE_REASON_OTHER\x10\x07\x32\x94\x02\n\x0f\x44\x65\x63isionService\x12G\n\x08\x45valuate\x12\x1c.carepath.v1.EvaluateRequest\x1a\x1d.carepath.v1.EvaluateResponse\x12]\n\x0e\x45valuateStream\x12\".carepath.v1.EvaluateStreamRequest\x1a#.carepath.v1.EvaluateStreamResponse(\x01\x30\x01\x12Y\n\x0eRecordFeedback\x12\".carepath.v1.RecordFeedbackRequest\x1a#.carepath.v1.RecordFeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'carepath.v1.decision_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FEEDBACKOUTCOME']._serialized_start=1219
+  _globals['_FEEDBACKOUTCOME']._serialized_end=1334
+  _globals['_OVERRIDEREASON']._serialized_start=1337
+  _globals['_OVERRIDEREASON']._serialized_end=1633
   _globals['_EVALUATEREQUEST']._serialized_start=103
   _globals['_EVALUATEREQUEST']._serialized_end=226
   _globals['_EVALUATERESPONSE']._serialized_start=228
-  _globals['_EVALUATERESPONSE']._serialized_end=307
-  _globals['_EVALUATESTREAMREQUEST']._serialized_start=310
-  _globals['_EVALUATESTREAMREQUEST']._serialized_end=439
-  _globals['_EVALUATESTREAMRESPONSE']._serialized_start=442
-  _globals['_EVALUATESTREAMRESPONSE']._serialized_end=584
-  _globals['_EVALUATEERROR']._serialized_start=586
-  _globals['_EVALUATEERROR']._serialized_end=687
-  _globals['_FIELDVIOLATION']._serialized_start=689
-  _globals['_FIELDVIOLATION']._serialized_end=741
-  _globals['_DECISIONSERVICE']._serialized_start=744
-  _globals['_DECISIONSERVICE']._serialized_end=929
+  _globals['_EVALUATERESPONSE']._serialized_end=328
+  _globals['_EVALUATESTREAMREQUEST']._serialized_start=331
+  _globals['_EVALUATESTREAMREQUEST']._serialized_end=460
+  _globals['_EVALUATESTREAMRESPONSE']._serialized_start=463
+  _globals['_EVALUATESTREAMRESPONSE']._serialized_end=626
+  _globals['_EVALUATEERROR']._serialized_start=628
+  _globals['_EVALUATEERROR']._serialized_end=729
+  _globals['_FIELDVIOLATION']._serialized_start=731
+  _globals['_FIELDVIOLATION']._serialized_end=783
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_start=786
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_end=934
+  _globals['_RECOMMENDATIONFEEDBACK']._serialized_start=937
+  _globals['_RECOMMENDATIONFEEDBACK']._serialized_end=1112
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_start=1114
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_end=1217
+  _globals['_DECISIONSERVICE']._serialized_start=1636
+  _globals['_DECISIONSERVICE']._serialized_end=1912
 # @@protoc_insertion_point(module_scope)

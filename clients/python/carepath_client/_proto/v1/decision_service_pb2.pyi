@@ -2,12 +2,41 @@
 from carepath_client._proto.v1 import case_pb2 as _case_pb2
 from carepath_client._proto.v1 import decision_pb2 as _decision_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class FeedbackOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEEDBACK_OUTCOME_UNSPECIFIED: _ClassVar[FeedbackOutcome]
+    FEEDBACK_OUTCOME_ACCEPTED: _ClassVar[FeedbackOutcome]
+    FEEDBACK_OUTCOME_OVERRIDDEN: _ClassVar[FeedbackOutcome]
+
+class OverrideReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OVERRIDE_REASON_UNSPECIFIED: _ClassVar[OverrideReason]
+    OVERRIDE_REASON_PATIENT_DECLINED: _ClassVar[OverrideReason]
+    OVERRIDE_REASON_CONTRAINDICATED: _ClassVar[OverrideReason]
+    OVERRIDE_REASON_ALREADY_DONE: _ClassVar[OverrideReason]
+    OVERRIDE_REASON_DATA_INCORRECT: _ClassVar[OverrideReason]
+    OVERRIDE_REASON_NOT_AVAILABLE: _ClassVar[OverrideReason]
+    OVERRIDE_REASON_CLINICAL_JUDGEMENT: _ClassVar[OverrideReason]
+    OVERRIDE_REASON_OTHER: _ClassVar[OverrideReason]
+FEEDBACK_OUTCOME_UNSPECIFIED: FeedbackOutcome
+FEEDBACK_OUTCOME_ACCEPTED: FeedbackOutcome
+FEEDBACK_OUTCOME_OVERRIDDEN: FeedbackOutcome
+OVERRIDE_REASON_UNSPECIFIED: OverrideReason
+OVERRIDE_REASON_PATIENT_DECLINED: OverrideReason
+OVERRIDE_REASON_CONTRAINDICATED: OverrideReason
+OVERRIDE_REASON_ALREADY_DONE: OverrideReason
+OVERRIDE_REASON_DATA_INCORRECT: OverrideReason
+OVERRIDE_REASON_NOT_AVAILABLE: OverrideReason
+OVERRIDE_REASON_CLINICAL_JUDGEMENT: OverrideReason
+OVERRIDE_REASON_OTHER: OverrideReason
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("request_id", "case", "case_json", "pathway_ids")
@@ -22,12 +51,14 @@ class EvaluateRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., case: _Optional[_Union[_case_pb2.Case, _Mapping]] = ..., case_json: _Optional[str] = ..., pathway_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
-    __slots__ = ("request_id", "decision")
+    __slots__ = ("request_id", "decision", "decision_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     decision: _decision_pb2.Decision
-    def __init__(self, request_id: _Optional[str] = ..., decision: _Optional[_Union[_decision_pb2.Decision, _Mapping]] = ...) -> None: ...
+    decision_id: str
+    def __init__(self, request_id: _Optional[str] = ..., decision: _Optional[_Union[_decision_pb2.Decision, _Mapping]] = ..., decision_id: _Optional[str] = ...) -> None: ...
 
 class EvaluateStreamRequest(_message.Message):
     __slots__ = ("request_id", "case", "case_json", "pathway_ids")
@@ -42,14 +73,16 @@ class EvaluateStreamRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., case: _Optional[_Union[_case_pb2.Case, _Mapping]] = ..., case_json: _Optional[str] = ..., pathway_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluateStreamResponse(_message.Message):
-    __slots__ = ("request_id", "decision", "error")
+    __slots__ = ("request_id", "decision", "error", "decision_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     decision: _decision_pb2.Decision
     error: EvaluateError
-    def __init__(self, request_id: _Optional[str] = ..., decision: _Optional[_Union[_decision_pb2.Decision, _Mapping]] = ..., error: _Optional[_Union[EvaluateError, _Mapping]] = ...) -> None: ...
+    decision_id: str
+    def __init__(self, request_id: _Optional[str] = ..., decision: _Optional[_Union[_decision_pb2.Decision, _Mapping]] = ..., error: _Optional[_Union[EvaluateError, _Mapping]] = ..., decision_id: _Optional[str] = ...) -> None: ...
 
 class EvaluateError(_message.Message):
     __slots__ = ("code", "message", "field_violations")
@@ -68,3 +101,43 @@ class FieldViolation(_message.Message):
     field: str
     description: str
     def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class RecordFeedbackRequest(_message.Message):
+    __slots__ = ("feedback_id", "decision_id", "items", "clinician", "at")
+    FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CLINICIAN_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    feedback_id: str
+    decision_id: str
+    items: _containers.RepeatedCompositeFieldContainer[RecommendationFeedback]
+    clinician: str
+    at: str
+    def __init__(self, feedback_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendationFeedback, _Mapping]]] = ..., clinician: _Optional[str] = ..., at: _Optional[str] = ...) -> None: ...
+
+class RecommendationFeedback(_message.Message):
+    __slots__ = ("recommendation", "rule", "outcome", "reason", "reason_text")
+    RECOMMENDATION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REASON_TEXT_FIELD_NUMBER: _ClassVar[int]
+    recommendation: int
+    rule: str
+    outcome: FeedbackOutcome
+    reason: OverrideReason
+    reason_text: str
+    def __init__(self, recommendation: _Optional[int] = ..., rule: _Optional[str] = ..., outcome: _Optional[_Union[FeedbackOutcome, str]] = ..., reason: _Optional[_Union[OverrideReason, str]] = ..., reason_text: _Optional[str] = ...) -> None: ...
+
+class RecordFeedbackResponse(_message.Message):
+    __slots__ = ("feedback_id", "duplicate", "items", "content_sha256")
+    FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    feedback_id: str
+    duplicate: bool
+    items: int
+    content_sha256: str
+    def __init__(self, feedback_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., items: _Optional[int] = ..., content_sha256: _Optional[str] = ...) -> None: ...

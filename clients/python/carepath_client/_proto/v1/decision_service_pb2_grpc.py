@@ -46,6 +46,11 @@ class DecisionServiceStub:
                 request_serializer=carepath_dot_v1_dot_decision__service__pb2.EvaluateStreamRequest.SerializeToString,
                 response_deserializer=carepath_dot_v1_dot_decision__service__pb2.EvaluateStreamResponse.FromString,
                 _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/carepath.v1.DecisionService/RecordFeedback',
+                request_serializer=carepath_dot_v1_dot_decision__service__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=carepath_dot_v1_dot_decision__service__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -68,6 +73,16 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordFeedback(self, request, context):
+        """Whether the clinician accepted or overrode each recommendation of a decision, and why (a server
+        started with an audit trail only: FAILED_PRECONDITION otherwise). Idempotent by feedback_id: the
+        same feedback sent again is OK and stored once; other feedback under a used id is ALREADY_EXISTS.
+        NOT_FOUND: an unknown (or pruned) decision_id, or a recommendation the decision does not have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +95,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.EvaluateStream,
                     request_deserializer=carepath_dot_v1_dot_decision__service__pb2.EvaluateStreamRequest.FromString,
                     response_serializer=carepath_dot_v1_dot_decision__service__pb2.EvaluateStreamResponse.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=carepath_dot_v1_dot_decision__service__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=carepath_dot_v1_dot_decision__service__pb2.RecordFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +157,33 @@ class DecisionService:
             '/carepath.v1.DecisionService/EvaluateStream',
             carepath_dot_v1_dot_decision__service__pb2.EvaluateStreamRequest.SerializeToString,
             carepath_dot_v1_dot_decision__service__pb2.EvaluateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carepath.v1.DecisionService/RecordFeedback',
+            carepath_dot_v1_dot_decision__service__pb2.RecordFeedbackRequest.SerializeToString,
+            carepath_dot_v1_dot_decision__service__pb2.RecordFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
