@@ -192,6 +192,18 @@ def test_replayed_jti(http: httpx.Client, server: CdsServer, keys: Keys, request
     refused(http.post(SERVICE, json=request_body, headers=bearer(t)), "replayed jti")
 
 
+def test_an_unknown_kid_that_is_not_ascii(http: httpx.Client, server: CdsServer, keys: Keys, request_body: Any) -> None:
+    """The reason names the kid; the WWW-Authenticate header (Latin-1) still carries it, as ASCII."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"iss": EHR, "aud": server.base + SERVICE, "sub": "x", "iat": now, "exp": now + 300, "jti": os.urandom(8).hex()}
+    t = jwt.encode(claims, keys.ec, algorithm="ES256", headers={"kid": 'clé "中"'})
+    r = http.post(SERVICE, json=request_body, headers=bearer(t))
+    refused(r, "unknown key")
+    assert "中" in r.json()["issue"][0]["details"]["text"]
+
+
 def test_jku_not_on_the_allowlist(http: httpx.Client, server: CdsServer, keys: Keys, request_body: Any) -> None:
     t = token(server, keys, headers={"jku": "https://attacker.example.org/jwks.json"})
     refused(http.post(SERVICE, json=request_body, headers=bearer(t)), "jku is not the JWKS URL configured")

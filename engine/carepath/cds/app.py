@@ -122,9 +122,8 @@ class CdsHooks:
             self._log(method, exc.status, t0, rid)
             response = outcome(exc.status, exc.message, code="security" if exc.status == 401 else "throttled")
             if exc.status == 401:
-                response.headers["WWW-Authenticate"] = (
-                    f'Bearer error="invalid_token", error_description="{exc.message.replace(chr(34), "")}"'
-                )
+                why = exc.message.encode("ascii", "replace").decode().replace('"', "'")  # headers are Latin-1; a kid may not be
+                response.headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{why}"'
             return response
         return None
 
