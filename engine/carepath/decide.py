@@ -4,7 +4,9 @@ Policy, in order (README "Conflict policy"):
 1. Up-referrals only from ``community``, down-referrals only from ``hospital``, and no
    down-referral when any rule finds the patient unstable: an emergency or priority up-referral
    criterion met (in hospital too), a drug to stop, or a critical alert; nor while any pathway
-   recommends a drug change (start, add, titrate, switch: the regimen is not yet stable).
+   recommends a drug change (start, add, titrate, switch: the regimen is not yet stable). An
+   emergency up-referral that is not made (hospital) stands as a critical alert from the same
+   rule, so that the emergency is never shown as routine care (brief A8.3, B8.3, C8.1).
 2. An emergency up-referral criterion beats everything, in hospital too (where the referral
    itself is not made): it suppresses starting/titrating drugs, tests and every other referral
    (stop/avoid, alerts, the follow-up and tests marked ``essential`` stay).
@@ -91,7 +93,20 @@ class _Body:
     the decision's order and its template there (the body, rule and citation in the decision's
     key order; the rest is filled in per case)."""
 
-    __slots__ = ("body", "essential", "key", "kind", "label", "order", "priority", "rule", "sort", "stable", "template")
+    __slots__ = (
+        "body",
+        "essential",
+        "in_hospital",
+        "key",
+        "kind",
+        "label",
+        "order",
+        "priority",
+        "rule",
+        "sort",
+        "stable",
+        "template",
+    )
 
     def __init__(
         self,
@@ -111,6 +126,10 @@ class _Body:
         self.key = lang_key(body)  # what makes two recommendations duplicates
         self.sort = _sort_key(self.kind, body)
         self.template = {**body, "rule": rule, "rules": None, "reason": None, "citation": citation, "values": None}
+        # an emergency up-referral stands in hospital as a critical alert (policy 1; brief A8.3, B8.3, C8.1)
+        self.in_hospital: _Body | None = None
+        if self.kind == "referral" and body["direction"] == "up" and body.get("urgency") == "emergency":
+            self.in_hospital = _Body(emergency_alert(body), order, priority, rule, citation)
 
 
 MEMO_LIMIT = 1024  # per rule: bounded memory whatever the cohort (about 0.4 KB an entry)
@@ -333,6 +352,8 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
                 d = b.body["direction"]
                 if d == "up" and setting != "community":
                     suppress(b, "up-referral is only made from community")
+                    if b.in_hospital is not None:  # the emergency stays visible: a critical alert instead
+                        kept.append((b.in_hospital, r[1]))
                     continue
                 if d == "down" and setting != "hospital":
                     suppress(b, "down-referral is only made from hospital")
@@ -431,6 +452,16 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
         m[2].append(src)
     out = [(b, tuple(names), tuple(srcs)) for b, names, srcs in sorted(merged.values(), key=lambda m: m[0].sort)]
     return Plan(rules, [(pathway, rule, tuple(notes[rule]) if rule in notes else None) for pathway, rule in trace], out)
+
+
+def emergency_alert(referral: Mapping[str, Any]) -> dict[str, Any]:
+    """The critical alert an emergency up-referral becomes where no up-referral is made (hospital):
+    the criterion is never handled as routine (brief A8.3, B8.3, B8.4, C8.1)."""
+    text = (
+        "EMERGENCY criterion met: manage it as an emergency now; routine follow-up is not enough "
+        f"(from community: an emergency referral, {referral['specialty']})"
+    )
+    return {"kind": "alert", "severity": "critical", "text": text}
 
 
 def lang_key(body: dict[str, Any]) -> str:

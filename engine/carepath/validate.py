@@ -235,7 +235,7 @@ def _code_sets(add: Dictionary, base: Vocabulary, loc: Located, at: YamlPath, di
     """The dictionary block's code sets with their members worked out: each set's codes checked
     against its system, then its includes followed (sets of the same system, no cycles)."""
     known = {n: c.system for n, c in base.code_sets.items()} | {n: c.system for n, c in add.code_sets.items()}
-    pattern = {"atc": lang._ATC, "icd10": lang._ICD}
+    pattern = {"atc": lang.ATC_CODE, "icd10": lang.ICD_CODE}
 
     def members(name: str, trail: tuple[str, ...]) -> set[str]:
         if name in base.code_sets:
