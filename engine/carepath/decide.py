@@ -52,15 +52,9 @@ class Values(dict[str, object]):
     """The values a fired rule read, as a decision carries them: one object per combination of
     values (the memo's own, see read_rule), shared by every decision and recommendation that read
     the same, so it is read-only (copy it with dict() to change it). Copies and pickles are plain
-    dicts. ``wire`` caches protobuf encodings for the service (carepath.service.convert): the
-    values' items, the values by field tag, a whole trace entry by (pathway, rule), and a whole
-    recommendation made by one rule by all of its other fields (or by the rule's _Body)."""
+    dicts. (The service keeps its encodings of them by the object's identity: carepath.service.encode.)"""
 
-    __slots__ = ("wire",)
-
-    def __init__(self, items: dict[str, object]) -> None:
-        super().__init__(items)
-        self.wire: dict[object, Any] = {}
+    __slots__ = ()
 
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("a decision's values are shared and read-only: copy them with dict(values) to change them")
@@ -97,8 +91,7 @@ class _Body:
     """One recommendation a rule makes, with what the policy reads of it worked out once per rule:
     its kind, priority, rule, its words for suppression notes, its duplicate key, its place in
     the decision's order and its template there (the body, rule and citation in the decision's
-    key order; the rest is filled in per case). ``wire`` keeps the service's protobuf
-    encodings of its fixed parts, by the rules merged into it (service.convert)."""
+    key order; the rest is filled in per case)."""
 
     __slots__ = (
         "body",
@@ -113,7 +106,6 @@ class _Body:
         "sort",
         "stable",
         "template",
-        "wire",
     )
 
     def __init__(
@@ -134,7 +126,6 @@ class _Body:
         self.key = lang_key(body)  # what makes two recommendations duplicates
         self.sort = _sort_key(self.kind, body)
         self.template = {**body, "rule": rule, "rules": None, "reason": None, "citation": citation, "values": None}
-        self.wire: dict[tuple[str, ...], Any] = {}
         # an emergency up-referral stands in hospital as a critical alert (policy 1; brief A8.3, B8.3, C8.1)
         self.in_hospital: _Body | None = None
         if self.kind == "referral" and body["direction"] == "up" and body.get("urgency") == "emergency":
@@ -202,7 +193,7 @@ class Plan:
     37% of a synthetic cohort's cases, with 1,024 kept); ``render`` fills in each case's values
     and reasons."""
 
-    __slots__ = ("recs", "rules", "trace", "wire")  # wire: the service's encodings of its pathways, by enrolment
+    __slots__ = ("recs", "rules", "trace")
 
     def __init__(
         self,
@@ -214,13 +205,11 @@ class Plan:
         self.trace = trace  # (pathway id, rule id, suppression notes) for each fired rule
         self.recs = recs  # (the _Body standing for the recommendation; its rules; the fired rules it draws
         # values and reasons from, in order)
-        self.wire: dict[tuple[bool, ...], bytes] = {}
 
 
 class Planned(NamedTuple):
     """A decision before it is rendered: the case, its plan, what each fired rule read (values and
-    reason) and the enrolment. ``render`` makes the decision of it; the service writes it straight
-    to protobuf (service.convert.planned_response_bytes)."""
+    reason) and the enrolment. ``render`` makes the decision of it."""
 
     case: Case
     plan: Plan

@@ -122,13 +122,6 @@ class Engine:
         case, facts = self.prepare(data)
         return self._decide(case, facts, selected)
 
-    def evaluate_planned(self, data: Any, pathway_ids: Sequence[str] | None = None) -> Planned:
-        """``evaluate`` up to the decision's parts (decide.render makes the decision of them): the
-        service writes these straight to protobuf, without the decision's dicts."""
-        selected = self._select(pathway_ids)
-        case, facts = self.prepare(data)
-        return self._planned(case, facts, selected)
-
     def _decide(self, case: Case, facts: dict[str, object], selected: Selection) -> dict[str, Any]:
         return render(self._planned(case, facts, selected))
 

@@ -158,9 +158,9 @@ class FhirStub:
 class CdsServer(Server):
     """`carepath serve --cds-hooks --http-port 0` on the bundled pathways; ``base``: its CDS Hooks URL."""
 
-    def __init__(self, tmp: Path, pathways: Path = ROOT / "pathways") -> None:
+    def __init__(self, tmp: Path, pathways: Path = ROOT / "pathways", *extra: str) -> None:
         self.feedback_dir = tmp / "feedback"
-        args = ["--cds-hooks", "--http-port", "0", "--cds-feedback-dir", str(self.feedback_dir), "--cds-fetch-timeout", "2"]
+        args = ["--cds-hooks", "--http-port", "0", "--cds-feedback-dir", str(self.feedback_dir), "--cds-fetch-timeout", "2", *extra]
         super().__init__(tmp, pathways, 1, *args)
         assert self.proc.stdout is not None
         self.base = ""

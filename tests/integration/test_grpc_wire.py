@@ -1,4 +1,6 @@
-"""The worker writes EvaluateResponse bytes directly: they must be exactly what protobuf writes."""
+"""The worker writes EvaluateResponse bytes from the engine's decision with its one encoder
+(carepath.service.encode.ResponseEncoder): they must be exactly what protobuf's own serialisation of
+the decision writes, the first time and from what the encoder kept."""
 
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ import pytest
 from conftest import FIXTURES, ROOT
 from grpc_helpers import SAMPLE, varied_case
 
-from carepath.decide import Planned, Values, render
+from carepath.decide import Values
 from carepath.errors import CaseError
 from carepath.evaluate import Engine
 from carepath.population.synth import synth_lines
 from carepath.scenarios import iter_scenarios
-from carepath.service.convert import decision_to_proto, evaluate_response_bytes, planned_response_bytes
+from carepath.service.convert import decision_to_proto
+from carepath.service.encode import ResponseEncoder
 from carepath_client._proto.v1 import decision_service_pb2 as ds
 
 
@@ -40,23 +43,31 @@ def decisions() -> list[Any]:
 def test_same_bytes_as_protobuf_for_real_decisions() -> None:
     ds_ = decisions()
     assert len(ds_) > 100
+    encoder = ResponseEncoder()
     for i, d in enumerate(ds_):
-        assert evaluate_response_bytes(f"r{i}", d) == reference(f"r{i}", d)
-        assert evaluate_response_bytes("", d) == reference("", d)
-    # the engine's values are shared objects whose bytes are kept on them (per field tag): the
-    # second encoding above came from there, in trace entries and recommendations alike
+        assert encoder.encode(f"r{i}", d) == reference(f"r{i}", d)
+        assert encoder.encode("", d) == reference("", d)
+    # the engine's values are shared objects; the encoder keeps their bytes (per field tag), by the
+    # object, in itself: the second encoding above came from there
     shared = [v for d in ds_ for v in [t["values"] for t in d["trace"]] + [r["values"] for r in d["recommendations"]] if type(v) is Values]
     assert shared
-    assert {key for v in shared for key in v.wire if type(key) is bytes} == {b"\x1a", b"\x52"}
+    assert all(not hasattr(v, "__dict__") and not hasattr(v, "wire") for v in shared)  # nothing kept on the engine's objects
+    kept = [encoder.kept(v) for v in shared]
+    assert all(k is not None for k in kept)
+    assert {key for k in kept if k is not None for key in k if type(key) is bytes} == {b"\x1a", b"\x52"}
     # ... and so are whole trace entries without suppression notes, under their (pathway, rule)
     plain = [t for d in ds_ for t in d["trace"] if "suppressed" not in t]
-    assert plain and all((t["pathway"], t["rule"]) in t["values"].wire for t in plain)
+    assert plain and all((t["pathway"], t["rule"]) in (encoder.kept(t["values"]) or {}) for t in plain)
     # ... and whole recommendations made by one rule, under all of their fields
     single = [r for d in ds_ for r in d["recommendations"] if type(r["values"]) is Values and len(r["rules"]) == 1]
-    assert single and all(any(type(k) is tuple and k[:2] == (r["kind"], r["rule"]) for k in r["values"].wire) for r in single)
+    assert single and all(
+        any(type(k) is tuple and k[:3] == (len(r), r["kind"], r["rule"]) for k in encoder.kept(r["values"]) or {}) for r in single
+    )
+    # an equal values object that is another object finds nothing kept (kept by identity, not content)
+    assert encoder.kept(Values(dict(shared[0]))) is None
 
 
-def planned_cases() -> list[tuple[Engine, Any]]:
+def many_cases() -> list[tuple[Engine, Any]]:
     bundled = Engine.from_directory(ROOT / "pathways")
     fixture = Engine.from_directory(FIXTURES)
     out: list[tuple[Engine, Any]] = [(fixture, SAMPLE), (bundled, SAMPLE)]
@@ -66,42 +77,26 @@ def planned_cases() -> list[tuple[Engine, Any]]:
     return out
 
 
-def test_planned_bytes_are_the_rendered_decisions_bytes() -> None:
-    """The worker writes a decision's bytes from its plan, without the decision's dicts: byte for
-    byte what protobuf writes for the rendered decision, the first time a plan, a rule's values or
-    an enrolment is seen and again from what was kept of them."""
+@pytest.mark.parametrize("limit", [65536, 7])
+def test_worker_bytes_are_protobufs_for_many_decisions(limit: int) -> None:
+    """As a worker runs: one encoder over thousands of decisions (scenarios, synthetic cases), the
+    same engines both rounds, so the second is written largely from what was kept; with a small
+    limit, the store starts again many times over and the bytes stay the same."""
     compared = reused = 0
-    cases = planned_cases()  # the same engines both rounds: the second from the parts they kept
+    encoder = ResponseEncoder(limit)
+    cases = many_cases()
     for _ in range(2):
         for i, (engine, case) in enumerate(cases):
             try:
-                planned = engine.evaluate_planned(case)
+                decision = engine.evaluate(case)
             except CaseError:  # scenarios that expect an error have no decision
                 continue
-            reused += tuple(planned.enrolled[cp.id] for _, cp, _ in planned.fired) in planned.plan.wire
-            decision = render(planned)
-            assert planned_response_bytes(f"r{i}", planned) == reference(f"r{i}", decision)
-            assert engine.evaluate(case) == decision
-            assert planned.plan.wire  # written from the plan, not by the fallback
+            reused += any(encoder.kept(t["values"]) for t in decision["trace"])
+            assert encoder.encode(f"r{i}", decision) == reference(f"r{i}", decision)
             compared += 1
     assert compared > 3000
-    assert reused > 1000, reused  # plans whose encoded parts were kept, written again from them
-
-
-def test_planned_bytes_fall_back_to_the_rendered_path_on_anything_unexpected() -> None:
-    """A plan whose recommendation carries a field the protos lack, or an out-of-range value, is
-    written (or refused) exactly as the rendered decision is."""
-    engine = Engine.from_directory(ROOT / "pathways")
-    planned = engine.evaluate_planned(SAMPLE)
-    body, rules, srcs = planned.plan.recs[0]
-    for template in ({**body.template, "extra": 1}, {**body.template, "kind": "nonsense"}):
-        odd = copy.copy(body)
-        odd.template, odd.wire = template, {}
-        plan = copy.copy(planned.plan)
-        plan.recs = [(odd, rules, srcs), *planned.plan.recs[1:]]
-        plan.wire = {}
-        moved = Planned(planned.case, plan, planned.reads, planned.fired, planned.enrolled, planned.site)
-        assert outcome(planned_response_bytes, "r", moved) == outcome(lambda rid, p: reference(rid, render(p)), "r", moved)
+    assert reused > (1000 if limit > 1000 else 0), reused
+    assert len(encoder._shared) <= limit
 
 
 def test_kept_entries_are_told_apart_by_every_field() -> None:
@@ -111,7 +106,8 @@ def test_kept_entries_are_told_apart_by_every_field() -> None:
     d = Engine.from_directory(ROOT / "pathways").evaluate(varied_case(3))
     first, rec = d["trace"][0], d["recommendations"][0]
     assert type(first["values"]) is Values and type(rec["values"]) is Values
-    evaluate_response_bytes("", d)  # keeps the entries on the values
+    encoder = ResponseEncoder()
+    encoder.encode("", d)  # keeps the entries for the values
     moved = copy.copy(d)
     moved["trace"] = [{**first, "rule": first["rule"] + ".other"}, {**first, "suppressed": ["a note"]}, {**first, "pathway": "x"}]
     detail = next(k for k in rec if k not in ("kind", "rule", "rules", "reason", "citation", "values"))
@@ -122,16 +118,16 @@ def test_kept_entries_are_told_apart_by_every_field() -> None:
         {**rec, detail: str(rec[detail]) + "x" if isinstance(rec[detail], str) else rec[detail] + 1},
         {**rec, "rules": [rec["rule"], "second"]},
     ]
-    assert evaluate_response_bytes("r", moved) == reference("r", moved)
+    assert encoder.encode("r", moved) == reference("r", moved)
     for odd in ({k: v for k, v in rec.items() if k != detail}, {**rec, detail: True if isinstance(rec[detail], int) else None}):
         moved["recommendations"] = [odd]
         try:
             want = reference("r", moved)
         except Exception:  # protobuf refuses it: so does the fallback behind the kept bytes
             with pytest.raises(Exception):  # noqa: B017
-                evaluate_response_bytes("r", moved)
+                encoder.encode("r", moved)
             continue
-        assert evaluate_response_bytes("r", moved) == want
+        assert encoder.encode("r", moved) == want
 
 
 def _edges() -> list[Any]:
@@ -187,7 +183,7 @@ def _edges() -> list[Any]:
 @pytest.mark.parametrize("i", range(len(_edges())))
 def test_edges_same_bytes_or_same_error(i: int) -> None:
     d = _edges()[i]
-    assert outcome(evaluate_response_bytes, "edge", d) == outcome(reference, "edge", d)
+    assert outcome(ResponseEncoder().encode, "edge", d) == outcome(reference, "edge", d)
 
 
 def outcome(write: Any, rid: str, d: Any) -> bytes | str:

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from carepath.cds import fetch
+from carepath.cds.auth import CdsAuth, Refused, log_refusal
 from carepath.cds.cards import HOOKS, SERVICE_IDS
 from carepath.cds.feedback import FeedbackStore
 from carepath.cds.request import RequestError, parse_feedback, parse_hook_request
@@ -65,8 +66,18 @@ def _peer(request: Request) -> str:
 
 
 class CdsHooks:
-    def __init__(self, pool: Pool, store: FeedbackStore, config: CdsConfig, audit: Any = None) -> None:
-        """``audit``: the server's AuditLog (serve --audit): calls and card feedback are recorded in it
+    def __init__(
+        self,
+        pool: Pool,
+        store: FeedbackStore,
+        config: CdsConfig,
+        auth: CdsAuth | None = None,
+        serving: Callable[[], bool] | None = None,
+        audit: Any = None,
+    ) -> None:
+        """``auth``: the trusted EHRs (None: no token asked, loopback only); ``serving``: whether the
+        service answers calls (default: a worker of the serving set is alive), for GET /health;
+        ``audit``: the server's AuditLog (serve --audit): calls and card feedback are recorded in it
         (carepath.cds.audited)."""
         self.pool = pool
         self.store = store
@@ -76,6 +87,8 @@ class CdsHooks:
 
             self.audited = CdsAudit(audit)
         self.config = config
+        self.auth = auth
+        self.serving = serving or (lambda: pool.serving() > 0)
         self.client: httpx.AsyncClient | None = None
         self._discovery: tuple[int, bytes, dict[str, dict[str, str]]] | None = None
 
@@ -109,6 +122,23 @@ class CdsHooks:
         except orjson.JSONDecodeError as exc:
             raise RequestError("$", f"the request body is not valid JSON ({exc.msg} at position {exc.pos})") from None
 
+    async def _admit(self, request: Request, method: str, t0: float, rid: str) -> Response | None:
+        """None when the call may go on (no authentication configured, or a good token), else the 401."""
+        if self.auth is None:
+            return None
+        try:
+            await self.auth.check(request.headers.get("authorization"), request.url.path)
+        except Refused as exc:
+            peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+            log_refusal(method, peer, exc)
+            self._log(method, exc.status, t0, rid)
+            response = outcome(exc.status, exc.message, code="security" if exc.status == 401 else "throttled")
+            if exc.status == 401:
+                why = exc.message.encode("ascii", "replace").decode().replace('"', "'")  # headers are Latin-1; a kid may not be
+                response.headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{why}"'
+            return response
+        return None
+
     async def _services(self) -> tuple[bytes, dict[str, dict[str, str]]]:
         """The discovery document of the serving pathway set (asked of a worker once per set) and each
         service's prefetch templates."""
@@ -137,6 +167,9 @@ class CdsHooks:
         if hook is None:
             self._log(f"POST /cds-services/{service_id[:64]}", 404, t0, rid)
             return outcome(404, f"no CDS service {service_id[:64]!r}; GET /cds-services lists them", code="not-found")
+        refused = await self._admit(request, f"POST /cds-services/{service_id}", t0, rid)
+        if refused is not None:
+            return refused
         try:
             req = parse_hook_request(await self._json(request), hook)
         except RequestError as exc:
@@ -211,6 +244,9 @@ class CdsHooks:
         if service_id not in HOOK_BY_ID:
             self._log(method, 404, t0, "")
             return outcome(404, f"no CDS service {service_id[:64]!r}", code="not-found")
+        refused = await self._admit(request, method, t0, "")
+        if refused is not None:
+            return refused
         try:
             items = parse_feedback(await self._json(request))
         except RequestError as exc:
@@ -232,6 +268,14 @@ class CdsHooks:
         added = sum(self.store.add(service_id, item.item) for item in items)
         self._log(method, 200, t0, "")
         return Response(orjson.dumps({"received": len(items), "new": added}), media_type="application/json")
+
+    async def health(self, request: Request) -> Response:
+        """200 SERVING while a worker of the serving set is alive, else 503 NOT_SERVING: what gRPC health
+        says, for HTTP load balancers (open: no token)."""
+        ok = self.serving()
+        status = "SERVING" if ok else "NOT_SERVING"
+        body = {"status": status, "workers": self.pool.serving()}
+        return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
     # -- the application
 
@@ -278,7 +322,11 @@ class CdsHooks:
         async def feedback(request: Request) -> Response:
             return await guarded(self.feedback, request)
 
+        async def health(request: Request) -> Response:
+            return await self.health(request)
+
         routes = [
+            Route("/health", health, methods=["GET"]),
             Route("/cds-services", discovery, methods=["GET"]),
             Route("/cds-services/{service_id}", hook, methods=["POST"]),
             Route("/cds-services/{service_id}/feedback", feedback, methods=["POST"]),

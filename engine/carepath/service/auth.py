@@ -292,9 +292,13 @@ class Verifier:
         if isinstance(kid, str) and self.keys.stale(kid):
             await asyncio.to_thread(self.keys.refresh)
 
-    def verify(self, token: str) -> dict[str, Any]:
-        """The token's claims; AuthError (UNAUTHENTICATED) saying what is wrong with it."""
+    def verify(self, token: str, audience: str | None = None, aud_list: bool = False) -> dict[str, Any]:
+        """The token's claims; AuthError (UNAUTHENTICATED) saying what is wrong with it. ``audience``:
+        the aud this call needs instead of the configured one (CDS Hooks: the URL of the endpoint
+        called); ``aud_list``: also accept aud as a list holding exactly that one value (CDS Hooks 2.0
+        allows both forms)."""
         bad = grpc.StatusCode.UNAUTHENTICATED
+        audience = audience or self.audience
         if len(token) > MAX_TOKEN:
             raise AuthError(bad, f"bearer token longer than {MAX_TOKEN} characters")
         try:
@@ -317,15 +321,15 @@ class Verifier:
                 token,
                 key.key,
                 algorithms=[alg],
-                audience=self.audience,
+                audience=audience,
                 issuer=self.issuers,
                 leeway=self.leeway,
-                options={"require": ["exp", "iat", "jti", "iss", "aud", "sub"], "strict_aud": True},
+                options={"require": ["exp", "iat", "jti", "iss", "aud", "sub"], "strict_aud": not aud_list},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError(bad, "token expired") from None
         except jwt.InvalidAudienceError:
-            raise AuthError(bad, f"token is not for this service (aud must be exactly {self.audience!r})") from None
+            raise AuthError(bad, f"token is not for this service (aud must be exactly {audience!r})") from None
         except jwt.InvalidIssuerError:
             raise AuthError(bad, "token issuer is not allowed") from None
         except jwt.MissingRequiredClaimError as exc:
@@ -337,6 +341,8 @@ class Verifier:
         except jwt.PyJWTError as exc:
             raise AuthError(bad, f"invalid token: {exc}") from None
         exp, iat, jti, sub = claims["exp"], claims["iat"], claims["jti"], claims["sub"]
+        if aud_list and isinstance(claims["aud"], list) and len(claims["aud"]) != 1:
+            raise AuthError(bad, f"token is not for this service (aud must be {audience!r} or [{audience!r}])")
         if not isinstance(jti, str) or not 1 <= len(jti) <= 256:
             raise AuthError(bad, "token jti must be a string of 1 to 256 characters")
         if not isinstance(sub, str) or not sub:

@@ -64,6 +64,23 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
     cds.add_argument(
         "--cds-fetch-timeout", type=seconds, default=5.0, help="seconds to fetch what a prefetch lacks from fhirServer (default 5)"
     )
+    cds.add_argument(
+        "--cds-jwt-issuer",
+        action="append",
+        default=[],
+        metavar="ISS=JWKS",
+        help="trust CDS Hooks calls whose JWT this EHR (iss) signed with a key of JWKS (a file, or its https URL); repeatable",
+    )
+    cds.add_argument(
+        "--cds-base-url",
+        metavar="URL",
+        help="the CDS Hooks base URL the EHRs call (a token's aud is it + the endpoint's path; default http://HOST:HTTP_PORT)",
+    )
+    cds.add_argument(
+        "--cds-no-auth",
+        action="store_true",
+        help="serve CDS Hooks on a non-loopback --host without EHR tokens (e.g. a gateway that checks them does)",
+    )
     tls = p.add_argument_group("transport (see the README's Deploying section)")
     tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve TLS (re-read when the file changes)")
     tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
@@ -155,7 +172,30 @@ def _serve(args: argparse.Namespace) -> int:
         if not 0 <= args.http_port <= 65535:
             raise CarepathError(f"--http-port: expected 0-65535, got {args.http_port}")
         config = CdsConfig(setting=setting, setting_source=source, as_of=args.cds_as_of, fetch_deadline=args.cds_fetch_timeout)
-        cds = CdsHooksOptions(host=args.host, port=args.http_port, feedback_dir=args.cds_feedback_dir, config=config)
+        cds_auth = None
+        if args.cds_jwt_issuer:
+            from carepath.cds.auth import CdsAuth, parse_trusted
+            from carepath.service.auth import ConfigError
+
+            try:
+                cds_auth = CdsAuth([parse_trusted(t) for t in args.cds_jwt_issuer], args.cds_base_url or "")
+            except ConfigError as exc:
+                print(f"carepath: {exc}", file=sys.stderr)
+                return 2
+        elif args.cds_base_url:
+            print("carepath: --cds-base-url is the aud of EHR tokens: it needs --cds-jwt-issuer", file=sys.stderr)
+            return 2
+        else:
+            from carepath.service.tls import is_loopback
+
+            if not is_loopback(args.host) and not args.cds_no_auth:
+                print(
+                    f"carepath: refusing CDS Hooks on {args.host} without EHR authentication: give --cds-jwt-issuer ISS=JWKS "
+                    "(CDS Hooks 2.0 'Trusting CDS Clients'), or --cds-no-auth if something in front checks the tokens",
+                    file=sys.stderr,
+                )
+                return 2
+        cds = CdsHooksOptions(host=args.host, port=args.http_port, feedback_dir=args.cds_feedback_dir, config=config, auth=cds_auth)
 
     def announce(line: str) -> None:
         print(line, flush=True)

@@ -522,6 +522,7 @@ class CdsHooksOptions:
     port: int = 8080
     feedback_dir: str = ".carepath/cds-feedback"
     config: Any = None  # carepath.cds.app.CdsConfig (imported lazily: Starlette only loads with --cds-hooks)
+    auth: Any = None  # carepath.cds.auth.CdsAuth: the trusted EHRs (None: no token asked)
 
 
 class _Http:
@@ -531,7 +532,9 @@ class _Http:
         self.server, self.task, self.store, self.port = server, task, store, port
 
     @classmethod
-    async def start(cls, pool: Pool, opts: CdsHooksOptions, audit: AuditLog | None = None) -> _Http:
+    async def start(
+        cls, pool: Pool, opts: CdsHooksOptions, serving: Callable[[], bool] | None = None, audit: AuditLog | None = None
+    ) -> _Http:
         import contextlib
 
         import uvicorn
@@ -545,9 +548,12 @@ class _Http:
                 yield
 
         store = SqliteStore(opts.feedback_dir)
-        hooks = CdsHooks(pool, store, opts.config or CdsConfig(), audit)
-        app = hooks.app()
         sock = socket.create_server((opts.host, opts.port), reuse_port=False)
+        if opts.auth is not None and not opts.auth.base_url:  # tokens' aud: this listener's own URL
+            host = opts.host if ":" not in opts.host else f"[{opts.host}]"
+            opts.auth.base_url = f"http://{host}:{sock.getsockname()[1]}"
+        hooks = CdsHooks(pool, store, opts.config or CdsConfig(), opts.auth, serving, audit)
+        app = hooks.app()
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="on", http="auto", loop="none", timeout_graceful_shutdown=None
         )
@@ -727,7 +733,8 @@ class Service:
         http: _Http | None = None
         if self.cds_hooks is not None:
             try:
-                http = await _Http.start(self.pool, self.cds_hooks, self.audit)
+                serving = lambda: self.pool.serving() > 0 and not self.stopping.is_set()  # noqa: E731
+                http = await _Http.start(self.pool, self.cds_hooks, serving, self.audit)
             except OSError as exc:
                 print(
                     f"carepath: cannot listen on {self.cds_hooks.host}:{self.cds_hooks.port} for CDS Hooks: {exc.strerror or exc}",

@@ -33,7 +33,8 @@ from carepath.cds import respond as cds_respond
 from carepath.errors import CaseError, FieldViolation, PathwayError, UnknownPathwayError
 from carepath.evaluate import Engine
 from carepath.fhir import FhirInputError
-from carepath.service.convert import case_to_dict, planned_response_bytes
+from carepath.service.convert import case_to_dict
+from carepath.service.encode import ResponseEncoder
 from carepath.settings import bundled_pathways
 from carepath.site import Site
 from carepath.validate import SourceSet, read_set
@@ -101,6 +102,7 @@ class Worker:
     def __init__(self, engine: Engine, sources: SourceSet) -> None:
         self.engine = engine
         self.sources = sources
+        self.encoder = ResponseEncoder()  # the response bytes of the engine's decisions, with what it keeps of them
 
     def handle(self, kind: str, payload: Any, deadline: float | None) -> tuple[str, Any, Meta]:
         if kind == "batch":
@@ -141,8 +143,8 @@ class Worker:
                 raise CaseError([FieldViolation("case", "required field is missing (set case or case_json)")])
             if isinstance(data, dict) and isinstance(data.get("patient_id"), str):
                 patient = data["patient_id"][:128]
-            planned = self.engine.evaluate_planned(data, list(req.pathway_ids) or None)
-            return OK, planned_response_bytes(rid, planned), (rid, patient, replaced)
+            decision = self.engine.evaluate(data, list(req.pathway_ids) or None)
+            return OK, self.encoder.encode(rid, decision), (rid, patient, replaced)
         except CaseError as exc:
             return CASE_ERROR, [(v.field, v.message) for v in exc.violations], (rid, patient, replaced)
         except UnknownPathwayError as exc:
