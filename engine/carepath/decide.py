@@ -413,11 +413,12 @@ def make_plan(setting: str, allergies: tuple[str, ...], fired: Fired) -> Plan:
     if "medication" in kinds and len(recs) < made_recs:
         kept_change = {b.rule for b, _ in recs if b.kind == "medication" and b.body["action"] in STARTS}
         overruled = {b.rule for b, _ in initial if b.kind == "medication" and b.body["action"] in STARTS} - kept_change
+        stand_ins = {b.in_hospital for b, _ in initial if b.in_hospital is not None}  # an emergency stays visible
         if overruled:
             kept = []
             for r in recs:
                 b = r[0]
-                if b.rule in overruled and (b.kind == "alert" or (b.kind == "test" and not b.essential)):
+                if b.rule in overruled and ((b.kind == "alert" and b not in stand_ins) or (b.kind == "test" and not b.essential)):
                     suppress(b, "the drug change it goes with was overruled")
                     continue
                 kept.append(r)

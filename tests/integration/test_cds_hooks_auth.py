@@ -267,3 +267,24 @@ def test_http_health_follows_the_worker_pool(tmp_path: Path) -> None:
             assert ("NOT_SERVING", 0) in health
     finally:
         assert s.stop() == 0, s.log()
+
+
+def test_the_audit_trail_names_the_verified_ehr(tmp_path: Path, keys: Keys, request_body: Any) -> None:
+    """With tokens and --audit, a hook call's record names the token's subject and issuer and the peer (a review
+    found them dropped: every CDS record was 'anonymous')."""
+    import sqlite3
+
+    audit = tmp_path / "audit.db"
+    s = CdsServer(tmp_path, ROOT / "pathways", "--cds-jwt-issuer", f"{EHR}={keys.jwks}", "--audit", str(audit))
+    try:
+        with httpx.Client(base_url=s.base, timeout=60) as c:
+            r = c.post(SERVICE, json=request_body, headers=bearer(token(s, keys)))
+            assert r.status_code == 200, r.text
+    finally:
+        assert s.stop() == 0, s.log()
+    with sqlite3.connect(audit) as db:
+        rows = db.execute("SELECT subject, issuer, peer FROM audit WHERE action = 'CdsHooks'").fetchall()
+    assert len(rows) == 1
+    subject, issuer, peer = rows[0]
+    assert (subject, issuer) == ("ehr-client-id", EHR)
+    assert peer.startswith("ipv4:127.0.0.1:"), peer

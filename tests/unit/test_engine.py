@@ -464,3 +464,28 @@ def test_a_pathway_larger_than_a_durable_rules_ruleset_is_split(tmp_path: Path) 
     decision = engine.evaluate(case)
     assert len(decision["trace"]) == 80
     assert decision["recommendations"] == engine.with_backend("reference").evaluate(case)["recommendations"]
+
+
+def test_in_hospital_an_emergency_is_a_critical_alert_even_beside_an_overruled_start(tmp_path: Path) -> None:
+    """Policy 1: in hospital an emergency up-referral stands as a critical alert from its rule. The alert
+    survives policy 4b, which drops the alerts of a rule whose drug start was overruled (here by the
+    emergency itself, policy 2): a rule making both must still show the emergency."""
+    (tmp_path / "dictionary.yaml").write_text((FIXTURES / "dictionary.yaml").read_text())
+    text = (FIXTURES / "mini_htn.yaml").read_text()
+    text = text.replace(
+        "    when: setting == community and (sbp >= 180 or dbp >= 110)\n    then:\n",
+        "    when: sbp >= 180 or dbp >= 110\n    then:\n      - {kind: medication, action: start, atc: C08CA, name: CCB}\n",
+        1,
+    )
+    (tmp_path / "mini_htn.yaml").write_text(text)
+    e = Engine.from_directory(tmp_path)
+    crisis = [{"code": "sbp", "value": 190, "unit": "mmHg", "date": "2026-11-24"}]
+    hospital = e.evaluate(case(setting="hospital", observations=crisis))["recommendations"]
+    alerts = [r for r in hospital if r["kind"] == "alert" and r["rule"] == "mini.crisis"]
+    assert [a["severity"] for a in alerts] == ["critical"] and alerts[0]["text"].startswith("EMERGENCY criterion met")
+    assert alerts[0]["values"]["sbp"] == 190 and alerts[0]["citation"]
+    assert not any(r["kind"] in ("referral", "medication") and r.get("action") != "avoid" for r in hospital)
+    community = e.evaluate(case(observations=crisis))["recommendations"]
+    assert [(r["kind"], r.get("urgency")) for r in community if r["rule"] == "mini.crisis" and r["kind"] != "follow_up"] == [
+        ("referral", "emergency")
+    ]

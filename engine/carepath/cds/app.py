@@ -10,6 +10,7 @@ that could not be had, 503 while no worker serves; an unexpected error is 500 wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -33,6 +34,7 @@ from carepath.cds.auth import CdsAuth, Refused, log_refusal
 from carepath.cds.cards import HOOKS, SERVICE_IDS
 from carepath.cds.feedback import FeedbackStore
 from carepath.cds.request import RequestError, parse_feedback, parse_hook_request
+from carepath.service.auth import Caller
 from carepath.service.pool import DeadlineExceeded, Pool, PoolError, Reply
 from carepath.service.worker import CASE_ERROR, DEADLINE, OK, utc_now
 
@@ -62,7 +64,17 @@ def outcome(status: int, text: str, field: str | None = None, code: str = "inval
 
 
 def _peer(request: Request) -> str:
-    return f"ipv4:{request.client.host}" if request.client else ""
+    if not request.client:
+        return ""
+    host = request.client.host
+    return f"ipv6:[{host}]:{request.client.port}" if ":" in host else f"ipv4:{host}:{request.client.port}"
+
+
+def _caller(request: Request) -> Caller:
+    """Who called, for the audit trail: the verified token's subject and issuer (set by _admit) and the peer."""
+    verified: Caller | None = getattr(request.state, "caller", None)
+    peer = _peer(request)
+    return Caller(peer=peer) if verified is None else dataclasses.replace(verified, peer=peer)
 
 
 class CdsHooks:
@@ -127,7 +139,7 @@ class CdsHooks:
         if self.auth is None:
             return None
         try:
-            await self.auth.check(request.headers.get("authorization"), request.url.path)
+            request.state.caller = await self.auth.check(request.headers.get("authorization"), request.url.path)
         except Refused as exc:
             peer = f"{request.client.host}:{request.client.port}" if request.client else ""
             log_refusal(method, peer, exc)
@@ -229,7 +241,7 @@ class CdsHooks:
             from carepath.service.audit import WITHHELD, AuditError
 
             try:
-                await self.audited.hook(service_id, rid, req.patient_id, body, _peer(request))
+                await self.audited.hook(service_id, rid, req.patient_id, body, _caller(request))
             except AuditError:
                 self._log(f"POST /cds-services/{service_id}", 503, t0, rid, req.patient_id)
                 return outcome(503, f"{WITHHELD}; request id {rid}", code="transient")
@@ -261,7 +273,7 @@ class CdsHooks:
 
             try:
                 for item in items:
-                    await self.audited.feedback(service_id, item.item, _peer(request))
+                    await self.audited.feedback(service_id, item.item, _caller(request))
             except AuditError:
                 self._log(method, 503, t0, "")
                 return outcome(503, "the audit trail could not record this feedback; send it again later", code="transient")

@@ -33,14 +33,14 @@ class CdsAudit:
         self.store = Store(audit.path)
         self.cards: OrderedDict[tuple[str, str], tuple[str, int, str, str]] = OrderedDict()
 
-    async def hook(self, service_id: str, request_id: str, patient: str, body: bytes, peer: str) -> None:
+    async def hook(self, service_id: str, request_id: str, patient: str, body: bytes, caller: Caller) -> None:
         """Record a hook call's cards (AuditError when the record cannot be written: fail closed)."""
         cards = orjson.loads(body).get("cards", [])
         recs = [["card", str(((c.get("source") or {}).get("topic") or {}).get("code", ""))] for c in cards]
         did = new_decision_id()
         rules = sorted({r for _, r in recs if r})
         rec = self.audit.record(
-            Caller(peer=peer),
+            caller,
             "CdsHooks",
             "OK",
             patient=patient,
@@ -59,7 +59,7 @@ class CdsAudit:
         while len(self.cards) > CARDS:
             self.cards.popitem(last=False)
 
-    async def feedback(self, service_id: str, item: dict[str, Any], peer: str) -> None:
+    async def feedback(self, service_id: str, item: dict[str, Any], caller: Caller) -> None:
         """Record one card feedback item, once (AuditError when it cannot be written)."""
         text = orjson.dumps([service_id, item], option=orjson.OPT_SORT_KEYS)
         digest = hashlib.sha256(text).hexdigest()
@@ -75,7 +75,7 @@ class CdsAudit:
             did, index, rule, _ = linked
             rows = [(fid, 0, did, index, "card", rule, item["outcome"], reason, override.get("userComment") or "", None, at, digest)]
         rec = self.audit.record(
-            Caller(peer=peer),
+            caller,
             "CdsFeedback",
             "OK" if linked else "OK_UNLINKED",
             patient=linked[3] if linked else None,
