@@ -19,8 +19,9 @@ from grpc_helpers import CARE, SAMPLE, Server, serving, varied_case, wait_for
 
 from carepath.client import CallError, CarepathClient
 from carepath.service import devpki
-from carepath.service.audit import COLUMNS, LEGACY, AuditLog, record_hash, verify
+from carepath.service.audit import COLUMNS, LEGACY, AuditLog, export, record_hash, verify
 from carepath.service.auth import Caller
+from carepath.service.feedback import summarise
 from carepath_client import FeedbackItem
 from carepath_client._proto.v1 import decision_service_pb2 as ds
 
@@ -287,4 +288,31 @@ def test_an_audit_file_from_before_decision_ids_is_extended_and_still_verifies(t
     assert verify(path).problem == "record 4: changed (its content does not match its hash)"
     with sqlite3.connect(path) as db:
         db.execute("UPDATE audit SET decision_id = 'd-forged' WHERE seq = 2")
+    assert verify(path).problem == "record 2: changed (its content does not match its hash)"
+
+
+def test_reading_an_audit_file_never_changes_it(tmp_path: Path) -> None:
+    """verify, export and report --feedback read evidence: an older file is read as it is (a review found
+    verify migrating it, changing its bytes, and failing on read-only media), and a current one too."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE audit ({', '.join(LEGACY)})")
+        prev = "0" * 64
+        for seq in (1, 2):
+            fields = ("2026-12-01T00:00:00.000Z", "ehr", ISS, None, "ipv4:127.0.0.1", "Evaluate", "OK", None, f"r-{seq}", "[]", "[]", "ab")
+            h = record_hash(seq, fields, prev)
+            db.execute(f"INSERT INTO audit VALUES ({', '.join('?' * len(LEGACY))})", (seq, *fields, prev, h))
+            prev = h
+    before = path.read_bytes()
+    path.chmod(0o444)
+    try:
+        v = verify(path)
+        assert v.problem == "" and v.records == 2
+        assert [r["request_id"] for r in export(path, None, None)] == ["r-1", "r-2"]
+        assert summarise(path).decisions == 2  # the two Evaluate records
+    finally:
+        path.chmod(0o644)
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE audit SET request_id = 'r-forged' WHERE seq = 2")
     assert verify(path).problem == "record 2: changed (its content does not match its hash)"

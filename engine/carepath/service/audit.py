@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 CREATE INDEX IF NOT EXISTS audit_decision ON audit (decision_id) WHERE decision_id IS NOT NULL;
+"""
+SIDE_TABLES = """
 CREATE TABLE IF NOT EXISTS anchor (   -- after a prune: the last record pruned (the chain continues from it)
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL,
@@ -97,8 +99,8 @@ CREATE TABLE IF NOT EXISTS feedback (  -- RecordFeedback (and CDS Hooks feedback
     content_sha256 TEXT NOT NULL, -- of the feedback's canonical content (a resend is compared with it)
     PRIMARY KEY (feedback_id, item)
 );
-CREATE INDEX IF NOT EXISTS feedback_seq ON feedback (audit_seq);
 """
+SCHEMA += SIDE_TABLES + "CREATE INDEX IF NOT EXISTS feedback_seq ON feedback (audit_seq);\n"
 LEGACY = (  # the columns of an audit file written before decision ids: opened and given the new columns
     "seq",
     "ts",
@@ -154,20 +156,32 @@ def record_hash(seq: int, fields: tuple[Any, ...], prev_hash: str) -> str:
 
 
 def connect(path: Path, create: bool) -> sqlite3.Connection:
+    """The audit file: ``create`` for the writer (made, or an older layout migrated, in WAL mode); else
+    opened read-only (verify, export, report read evidence and never change it: an older layout is read
+    through a temporary view with the new columns empty, on read-only media too)."""
     if not create and not path.is_file():
         raise AuditError(f"{path}: no such audit file")
     try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT)
         if create:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={AUDIT_SYNC}")
+        else:
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT)
         cols = [r[1] for r in db.execute("PRAGMA table_info(audit)")]
-        if tuple(cols) == LEGACY:  # written before decision ids: the new columns and tables are added
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ALTER TABLE audit ADD COLUMN decision_id TEXT")
-            db.execute("ALTER TABLE audit ADD COLUMN recommendations TEXT")
-            db.execute("COMMIT")
-        if create or tuple(cols) == LEGACY:
+        if tuple(cols) == LEGACY:  # written before decision ids
+            if create:  # the new columns and tables are added
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ALTER TABLE audit ADD COLUMN decision_id TEXT")
+                db.execute("ALTER TABLE audit ADD COLUMN recommendations TEXT")
+                db.execute("COMMIT")
+            else:  # read as it is: temporary objects only, the file is not touched
+                kept = ", ".join(LEGACY[:-2])
+                view = f"SELECT {kept}, NULL AS decision_id, NULL AS recommendations, prev_hash, hash FROM main.audit"
+                db.execute(f"CREATE TEMP VIEW audit AS {view}")
+                db.executescript(SIDE_TABLES.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS"))
+        if create:
             db.executescript(SCHEMA)
         cols = [r[1] for r in db.execute("PRAGMA table_info(audit)")]
     except sqlite3.Error as exc:
