@@ -733,7 +733,7 @@ class CaseSpace:
         v = self._pick(draw, [-30, -1, 0, 1, 7, lit.value - 1, lit.value, lit.value + 1], lit.op, lit.value)
         if v is None:
             return
-        mine = self._taking(draw, d, (prefix,))
+        mine = self._taking(draw, d, prefixes(prefix))  # a code set: its ATC prefixes joined by "|"
         rs = d.readings.setdefault(code, [])
         if not rs:
             self._harvest(code, self.vocab.observations[code].lo, self.vocab.observations[code].hi)
