@@ -35,7 +35,7 @@ from .strategies import CaseSpace
 PROFILES: dict[str, int] = {"dev": 200, "ci": 1000, "thorough": 10_000, "pytest": 150}
 """Examples per pathway for each profile (each YAML invariant gets a fifth of it, at least 50)."""
 DEFAULT_SEED = 20261124
-TOP_UP = 100
+TOP_UP = 300
 """Examples of the steered search into a rule that the main search never fired."""
 SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture]
 
