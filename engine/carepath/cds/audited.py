@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from carepath.service.audit import AuditLog, new_decision_id
+from carepath.service.audit import AuditLog, new_decision_id, utc_text
 from carepath.service.auth import Caller
 from carepath.service.feedback import Store
 
@@ -99,4 +99,4 @@ def _utc(text: Any) -> str:
         except ValueError:
             t = now
         t = t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    return utc_text(t)

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import astuple, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -432,6 +433,11 @@ def _failure(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) ->
     if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
         return code.name
     return "UNKNOWN"
+
+
+def utc_text(t: datetime) -> str:
+    """A UTC time as the audit trail stores it, ISO 8601 to the millisecond (2026-12-07T05:55:00.123Z)."""
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 def new_decision_id() -> str:

@@ -290,13 +290,15 @@ def _utc(text: str) -> str:
     """A UTC time as the audit trail stores it (2026-12-07T05:55:00.000Z), for comparing."""
     from datetime import UTC, datetime
 
+    from carepath.service.audit import utc_text
+
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a UTC time as YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, got {text!r}") from None
     if t.tzinfo is not None:
         t = t.astimezone(UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    return utc_text(t)
 
 
 @command("audit", _audit_setup)

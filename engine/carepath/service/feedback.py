@@ -30,7 +30,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from carepath.service import status
-from carepath.service.audit import AuditError, AuditLog, connect
+from carepath.service.audit import AuditError, AuditLog, connect, utc_text
 from carepath.service.auth import CALLER, Caller, certificate_subject
 from carepath.service.worker import REQUEST_ID
 from carepath_client._proto.v1 import decision_service_pb2 as ds
@@ -89,10 +89,6 @@ class Feedback:
         )
 
 
-def _utc(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
 def parse(req: ds.RecordFeedbackRequest, caller: Caller) -> Feedback:
     """The request checked field by field (FeedbackError INVALID_ARGUMENT naming the first bad one)."""
     if not req.feedback_id:
@@ -147,7 +143,7 @@ def parse(req: ds.RecordFeedbackRequest, caller: Caller) -> Feedback:
             raise _bad("at", "is in the future")
     else:
         at = now
-    return Feedback(req.feedback_id, req.decision_id, tuple(items), clinician, _utc(at))
+    return Feedback(req.feedback_id, req.decision_id, tuple(items), clinician, utc_text(at))
 
 
 class Store:
