@@ -5,6 +5,7 @@ written by AuditLog (the server's writer), `audit verify` after it (and after ta
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from conftest import ROOT
 from grpc_helpers import CARE
 
-from carepath.service.audit import COLUMNS, PRUNE, RETENTION_DAYS, AuditLog, Record, verify
+from carepath.service.audit import COLUMNS, PRUNE, RETENTION_DAYS, AuditLog, Record, feedback_content, feedback_response, verify
 from carepath.service.auth import Caller
 
 pytestmark = pytest.mark.timeout(120)
@@ -50,9 +51,18 @@ def written(tmp_path: Path, days: int = 10, start: datetime = START) -> Path:
             )
             await audit.append(Record(**{**rec.__dict__, "ts": day(n)}))
             if n % 2 == 0:
-                fb = audit.record(Caller("dr"), "RecordFeedback", "OK", request_id=f"fb-{n}", decision_id=f"d-{n}", rules=["r1"])
-                row = (f"fb-{n}", 0, f"d-{n}", 0, "test", "r1", "overridden", "other", "", "dr", day(n), "c" * 64)
-                await audit.append(Record(**{**fb.__dict__, "ts": day(n)}), feedback=[row])
+                row = (f"fb-{n}", 0, f"d-{n}", 0, "test", "r1", "overridden", "other", "", "dr", day(n))
+                stored = [(*row, hashlib.sha256(feedback_content([row])).hexdigest())]
+                fb = audit.record(
+                    Caller("dr"),
+                    "RecordFeedback",
+                    "OK",
+                    request_id=f"fb-{n}",
+                    decision_id=f"d-{n}",
+                    rules=["r1"],
+                    response=feedback_response(f"fb-{n}", stored),
+                )
+                await audit.append(Record(**{**fb.__dict__, "ts": day(n)}), feedback=stored)
         await audit.append(audit.record(Caller("ehr"), "ListPathways", "OK"))
 
     asyncio.run(write())
@@ -129,6 +139,42 @@ def test_after_a_prune_tampering_is_still_detected(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "nothing (no AuditPrune record)" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [
+        ("UPDATE feedback SET reason_text = 'changed later' WHERE feedback_id = 'fb-4'", "feedback 'fb-4': changed"),
+        ("UPDATE feedback SET at = '2020-01-01T00:00:00.000Z' WHERE feedback_id = 'fb-4'", "feedback 'fb-4': changed"),
+        ("DELETE FROM feedback WHERE feedback_id = 'fb-6'", "its feedback 'fb-6' is missing (feedback rows deleted?)"),
+        (
+            "INSERT INTO feedback (feedback_id, item, decision_id, recommendation, kind, rule, outcome, reason, reason_text, clinician,"
+            " at, content_sha256, audit_seq) SELECT feedback_id, 1, decision_id, 1, kind, rule, 'accepted', NULL, '', clinician, at,"
+            " content_sha256, audit_seq FROM feedback WHERE feedback_id = 'fb-8'",
+            "feedback 'fb-8': changed",
+        ),
+        ("UPDATE feedback SET audit_seq = audit_seq - 1 WHERE feedback_id = 'fb-2'", "feedback 'fb-2': record 2 is not its"),
+    ],
+)
+def test_verify_checks_the_feedback_rows_against_their_records(tmp_path: Path, tamper: str, problem: str) -> None:
+    """A review found feedback rows outside what `audit verify` checks: changed, deleted or added rows
+    (the clinician's reason, the time it counts by) went unnoticed."""
+    path = written(tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute(tamper)
+    done = care("verify", str(path))
+    assert done.returncode == 1 and problem in done.stderr, done.stderr
+
+
+def test_a_feedback_row_rewritten_with_a_new_content_hash_is_still_found(tmp_path: Path) -> None:
+    path = written(tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE feedback SET outcome = 'accepted', reason = NULL WHERE feedback_id = 'fb-4'")
+        rows = db.execute("SELECT * FROM feedback WHERE feedback_id = 'fb-4' ORDER BY item").fetchall()
+        digest = hashlib.sha256(feedback_content(rows)).hexdigest()
+        db.execute("UPDATE feedback SET content_sha256 = ? WHERE feedback_id = 'fb-4'", (digest,))
+    done = care("verify", str(path))
+    assert done.returncode == 1 and "feedback 'fb-4': its rows do not match what record" in done.stderr
+
+
 def test_prune_default_is_six_years_and_options_are_checked(tmp_path: Path) -> None:
     six_years = datetime.now(UTC) - timedelta(days=RETENTION_DAYS)
     path = written(tmp_path / "young", start=six_years + timedelta(days=2))
@@ -184,3 +230,23 @@ def test_fhir_outcome_codes_follow_the_status() -> None:
         "12",
     ]
     assert len(COLUMNS) == 17
+
+
+@pytest.mark.parametrize(
+    ("peer", "network"),
+    [
+        ("ipv4:10.1.2.3:50211", {"address": "10.1.2.3", "type": "2"}),
+        ("ipv6:[::1]:50211", {"address": "::1", "type": "2"}),
+        ("ipv6:%5B2001:db8::7%5D:443", {"address": "2001:db8::7", "type": "2"}),
+        ("10.1.2.3:8080", {"address": "10.1.2.3", "type": "2"}),  # the CDS Hooks listener's peer
+        ("unix:/run/carepath.sock", {"address": "unix:/run/carepath.sock", "type": "5"}),
+        ("ehr-gateway.local:443", {"address": "ehr-gateway.local", "type": "1"}),
+    ],
+)
+def test_fhir_agent_network_is_an_address_without_its_port(peer: str, network: dict[str, str]) -> None:
+    """A review found ip:port exported under type 2 (IP address)."""
+    from carepath.service.fhir_audit import audit_event
+
+    rec = {c: None for c in COLUMNS} | {"seq": 1, "ts": "2026-12-07T00:00:00.000Z", "action": "Evaluate", "outcome": "OK"}
+    rec |= {"pathways": [], "rules": [], "peer": peer, "prev_hash": "0" * 64, "hash": "1" * 64}
+    assert audit_event(rec)["agent"][0]["network"] == network

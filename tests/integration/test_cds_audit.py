@@ -49,6 +49,8 @@ def records(path: Path, where: str) -> list[dict[str, Any]]:
 
 
 def test_cds_calls_and_card_feedback_are_audited_and_reported(tmp_path: Path) -> None:
+    """Feedback on a card finds its decision after a restart too: a review found the card-to-decision
+    map kept in memory (feedback after a restart was recorded unlinked)."""
     s = AuditedCds(tmp_path)
     try:
         bundle = synthea_bundle("Elsy_Bechtelar")
@@ -70,7 +72,13 @@ def test_cds_calls_and_card_feedback_are_audited_and_reported(tmp_path: Path) ->
                 },
             ]
             url = "/cds-services/carepath-patient-view/feedback"
-            assert http.post(url, json={"feedback": items}).json() == {"received": 2, "new": 2}
+            assert http.post(url, json={"feedback": items[:1]}).json() == {"received": 1, "new": 1}
+    finally:
+        assert s.stop() == 0, s.log()
+    s = AuditedCds(tmp_path)  # the same audit file and feedback directory, a new process
+    try:
+        with httpx.Client(base_url=s.base, timeout=60) as http:
+            assert http.post(url, json={"feedback": items}).json() == {"received": 2, "new": 1}
             assert http.post(url, json={"feedback": items[1:]}).json() == {"received": 1, "new": 0}  # a resend
         call = records(s.audit, "action = 'CdsHooks'")
         assert len(call) == 1 and call[0]["patient"] == pid and call[0]["decision_id"].startswith("d-")

@@ -136,6 +136,67 @@ def test_feedback_is_idempotent_by_its_id(server: Server, pki: dict[str, Any]) -
     assert outcomes == ["OK", "OK_DUPLICATE", "ALREADY_EXISTS"]
 
 
+def test_racing_copies_under_one_feedback_id_store_one_and_refuse_other_content(server: Server, pki: dict[str, Any]) -> None:
+    """A review found two requests under one feedback id with different content both answered OK, the
+    second silently dropped. Sent at once, half with each content: whichever is stored
+    first, every request with its content is OK (one of them not a duplicate) and every other one is
+    ALREADY_EXISTS; the stored rows are one content's, and the chain with its feedback verifies.
+    (Thirty-two calls sent at once on one channel: all pass the early check before the first commits.)"""
+    with client(server, pki) as c:
+        did, _ = with_recommendations(c)
+    contents = {
+        "a": [ds.RecommendationFeedback(outcome=ds.FEEDBACK_OUTCOME_OVERRIDDEN, reason=ds.OVERRIDE_REASON_PATIENT_DECLINED)],
+        "b": [ds.RecommendationFeedback(outcome=ds.FEEDBACK_OUTCOME_ACCEPTED)],
+    }
+    outcomes: dict[int, tuple[str, Any]] = {}
+
+    async def race() -> None:  # 32 calls on one channel, sent at once
+        async with grpc.aio.insecure_channel(server.target) as ch:
+            call = ch.unary_unary(
+                "/carepath.v1.DecisionService/RecordFeedback",
+                request_serializer=ds.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=ds.RecordFeedbackResponse.FromString,
+            )
+            tokens = [tok(pki) for _ in range(32)]  # one each: a token's jti is used once
+
+            async def send(n: int) -> None:
+                which = "ab"[n % 2]
+                req = ds.RecordFeedbackRequest(feedback_id="fb-race", decision_id=did, items=contents[which])
+                try:
+                    outcomes[n] = (which, await call(req, timeout=30, metadata=(("authorization", f"Bearer {tokens[n]}"),)))
+                except grpc.aio.AioRpcError as exc:
+                    outcomes[n] = (which, exc.code())
+
+            await asyncio.gather(*(send(n) for n in range(32)))
+
+    asyncio.run(race())
+    rows = feedback_rows(db_of(server), "fb-race")
+    assert len(rows) == 1
+    stored = "a" if rows[0]["outcome"] == "overridden" else "b"
+    for which, got in outcomes.values():
+        if which == stored:
+            assert isinstance(got, ds.RecordFeedbackResponse), got
+        else:
+            assert got == grpc.StatusCode.ALREADY_EXISTS, got
+    assert len(outcomes) == 32
+    assert [got.duplicate for which, got in outcomes.values() if which == stored].count(False) == 1
+    assert verify(db_of(server)).problem == ""
+
+
+def test_a_resend_is_compared_with_its_time_when_it_gives_one(server: Server, pki: dict[str, Any]) -> None:
+    with client(server, pki) as c:
+        did, _ = with_recommendations(c)
+        items = [FeedbackItem(0, "accepted")]
+        first = c.record_feedback(did, items, feedback_id="fb-at", at="2026-12-07T09:00:00Z")
+        assert c.record_feedback(did, items, feedback_id="fb-at", at="2026-12-07T09:00:00Z").duplicate
+        assert c.record_feedback(did, items, feedback_id="fb-at").duplicate  # no time given: not compared
+        with pytest.raises(CallError) as other:
+            c.record_feedback(did, items, feedback_id="fb-at", at="2026-12-07T09:30:00Z")
+    assert other.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert [r["at"] for r in feedback_rows(db_of(server), "fb-at")] == ["2026-12-07T09:00:00.000Z"]
+    assert len(first.content_sha256) == 64
+
+
 def test_unknown_decision_or_recommendation_is_not_found(server: Server, pki: dict[str, Any]) -> None:
     with client(server, pki) as c:
         did, recs = with_recommendations(c)

@@ -282,7 +282,7 @@ def _feedback_section(path: str, html_out: bool) -> str:
     from carepath.service.feedback import render_feedback_html, render_feedback_markdown, summarise
 
     try:
-        summary = summarise(Path(path))
+        summary = summarise(path)
     except AuditError as exc:
         raise CarepathError(f"--feedback {exc}") from None
     return render_feedback_html(summary) if html_out else render_feedback_markdown(summary)

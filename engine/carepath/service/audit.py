@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -43,6 +42,7 @@ from typing import Any
 
 import grpc
 
+from carepath.service.auditdb import Database, StoreError, is_postgres, open_database
 from carepath.service.auth import CALLER, AuthError, Caller, certificate_subject
 from carepath.service.worker import REQUEST_ID, utc_now
 from carepath_client._proto.v1 import decision_service_pb2 as ds
@@ -100,8 +100,18 @@ CREATE TABLE IF NOT EXISTS feedback (  -- RecordFeedback (and CDS Hooks feedback
     content_sha256 TEXT NOT NULL, -- of the feedback's canonical content (a resend is compared with it)
     PRIMARY KEY (feedback_id, item)
 );
+CREATE TABLE IF NOT EXISTS cards (     -- CDS Hooks: the cards a hook call returned, so that feedback finds its decision
+    service TEXT NOT NULL,
+    card TEXT NOT NULL,           -- the card's uuid
+    decision_id TEXT NOT NULL,
+    recommendation INTEGER NOT NULL,  -- the card's index in the response
+    audit_seq INTEGER NOT NULL,   -- the audit record of the hook call
+    PRIMARY KEY (service, card)
+);
 """
-SCHEMA += SIDE_TABLES + "CREATE INDEX IF NOT EXISTS feedback_seq ON feedback (audit_seq);\n"
+SCHEMA += SIDE_TABLES + (
+    "CREATE INDEX IF NOT EXISTS feedback_seq ON feedback (audit_seq);\nCREATE INDEX IF NOT EXISTS cards_seq ON cards (audit_seq);\n"
+)
 LEGACY = (  # the columns of an audit file written before decision ids: opened and given the new columns
     "seq",
     "ts",
@@ -126,6 +136,15 @@ PRUNE = "AuditPrune"  # the action of the record a prune appends
 
 class AuditError(Exception):
     """The audit trail cannot be opened or written; the message says which file and why."""
+
+
+class FeedbackTaken(Exception):
+    """Feedback under this feedback id was stored first (by a copy of the request racing this one, or
+    by another request): nothing of this one was written. ``rows``: the stored feedback rows."""
+
+    def __init__(self, feedback_id: str, rows: list[tuple[Any, ...]]) -> None:
+        super().__init__(f"feedback {feedback_id!r} is already stored")
+        self.feedback_id, self.rows = feedback_id, rows
 
 
 @dataclass(frozen=True)
@@ -156,39 +175,40 @@ def record_hash(seq: int, fields: tuple[Any, ...], prev_hash: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def connect(path: Path, create: bool) -> sqlite3.Connection:
-    """The audit file: ``create`` for the writer (made, or an older layout migrated, in WAL mode); else
-    opened read-only (verify, export, report read evidence and never change it: an older layout is read
-    through a temporary view with the new columns empty, on read-only media too)."""
-    if not create and not path.is_file():
-        raise AuditError(f"{path}: no such audit file")
+def connect(target: str | Path, create: bool) -> Database:
+    """The audit trail (a SQLite file, or a PostgreSQL URL: carepath.service.auditdb): ``create`` for
+    the writer (made, or an older layout migrated; SQLite in WAL mode); else opened read-only (verify,
+    export, report read evidence and never change it: an older SQLite layout is read through a
+    temporary view with the new columns empty, on read-only media too)."""
     try:
+        db = open_database(target, write=create, lock_timeout=LOCK_TIMEOUT)
+    except StoreError as exc:
+        raise AuditError(str(exc)) from None
+    try:
+        if db.dialect == "sqlite":
+            if create:
+                db.execute(f"PRAGMA synchronous={AUDIT_SYNC}")
+            if tuple(db.columns("audit")) == LEGACY:  # written before decision ids
+                if create:  # the new columns and tables are added
+                    with db.write():
+                        db.execute("ALTER TABLE audit ADD COLUMN decision_id TEXT")
+                        db.execute("ALTER TABLE audit ADD COLUMN recommendations TEXT")
+                else:  # read as it is: temporary objects only, the file is not touched
+                    kept = ", ".join(LEGACY[:-2])
+                    view = f"SELECT {kept}, NULL AS decision_id, NULL AS recommendations, prev_hash, hash FROM main.audit"
+                    db.execute(f"CREATE TEMP VIEW audit AS {view}")
+                    db.script(SIDE_TABLES.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS"))
         if create:
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={AUDIT_SYNC}")
-        else:
-            uri = f"{path.resolve().as_uri()}?mode=ro"
-            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT)
-        cols = [r[1] for r in db.execute("PRAGMA table_info(audit)")]
-        if tuple(cols) == LEGACY:  # written before decision ids
-            if create:  # the new columns and tables are added
-                db.execute("BEGIN IMMEDIATE")
-                db.execute("ALTER TABLE audit ADD COLUMN decision_id TEXT")
-                db.execute("ALTER TABLE audit ADD COLUMN recommendations TEXT")
-                db.execute("COMMIT")
-            else:  # read as it is: temporary objects only, the file is not touched
-                kept = ", ".join(LEGACY[:-2])
-                view = f"SELECT {kept}, NULL AS decision_id, NULL AS recommendations, prev_hash, hash FROM main.audit"
-                db.execute(f"CREATE TEMP VIEW audit AS {view}")
-                db.executescript(SIDE_TABLES.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS"))
-        if create:
-            db.executescript(SCHEMA)
-        cols = [r[1] for r in db.execute("PRAGMA table_info(audit)")]
-    except sqlite3.Error as exc:
-        raise AuditError(f"{path}: cannot open the audit trail: {exc}") from None
+            db.script(SCHEMA)
+        cols = db.columns("audit")
+    except db.errors as exc:
+        db.close()
+        raise AuditError(f"{db.name}: cannot open the audit trail: {exc}") from None
     if sorted(cols) != sorted(COLUMNS):
-        raise AuditError(f"{path}: not a carepath audit trail (table audit has columns {cols})")
+        db.close()
+        if not cols:
+            raise AuditError(f"{db.name}: no carepath audit trail there (no table audit)")
+        raise AuditError(f"{db.name}: not a carepath audit trail (table audit has columns {cols})")
     return db
 
 
@@ -208,10 +228,28 @@ FEEDBACK = (  # the feedback table's columns, audit_seq last (the writer adds it
     "content_sha256",
     "audit_seq",
 )
-_Item = tuple[Record, list[tuple[Any, ...]] | None, asyncio.AbstractEventLoop, asyncio.Future[None]]
+Rows = list[tuple[Any, ...]]
+_Item = tuple[Record, Rows | None, Rows | None, asyncio.AbstractEventLoop, asyncio.Future[None]]
+CARDS = ("service", "card", "decision_id", "recommendation", "audit_seq")
+STORED_FEEDBACK = f"SELECT {', '.join(FEEDBACK)} FROM feedback WHERE feedback_id = ? ORDER BY item"
 
 
-def _head(db: sqlite3.Connection) -> tuple[int, str]:
+def feedback_content(rows: Rows) -> bytes:
+    """The canonical content of one feedback's rows, in item order (without feedback_id, item,
+    content_sha256 and audit_seq): its sha256 is the rows' content_sha256, which the feedback's audit
+    record covers (RecordFeedback: in its response's sha256; CdsFeedback: as its response_sha256), so
+    `carepath audit verify` finds a feedback row changed, deleted or added."""
+    return json.dumps([list(r[2:11]) for r in rows], ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def feedback_response(feedback_id: str, rows: Rows, duplicate: bool = False) -> bytes:
+    """The RecordFeedbackResponse sent for stored feedback rows (content_sha256 as stored)."""
+    return ds.RecordFeedbackResponse(
+        feedback_id=feedback_id, items=len(rows), content_sha256=str(rows[0][11]), duplicate=duplicate
+    ).SerializeToString()
+
+
+def _head(db: Database) -> tuple[int, str]:
     """The last record's seq and hash; after a prune that left none, the anchor's; else (0, GENESIS)."""
     last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     if last:
@@ -223,11 +261,12 @@ def _head(db: sqlite3.Connection) -> tuple[int, str]:
 class AuditLog:
     """Appends records from the event loop; one writer thread commits them in groups."""
 
-    def __init__(self, path: Path, key: bytes | None = None, fail_open: bool = False) -> None:
+    def __init__(self, target: str | Path, key: bytes | None = None, fail_open: bool = False) -> None:
         if key is not None and len(key) < KEY_MIN:
             raise AuditError(f"the audit key must be at least {KEY_MIN} bytes (got {len(key)})")
-        self.path, self.key, self.fail_open = path, key, fail_open
-        self.db = connect(path, create=True)
+        self.target, self.key, self.fail_open = target, key, fail_open
+        self.db = connect(target, create=True)
+        self.path = self.db.name  # what messages name: the file, or the URL without its password
         self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="carepath-audit", daemon=True)
         self.thread.start()
@@ -238,13 +277,14 @@ class AuditLog:
             return patient_id
         return "hmac-sha256:" + hmac.new(self.key, patient_id.encode(), hashlib.sha256).hexdigest()[:32]
 
-    async def append(self, rec: Record, feedback: list[tuple[Any, ...]] | None = None) -> None:
+    async def append(self, rec: Record, feedback: Rows | None = None, cards: Rows | None = None) -> None:
         """Queue ``rec``; fail closed: return once it is committed (AuditError if it could not be).
         ``feedback``: rows of the feedback table (without audit_seq, which is ``rec``'s seq), committed
-        in the same transaction as ``rec``; always waited for, fail open or not."""
+        in the same transaction as ``rec``, always waited for, fail open or not; FeedbackTaken when
+        feedback under that id is stored already. ``cards``: rows of the cards table (the same)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self.queue.put((rec, feedback, loop, fut))
+        self.queue.put((rec, feedback, cards, loop, fut))
         if self.fail_open and feedback is None:
             fut.add_done_callback(lambda f: f.exception())  # logged by the writer; nobody waits
             return
@@ -266,41 +306,53 @@ class AuditLog:
                     stop = True
                     break
                 batch.append(nxt)
-            error: AuditError | None = None
+            results: list[BaseException | None]
             try:
-                self._commit([(rec, fb) for rec, fb, _, _ in batch])
+                results = self._commit([(rec, fb, cards) for rec, fb, cards, _, _ in batch])
             except Exception as exc:
                 error = AuditError(f"{self.path}: the audit record could not be written: {exc}")
                 log.error(json.dumps({"event": "audit_failed", "records": len(batch), "error": str(exc), "fail_open": self.fail_open}))
-            for _, _, loop, fut in batch:
+                results = [error] * len(batch)
+            for (_, _, _, loop, fut), result in zip(batch, results, strict=True):
                 try:
-                    loop.call_soon_threadsafe(_settle, fut, error)
+                    loop.call_soon_threadsafe(_settle, fut, result)
                 except RuntimeError:  # the loop is closed: nobody is waiting
                     pass
 
-    def _commit(self, records: list[tuple[Record, list[tuple[Any, ...]] | None]]) -> None:
+    def _commit(self, records: list[tuple[Record, Rows | None, Rows | None]]) -> list[BaseException | None]:
+        """Write the records (and their feedback rows) in one transaction, in order; each gets None,
+        or FeedbackTaken when its feedback id is stored already (or earlier in this batch): such a
+        record is left out, so its caller can answer the resend as a resend or refuse it."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        results: list[BaseException | None] = []
+        with db.write():
             seq, head = _head(db)
-            rows, feedback = [], []
-            for rec, fb in records:
+            rows: Rows = []
+            feedback: Rows = []
+            cards: Rows = []
+            taken: dict[str, Rows] = {}
+            for rec, fb, issued in records:
+                fid = fb[0][0] if fb else None
+                if fid is not None:
+                    stored = taken.get(fid) or [tuple(r) for r in db.execute(STORED_FEEDBACK, (fid,)).fetchall()]
+                    if stored:
+                        results.append(FeedbackTaken(fid, stored))
+                        continue
+                results.append(None)
                 seq += 1
                 fields = astuple(rec)
                 h = record_hash(seq, fields, head)
                 rows.append((seq, *fields, head, h))
                 head = h
-                feedback += [(*row, seq) for row in fb or ()]
+                if fb:
+                    taken[fb[0][0]] = [(*row, seq) for row in fb]
+                    feedback += taken[fb[0][0]]
+                cards += [(*row, seq) for row in issued or ()]
             db.executemany(INSERT, rows)
-            if feedback:  # a resend racing its first copy: the first one stays
-                db.executemany(
-                    f"INSERT OR IGNORE INTO feedback ({', '.join(FEEDBACK)}) VALUES ({', '.join('?' * len(FEEDBACK))})", feedback
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self.written += len(records)
+            db.executemany(f"INSERT INTO feedback ({', '.join(FEEDBACK)}) VALUES ({', '.join('?' * len(FEEDBACK))})", feedback)
+            db.executemany(f"INSERT INTO cards ({', '.join(CARDS)}) VALUES ({', '.join('?' * len(CARDS))}) ON CONFLICT DO NOTHING", cards)
+        self.written += len(rows)
+        return results
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
@@ -347,7 +399,7 @@ class AuditLog:
         await self.append(self.record(caller, method.rsplit("/", 1)[-1], exc.code.name))
 
 
-def _settle(fut: asyncio.Future[None], error: AuditError | None) -> None:
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
     if fut.done():
         return
     if error is None:
@@ -534,16 +586,11 @@ class Verified:
     problem: str  # "" when the chain is intact
 
 
-def rows(db: sqlite3.Connection, where: str = "", args: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    cur = db.execute(f"SELECT {', '.join(COLUMNS)} FROM audit {where} ORDER BY seq", args)
-    while True:
-        chunk = cur.fetchmany(5000)
-        if not chunk:
-            return
-        yield from chunk
+def rows(db: Database, where: str = "", args: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    return db.stream(f"SELECT {', '.join(COLUMNS)} FROM audit {where} ORDER BY seq", args)
 
 
-def verify(path: Path) -> Verified:
+def verify(path: str | Path) -> Verified:
     """Walk the chain from the first record (after a prune, from the anchor: the last record pruned);
     stop at the first break and name it. A prune's anchor must match the AuditPrune record the chain
     holds for the latest prune, so records cut off the start and an anchor moved to hide it are found."""
@@ -552,6 +599,7 @@ def verify(path: Path) -> Verified:
         anchor = db.execute("SELECT seq, hash FROM anchor").fetchone()
         n, seq, head = (0, int(anchor[0]), str(anchor[1])) if anchor else (0, 0, GENESIS)
         pruned: tuple[int, str] | None = None  # the latest AuditPrune record's (last seq pruned, its hash)
+        given: dict[int, tuple[str, str, str | None, str | None]] = {}  # feedback records: seq -> action, id, decision, sha
         for row in rows(db):
             rseq, fields, prev, h = row[0], row[1:-2], row[-2], row[-1]
             if rseq != seq + 1:
@@ -568,13 +616,47 @@ def verify(path: Path) -> Verified:
             rec = dict(zip(COLUMNS, row, strict=True))
             if rec["action"] == PRUNE:
                 pruned = (_pruned_through(rec["request_id"]), str(rec["response_sha256"]))
+            elif rec["action"] in FEEDBACK_ACTIONS and rec["outcome"] == "OK":
+                given[rseq] = (rec["action"], rec["request_id"], rec["decision_id"], rec["response_sha256"])
             n, seq, head = n + 1, rseq, h
         if anchor and pruned != (int(anchor[0]), str(anchor[1])):
             said = f"record {pruned[0]}" if pruned else "nothing (no AuditPrune record)"
             return Verified(n, seq, head, f"the anchor (record {anchor[0]}) is not what the latest prune recorded: {said}")
-        return Verified(n, seq, head, "")
+        return Verified(n, seq, head, _feedback_problem(db, given))
     finally:
         db.close()
+
+
+FEEDBACK_ACTIONS = ("RecordFeedback", "CdsFeedback")  # the records that store feedback rows (outcome OK)
+
+
+def _feedback_problem(db: Database, given: dict[int, tuple[str, str, str | None, str | None]]) -> str:
+    """The first feedback row that does not match its content hash and its audit record ("" if none):
+    rows changed, deleted, added or moved to another record."""
+    by_id: dict[str, Rows] = {}
+    for row in db.stream(f"SELECT {', '.join(FEEDBACK)} FROM feedback ORDER BY feedback_id, item"):
+        by_id.setdefault(str(row[0]), []).append(tuple(row))
+    seen: set[int] = set()
+    for fid, fb in by_id.items():
+        where = f"feedback {fid!r}"
+        seqs = {r[12] for r in fb}
+        if len(seqs) != 1 or not isinstance(next(iter(seqs)), int) or [r[1] for r in fb] != list(range(len(fb))) or len({r[11] for r in fb}) != 1:
+            return f"{where}: its rows are not one feedback's items 0 to {len(fb) - 1} under one audit record (rows changed)"
+        aseq = seqs.pop()
+        rec = given.get(aseq)
+        if rec is None or rec[1] != fid or rec[2] != fb[0][2]:
+            return f"{where}: record {aseq} is not its RecordFeedback or CdsFeedback record (rows changed or added)"
+        digest = hashlib.sha256(feedback_content(fb)).hexdigest()
+        if digest != fb[0][11]:
+            return f"{where}: changed (its rows do not match their content hash)"
+        sent = hashlib.sha256(feedback_response(fid, fb)).hexdigest() if rec[0] == "RecordFeedback" else digest
+        if sent != rec[3]:
+            return f"{where}: its rows do not match what record {aseq} recorded (rows changed, added or deleted)"
+        seen.add(aseq)
+    for aseq, (action, fid, _, _) in given.items():
+        if aseq not in seen and not (action == "CdsFeedback" and fid is None):
+            return f"record {aseq}: its feedback {fid!r} is missing (feedback rows deleted?)"
+    return ""
 
 
 def _pruned_through(request_id: Any) -> int:
@@ -594,45 +676,43 @@ class Pruned:
 RETENTION_DAYS = 6 * 365 + 2  # six years (with their leap days): the default of `carepath audit prune`
 
 
-def prune(path: Path, before: str, caller: str = "carepath audit prune") -> Pruned:
+def prune(path: str | Path, before: str, caller: str = "carepath audit prune") -> Pruned:
     """Delete the records older than ``before`` (a UTC time as the trail stores it), with the feedback
     recorded by them, in one transaction that also moves the anchor to the last record deleted and
     appends an AuditPrune record naming it (request_id ``through-SEQ``, response_sha256 its hash).
     Records are deleted from the start only (up to the last one older than ``before``), so the rest
     is still one chain. Safe beside a running server (the file's write lock orders them)."""
-    if not path.is_file():
+    if not is_postgres(path) and not Path(path).is_file():
         raise AuditError(f"{path}: no such audit file")
     db = connect(path, create=True)
     try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with db.write():
             last = db.execute(
                 "SELECT seq, hash FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit WHERE ts < ?) ORDER BY seq DESC LIMIT 1", (before,)
             ).fetchone()
             if last is None:
-                db.execute("ROLLBACK")
                 return Pruned(0, 0, 0)
             through, through_hash = int(last[0]), str(last[1])
             fb = db.execute("DELETE FROM feedback WHERE audit_seq <= ?", (through,)).rowcount
+            db.execute("DELETE FROM cards WHERE audit_seq <= ?", (through,))
             n = db.execute("DELETE FROM audit WHERE seq <= ?", (through,)).rowcount
-            db.execute("INSERT OR REPLACE INTO anchor (id, seq, hash) VALUES (1, ?, ?)", (through, through_hash))
+            db.execute(
+                "INSERT INTO anchor (id, seq, hash) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                (through, through_hash),
+            )
             seq, head = _head(db)
             rec = Record(utc_now(), caller, None, None, None, PRUNE, "OK", None, f"through-{through}", "[]", "[]", through_hash)
             fields = astuple(rec)
             db.execute(INSERT, (seq + 1, *fields, head, record_hash(seq + 1, fields, head)))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         return Pruned(n, fb, through)
-    except sqlite3.Error as exc:
-        raise AuditError(f"{path}: cannot prune: {exc}") from None
+    except db.errors as exc:
+        raise AuditError(f"{db.name}: cannot prune: {exc}") from None
     finally:
         db.close()
 
 
-def export(path: Path, since: str | None, until: str | None) -> Iterator[dict[str, Any]]:
+def export(path: str | Path, since: str | None, until: str | None) -> Iterator[dict[str, Any]]:
     """The records with since <= ts < until, as dicts (pathways and rules decoded)."""
     db = connect(path, create=False)
     try:

@@ -96,7 +96,9 @@ def _serve_setup(p: argparse.ArgumentParser) -> None:
     auth.add_argument("--jwt-audience", metavar="AUD", help="the exact aud a token must carry")
     audit = p.add_argument_group("audit trail (see the README's Deploying section)")
     audit.add_argument(
-        "--audit", metavar="PATH", help="SQLite file: one hash-chained record per call, committed before the response is sent"
+        "--audit",
+        metavar="PATH|URL",
+        help="a SQLite file, or a postgresql:// URL: one hash-chained record per call, committed before the response is sent",
     )
     audit.add_argument(
         "--audit-key", metavar="FILE", help="a file holding a secret (16+ bytes): patient ids are recorded as its keyed hash"
@@ -153,7 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"carepath: --audit-key {args.audit_key}: cannot read it: {exc.strerror or exc}", file=sys.stderr)
                 return 2
         try:
-            audit_log = AuditLog(Path(args.audit), key, args.audit_fail_open)
+            audit_log = AuditLog(args.audit, key, args.audit_fail_open)
         except AuditError as exc:
             print(f"carepath: --audit {exc}", file=sys.stderr)
             return 2
@@ -263,9 +265,9 @@ def _call(args: argparse.Namespace) -> int:
 def _audit_setup(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     v = sub.add_parser("verify", help="check the hash chain; exit 1 at the first break, naming it")
-    v.add_argument("path", metavar="PATH", help="the audit file of serve --audit")
+    v.add_argument("path", metavar="PATH", help="the audit trail of serve --audit: its SQLite file or PostgreSQL URL")
     e = sub.add_parser("export", help="the records as JSON lines")
-    e.add_argument("path", metavar="PATH", help="the audit file of serve --audit")
+    e.add_argument("path", metavar="PATH", help="the audit trail of serve --audit: its SQLite file or PostgreSQL URL")
     e.add_argument("--since", type=_utc, metavar="TIME", help="from this UTC time (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS])")
     e.add_argument("--until", type=_utc, metavar="TIME", help="before this UTC time")
     e.add_argument(
@@ -275,7 +277,7 @@ def _audit_setup(p: argparse.ArgumentParser) -> None:
         help="jsonl: the records (default); fhir: a FHIR R4 Bundle of AuditEvent resources; fhir-ndjson: one AuditEvent a line",
     )
     r = sub.add_parser("prune", help="delete records older than the retention period, keeping the rest verifiable")
-    r.add_argument("path", metavar="PATH", help="the audit file of serve --audit")
+    r.add_argument("path", metavar="PATH", help="the audit trail of serve --audit: its SQLite file or PostgreSQL URL")
     when = r.add_mutually_exclusive_group()
     when.add_argument("--before", type=_utc, metavar="TIME", help="delete the records before this UTC time")
     when.add_argument(
@@ -313,7 +315,7 @@ def _audit(args: argparse.Namespace) -> int:
             from datetime import UTC, datetime, timedelta
 
             before = args.before or _utc((datetime.now(UTC) - timedelta(days=args.keep_days or RETENTION_DAYS)).isoformat())
-            done = prune(Path(args.path), before)
+            done = prune(args.path, before)
             if not done.records:
                 print(f"{args.path}: no record before {before}; nothing pruned")
                 return 0
@@ -323,14 +325,14 @@ def _audit(args: argparse.Namespace) -> int:
             )
             return 0
         if args.audit_command == "verify":
-            v = verify(Path(args.path))
+            v = verify(args.path)
             if v.problem:
                 print(f"{args.path}: BROKEN at {v.problem} ({v.records} records verified before it)", file=sys.stderr)
                 return 1
             print(f"{args.path}: {v.records} records, chain intact; head: record {v.head_seq} hash {v.head_hash}")
             return 0
         out = sys.stdout
-        records = export(Path(args.path), args.since, args.until)
+        records = export(args.path, args.since, args.until)
         if args.format == "jsonl":
             for rec in records:
                 out.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")

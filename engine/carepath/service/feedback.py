@@ -10,8 +10,12 @@ decision_id the decision, the rules given feedback on, the response's sha256, wh
 feedback's content hash): the free text stays out of the audit records.
 
 Idempotent by ``feedback_id``: the same content again is OK (``duplicate``), stored once; other
-content under a used id is ALREADY_EXISTS. An unknown or pruned decision, or a recommendation the
-decision does not have, is NOT_FOUND; bad fields are INVALID_ARGUMENT naming the field.
+content under a used id is ALREADY_EXISTS (the same content: the same decision, items and clinician,
+and the same ``at`` when the resend gives one). Two copies racing each other are settled by the
+audit writer, inside its transaction: the first is stored, the second answered as a resend. The
+rows' content hash is covered by the audit record, so `carepath audit verify` checks them too.
+An unknown or pruned decision, or a recommendation the decision does not have, is NOT_FOUND; bad
+fields are INVALID_ARGUMENT naming the field.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +33,17 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from carepath.service import status
-from carepath.service.audit import AuditError, AuditLog, connect, utc_text
+from carepath.service.audit import (
+    STORED_FEEDBACK,
+    AuditError,
+    AuditLog,
+    FeedbackTaken,
+    Rows,
+    connect,
+    feedback_content,
+    feedback_response,
+    utc_text,
+)
 from carepath.service.auth import CALLER, Caller, certificate_subject
 from carepath.service.worker import REQUEST_ID
 from carepath_client._proto.v1 import decision_service_pb2 as ds
@@ -79,14 +92,17 @@ class Feedback:
     items: tuple[Item, ...]
     clinician: str | None
     at: str  # UTC, as the audit trail stores times
+    at_given: bool = True  # False: ``at`` is the time it arrived (a resend is then compared without it)
 
-    def content(self) -> str:
-        """The canonical content a resend is compared with (``at`` only when the caller gave it)."""
-        return json.dumps(
-            [self.decision_id, [[i.recommendation, i.rule, i.outcome, i.reason, i.reason_text] for i in self.items], self.clinician],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+    def same_as(self, stored: Rows) -> bool:
+        """Whether ``stored`` (the feedback table's rows under this id) holds this feedback: the same
+        decision, items and clinician, and the same ``at`` if this request gives one."""
+        mine = [
+            (self.decision_id, i.recommendation, i.rule or r[5], i.outcome, i.reason, i.reason_text, self.clinician)
+            for i, r in zip(self.items, stored, strict=False)
+        ]
+        theirs = [(r[2], r[3], r[5], r[6], r[7], r[8], r[9]) for r in stored]
+        return len(self.items) == len(stored) and mine == theirs and (not self.at_given or all(r[10] == self.at for r in stored))
 
 
 def parse(req: ds.RecordFeedbackRequest, caller: Caller) -> Feedback:
@@ -143,29 +159,50 @@ def parse(req: ds.RecordFeedbackRequest, caller: Caller) -> Feedback:
             raise _bad("at", "is in the future")
     else:
         at = now
-    return Feedback(req.feedback_id, req.decision_id, tuple(items), clinician, utc_text(at))
+    return Feedback(req.feedback_id, req.decision_id, tuple(items), clinician, utc_text(at), bool(req.at))
 
 
 class Store:
     """Reads the decisions and feedback of an audit file (its own connection; the AuditLog writes)."""
 
-    def __init__(self, path: Path) -> None:
-        self.db = connect(path, create=True)
+    def __init__(self, target: str | Path) -> None:
+        self.db = connect(target, create=True)
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        try:
+            return self.db.execute(sql, args).fetchone()
+        except self.db.errors as exc:
+            raise AuditError(f"{self.db.name}: cannot read the audit trail: {exc}") from None
 
     def decision(self, decision_id: str) -> tuple[str | None, list[list[str]]] | None:
         """The decision's (recorded patient, [[kind, rule], ...] of its recommendations), None if unknown."""
-        row = self.db.execute(
+        row = self._one(
             "SELECT patient, recommendations FROM audit WHERE decision_id = ? AND action IN ('Evaluate', 'EvaluateStream') LIMIT 1",
             (decision_id,),
-        ).fetchone()
+        )
         if row is None:
             return None
         return row[0], json.loads(row[1] or "[]")
 
-    def stored(self, feedback_id: str) -> str | None:
-        """The content hash of feedback already stored under this id."""
-        row = self.db.execute("SELECT content_sha256 FROM feedback WHERE feedback_id = ? LIMIT 1", (feedback_id,)).fetchone()
-        return None if row is None else str(row[0])
+    def stored(self, feedback_id: str) -> Rows:
+        """The feedback rows stored under this id (none: [])."""
+        try:
+            return [tuple(r) for r in self.db.execute(STORED_FEEDBACK, (feedback_id,)).fetchall()]
+        except self.db.errors as exc:
+            raise AuditError(f"{self.db.name}: cannot read the audit trail: {exc}") from None
+
+    def card(self, service_id: str, card: str) -> tuple[str, int, str, str] | None:
+        """A CDS Hooks card this trail recorded: (its decision id, index, rule, recorded patient)."""
+        row = self._one(
+            "SELECT c.decision_id, c.recommendation, a.recommendations, a.patient FROM cards c JOIN audit a ON a.seq = c.audit_seq"
+            " WHERE c.service = ? AND c.card = ?",
+            (service_id, card),
+        )
+        if row is None:
+            return None
+        recs = json.loads(row[2] or "[]")
+        index = int(row[1])
+        return str(row[0]), index, str(recs[index][1]) if index < len(recs) else "", row[3] or ""
 
     def close(self) -> None:
         self.db.close()
@@ -177,8 +214,7 @@ async def record(audit: AuditLog, store: Store, fb: Feedback, caller: Caller) ->
     if found is None:
         raise FeedbackError(grpc.StatusCode.NOT_FOUND, f"unknown decision {fb.decision_id!r} (not in the audit trail, or pruned)")
     patient, recs = found
-    rows: list[tuple[Any, ...]] = []
-    digest = hashlib.sha256(fb.content().encode()).hexdigest()
+    rows: Rows = []
     for n, it in enumerate(fb.items):
         if it.recommendation >= len(recs):
             raise FeedbackError(
@@ -192,44 +228,38 @@ async def record(audit: AuditLog, store: Store, fb: Feedback, caller: Caller) ->
                 f"items[{n}].rule: recommendation {it.recommendation} of decision {fb.decision_id} is from rule {rule!r}, not {it.rule!r}",
             )
         rows.append(
-            (
-                fb.feedback_id,
-                n,
-                fb.decision_id,
-                it.recommendation,
-                kind,
-                rule,
-                it.outcome,
-                it.reason,
-                it.reason_text,
-                fb.clinician,
-                fb.at,
-                digest,
-            )
+            (fb.feedback_id, n, fb.decision_id, it.recommendation, kind, rule, it.outcome, it.reason, it.reason_text, fb.clinician, fb.at)
         )
-    before = await asyncio.to_thread(store.stored, fb.feedback_id)
-    resp = ds.RecordFeedbackResponse(feedback_id=fb.feedback_id, items=len(rows), content_sha256=digest)
-    if before is not None:
-        if before != digest:
-            raise FeedbackError(
-                grpc.StatusCode.ALREADY_EXISTS, f"feedback {fb.feedback_id!r} was stored with other content; use a new feedback_id"
-            )
-        resp.duplicate = True
-    raw = resp.SerializeToString()
-    rules = sorted({r[5] for r in rows})
-    rec = audit.record(
-        caller,
-        "RecordFeedback",
-        "OK_DUPLICATE" if resp.duplicate else "OK",
-        patient=patient,
-        pseudonymise=False,  # as the decision's record has it
-        request_id=fb.feedback_id,
-        rules=rules,
-        response=raw,
-        decision_id=fb.decision_id,
-    )
-    await audit.append(rec, feedback=None if resp.duplicate else rows)
-    return resp
+    digest = hashlib.sha256(feedback_content(rows)).hexdigest()
+    rows = [(*r, digest) for r in rows]
+    stored = await asyncio.to_thread(store.stored, fb.feedback_id)
+    while True:  # at most twice: a copy racing this one may be stored first (the writer says so)
+        if stored:
+            if not fb.same_as(stored):
+                raise FeedbackError(
+                    grpc.StatusCode.ALREADY_EXISTS, f"feedback {fb.feedback_id!r} was stored with other content; use a new feedback_id"
+                )
+            rows, fresh = stored, False
+        else:
+            fresh = True
+        raw = feedback_response(fb.feedback_id, rows, duplicate=not fresh)
+        rec = audit.record(
+            caller,
+            "RecordFeedback",
+            "OK" if fresh else "OK_DUPLICATE",
+            patient=patient,
+            pseudonymise=False,  # as the decision's record has it
+            request_id=fb.feedback_id,
+            rules=sorted({str(r[5]) for r in rows}),
+            response=raw,
+            decision_id=fb.decision_id,
+        )
+        try:
+            await audit.append(rec, feedback=rows if fresh else None)
+        except FeedbackTaken as taken:
+            stored = taken.rows
+            continue
+        return ds.RecordFeedbackResponse.FromString(raw)
 
 
 class FeedbackServicer:
@@ -237,7 +267,7 @@ class FeedbackServicer:
 
     def __init__(self, audit: AuditLog | None) -> None:
         self.audit = audit
-        self.store = Store(audit.path) if audit is not None else None
+        self.store = Store(audit.target) if audit is not None else None
 
     async def record_feedback(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         from carepath.service.server import log_rpc  # the server imports this module
@@ -259,7 +289,7 @@ class FeedbackServicer:
             rich = exc.failure().rich()
             await context.abort(rich.code, rich.details, rich.trailing_metadata)
             raise AssertionError("unreachable") from None
-        except (AuditError, sqlite3.Error) as exc:
+        except AuditError as exc:
             log_rpc("RecordFeedback", rid, grpc.StatusCode.UNAVAILABLE, t0)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the feedback could not be stored; retry later ({exc})")
             raise AssertionError("unreachable") from None
@@ -304,30 +334,28 @@ class FeedbackSummary:
         return sum(r.overridden for r in self.rules.values())
 
 
-def summarise(path: Path) -> FeedbackSummary:
+def summarise(path: str | Path) -> FeedbackSummary:
     """Per rule: the decisions it fired in (of all decisions in the trail) and the feedback on the
     recommendations it made (the latest feedback on each recommendation counts, by ``at``)."""
     db = connect(path, create=False)
     try:
         rules: dict[str, RuleFeedback] = {}
         n, first, last = 0, None, None
-        cur = db.execute(
+        for ts, fired in db.stream(
             "SELECT ts, rules FROM audit WHERE action IN ('Evaluate', 'EvaluateStream', 'CdsHooks') AND outcome = 'OK' ORDER BY seq"
-        )
-        while chunk := cur.fetchmany(5000):
-            for ts, fired in chunk:
-                n += 1
-                first = first or ts
-                last = ts
-                for rule in json.loads(fired):
-                    rules.setdefault(rule, RuleFeedback(rule)).fired += 1
+        ):
+            n += 1
+            first = first or ts
+            last = ts
+            for rule in json.loads(fired):
+                rules.setdefault(rule, RuleFeedback(rule)).fired += 1
         latest = db.execute(
             "SELECT decision_id, rule, outcome, reason FROM feedback f WHERE NOT EXISTS ("
             "SELECT 1 FROM feedback g WHERE g.decision_id = f.decision_id AND g.recommendation = f.recommendation "
             "AND (g.at > f.at OR (g.at = f.at AND g.audit_seq > f.audit_seq)))"
         ).fetchall()
-    except sqlite3.Error as exc:
-        raise AuditError(f"{path}: cannot read the feedback: {exc}") from None
+    except db.errors as exc:
+        raise AuditError(f"{db.name}: cannot read the feedback: {exc}") from None
     finally:
         db.close()
     reasons: dict[str, int] = {}

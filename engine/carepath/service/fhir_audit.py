@@ -13,10 +13,13 @@ what `carepath audit verify` checks. The record holds no clinical values, and ne
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote
 
 SYSTEM = "urn:carepath"  # carepath's own identifier systems are urn:carepath:<what>
 EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -58,6 +61,28 @@ def outcome_code(outcome: str) -> str:
     return "12"
 
 
+def _network(peer: str) -> dict[str, str] | None:
+    """The caller's address as AuditEvent.agent.network: an IP address (type 2) without its port, as
+    gRPC (ipv4:10.0.0.5:4711, ipv6:[::1]:4711, %-encoded brackets too) or the CDS Hooks listener
+    (10.0.0.5:4711) names it; a Unix socket as a URI (type 5)."""
+    if not peer:
+        return None
+    if peer.startswith("unix:"):
+        return {"address": peer, "type": "5"}
+    text = unquote(peer.removeprefix("ipv4:").removeprefix("ipv6:"))
+    bracketed = re.fullmatch(r"\[([^\]]+)\](?::\d+)?", text)
+    if bracketed:
+        host = bracketed.group(1)
+    elif text.count(":") == 1:
+        host = text.rsplit(":", 1)[0]
+    else:
+        host = text  # an IPv6 address without brackets (no port), or an IPv4 address without one
+    try:
+        return {"address": str(ipaddress.ip_address(host)), "type": "2"}  # 2: IP address
+    except ValueError:
+        return {"address": host, "type": "1"}  # 1: machine name
+
+
 def _ident(what: str, value: str) -> dict[str, Any]:
     return {"identifier": {"system": f"{SYSTEM}:{what}", "value": value}}
 
@@ -75,10 +100,9 @@ def audit_event(rec: dict[str, Any]) -> dict[str, Any]:
     agent: dict[str, Any] = {"who": who, "requestor": True}
     if rec.get("certificate"):
         agent["altId"] = rec["certificate"]
-    peer = str(rec.get("peer") or "")
-    if peer:
-        address = peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
-        agent["network"] = {"address": address, "type": "2"}  # 2: IP address
+    network = _network(str(rec.get("peer") or ""))
+    if network:
+        agent["network"] = network
     entities: list[dict[str, Any]] = []
     if rec.get("patient"):
         entities.append(

@@ -1,0 +1,204 @@
+"""Where the audit trail is stored: a SQLite file (the default) or a PostgreSQL database.
+
+``--audit PATH`` names a SQLite file; ``--audit postgresql://user@host/db`` (or ``postgres://``, any
+libpq connection URL; the password best kept in ``PGPASSWORD`` or ``~/.pgpass`` rather than the URL)
+a PostgreSQL database, the option for a hospital deployment: one trail for several servers, the
+database's own backups and replication. Both hold the same tables; the audit code writes its SQL once,
+in the SQL both understand, with ``?`` parameters, and :class:`Database` adapts it (``%s`` parameters,
+BIGINT sequence numbers, byte-order comparison of the UTC times).
+
+Writers are serialised by the store: SQLite's write lock on the file (``BEGIN IMMEDIATE``), PostgreSQL's
+table lock (``LOCK TABLE audit IN EXCLUSIVE MODE``: readers go on, a second writer waits), so two
+servers, or a server and ``carepath audit prune``, never fork the chain. Readers (verify, export,
+report) open the store read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+POSTGRES = ("postgresql://", "postgres://")
+FETCH = 5000  # rows a reader fetches at a time
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message names it (a URL without its password)."""
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def fetchmany(self, size: int = ...) -> list[Any]: ...
+
+
+def is_postgres(target: str | Path) -> bool:
+    return isinstance(target, str) and target.startswith(POSTGRES)
+
+
+def shown(target: str | Path) -> str:
+    """The store as messages name it: a file's path, or the URL with any password replaced by ***."""
+    if not is_postgres(target):
+        return str(target)
+    parts = urlsplit(str(target))
+    if parts.password is None:
+        return str(target)
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Database:
+    """One connection to the store, in autocommit mode: writes go in :meth:`write` transactions."""
+
+    dialect: str  # sqlite or postgresql
+    errors: tuple[type[Exception], ...]  # what the driver raises
+
+    def __init__(self, target: str | Path, conn: Any) -> None:
+        self.target, self.name, self.conn = target, shown(target), conn
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def execute(self, text: str, args: Sequence[Any] = ()) -> Cursor:
+        return self.conn.execute(self.sql(text), tuple(args))  # type: ignore[no-any-return]
+
+    def executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.conn.cursor().executemany(self.sql(text), rows)
+
+    def script(self, text: str) -> None:
+        """Several statements without parameters (the schema)."""
+        raise NotImplementedError
+
+    def columns(self, table: str) -> list[str]:
+        raise NotImplementedError
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction, holding the store's writer lock; rolled back on any error."""
+        raise NotImplementedError
+        yield
+
+    def stream(self, text: str, args: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """The rows of a query, fetched a few thousand at a time."""
+        cur = self.execute(text, args)
+        while chunk := cur.fetchmany(FETCH):
+            yield from chunk
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class SqliteDatabase(Database):
+    dialect = "sqlite"
+    errors = (sqlite3.Error,)
+
+    def script(self, text: str) -> None:
+        self.conn.executescript(text)
+
+    def columns(self, table: str) -> list[str]:
+        return [r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")]
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+
+_PARAM = re.compile(r"\?")
+
+
+class PostgresDatabase(Database):
+    dialect = "postgresql"
+    errors: tuple[type[Exception], ...] = ()  # set when psycopg is imported
+
+    def __init__(self, target: str | Path, conn: Any, lock_timeout: float) -> None:
+        super().__init__(target, conn)
+        self.lock_timeout = lock_timeout
+
+    def sql(self, text: str) -> str:
+        return _PARAM.sub("%s", text)
+
+    def script(self, text: str) -> None:
+        """The schema, made once even when several servers start together (an advisory lock orders them)."""
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            self.conn.execute(postgres_schema(text))
+
+    def columns(self, table: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s"
+            " ORDER BY ordinal_position",
+            (table,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self.conn.transaction():
+            self.conn.execute(f"SET LOCAL lock_timeout = '{int(self.lock_timeout * 1000)}ms'")
+            self.conn.execute("LOCK TABLE audit IN EXCLUSIVE MODE")
+            yield
+
+    def stream(self, text: str, args: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        with self.conn.transaction(), self.conn.cursor(name="carepath_read") as cur:  # a server-side cursor
+            cur.itersize = FETCH
+            cur.execute(self.sql(text), tuple(args))
+            yield from cur
+
+
+_LOCK_ID = int.from_bytes(hashlib.sha256(b"carepath audit schema").digest()[:7], "big")
+
+
+def postgres_schema(text: str) -> str:
+    """The SQLite schema in PostgreSQL's words: BIGINT integers (sequence numbers outgrow 32 bits),
+    and the UTC time columns compared byte by byte (COLLATE "C": ISO 8601 text then sorts by time
+    whatever the database's locale)."""
+    text = re.sub(r"\bINTEGER\b", "BIGINT", text)
+    return re.sub(r"^(\s+(?:ts|at) TEXT)", r'\1 COLLATE "C"', text, flags=re.M)
+
+
+def open_database(target: str | Path, *, write: bool, lock_timeout: float) -> Database:
+    """A connection to the store: ``write`` for the server and prune (SQLite in WAL mode); else
+    read-only. A missing SQLite file is an error unless ``write``."""
+    if is_postgres(target):
+        try:
+            import psycopg
+        except ImportError:
+            raise StoreError(f"{shown(target)}: a PostgreSQL audit trail needs psycopg: pip install 'carepath[postgres]'") from None
+        PostgresDatabase.errors = (psycopg.Error,)
+        try:
+            conn = psycopg.connect(str(target), autocommit=True, connect_timeout=max(2, int(lock_timeout)))
+            if not write:
+                conn.execute("SET default_transaction_read_only = on")
+        except psycopg.Error as exc:
+            raise StoreError(f"{shown(target)}: cannot connect: {str(exc).strip()}") from None
+        return PostgresDatabase(target, conn, lock_timeout)
+    path = Path(target)
+    if not write and not path.is_file():
+        raise StoreError(f"{path}: no such audit file")
+    lite: sqlite3.Connection
+    try:
+        if write:
+            lite = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=lock_timeout)
+            lite.execute("PRAGMA journal_mode=WAL")
+        else:
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            lite = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=lock_timeout)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the audit trail: {exc}") from None
+    return SqliteDatabase(path, lite)
