@@ -185,37 +185,50 @@ def chunked(lines: Iterator[Line], size: int) -> Iterator[list[Line]]:
 
 # ---------------------------------------------------------------- progress
 class Progress:
-    """A one-line progress bar with rate and ETA on stderr; silent when stderr is not a terminal."""
+    """The batch's progress bar on stderr, drawn by tqdm: input bytes read out of the file's size
+    (bar, percentage, ETA) when the size is known, else a count of cases with their rate; the cases
+    done and their rate ride along as a postfix. Silent when ``enabled`` is false (stderr is not a
+    terminal: tests, CI and pipes get no bar), and then tqdm is not even imported."""
 
     def __init__(self, stream: IO[str], total_bytes: int | None, enabled: bool) -> None:
         self.stream = stream
-        self.total = total_bytes
+        self.total = total_bytes or None
         self.enabled = enabled
         self.start = time.monotonic()
-        self.last = 0.0
+        self._bar: Any = None
+        if not enabled:
+            return
+        from tqdm import tqdm
+
+        class _Bar(tqdm):  # type: ignore[type-arg]
+            monitor_interval = 0  # no monitor thread: the run forks its worker processes after this
+
+        common: dict[str, Any] = {"file": stream, "dynamic_ncols": True, "mininterval": 0.25, "leave": True}
+        if self.total:
+            self._bar = _Bar(total=self.total, unit="B", unit_scale=True, **common)
+        else:
+            self._bar = _Bar(total=None, unit=" cases", **common)
 
     def update(self, cases: int, done_bytes: int | None, force: bool = False) -> None:
-        if not self.enabled:
+        bar = self._bar
+        if bar is None:
             return
-        now = time.monotonic()
-        if not force and now - self.last < 0.25:
-            return
-        self.last = now
-        el = max(now - self.start, 1e-9)
-        rate = cases / el
-        line = f"{cases:,} cases  {rate:,.0f}/s  {el:,.0f}s"
-        if self.total and done_bytes is not None:
-            frac = min(done_bytes / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            eta = el * (1 - frac) / frac if frac > 0 else 0.0
-            line = f"[{bar:<30}] {frac:6.1%}  {line}  ETA {int(eta) // 60}:{int(eta) % 60:02d}"
-        self.stream.write("\r" + line + "\x1b[K")
-        self.stream.flush()
+        rate = cases / max(time.monotonic() - self.start, 1e-9)
+        if self.total:
+            bar.set_postfix_str(f"{cases:,} cases, {rate:,.0f} cases/s", refresh=False)
+            done = min(done_bytes, self.total) if done_bytes is not None else bar.n
+            bar.update(done - bar.n)  # tqdm redraws at most every mininterval
+        else:
+            bar.update(cases - bar.n)
+        if force:
+            bar.refresh()
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        """Leave the last state of the bar on its line and end the line (also on Ctrl-C and SIGTERM:
+        the run's finally calls this); a second close does nothing."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 # ---------------------------------------------------------------- the run

@@ -1,4 +1,4 @@
-"""A manager's summary of batch decisions: counts and rates, and a few inline-SVG charts.
+"""A manager's summary of batch decisions: counts and rates, and a few charts (matplotlib, inline SVG).
 
 Streaming: the decisions file is read once, line by line; only counters are kept.
 BP and HbA1c control come from the values the fired rules read (the decision's trace), so they
@@ -7,8 +7,10 @@ cover the patients some rule looked at; "not read" counts the rest.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -270,28 +272,64 @@ def render_tables_markdown(title: str, tables: list[Table]) -> str:
 
 # ---------------------------------------------------------------- charts
 _PALETTE = ("#3b6ea5", "#e07b39", "#5a9e5a", "#c0504d", "#8064a2", "#4bacc6", "#9b9b9b")
+LABEL_CHARS = 40  # a longer bar label is cut with an ellipsis (the tables below the charts give it whole)
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
 
 
 def bar_chart(title: str, items: list[tuple[str, int]], total: int | None = None) -> str:
-    """A horizontal bar chart as inline SVG."""
+    """A horizontal bar chart drawn by matplotlib, as inline SVG for an HTML page ("" for no items).
+
+    Each bar is labelled with its count and, given ``total``, its share. The SVG keeps its text as
+    text (searchable, selectable, drawn in the reader's sans-serif) and carries the title as
+    ``<title>`` and ``aria-label``. The same data gives the same bytes: no date in the metadata,
+    ids hashed with a fixed salt, and every id prefixed by a digest of the title, so that the
+    charts of one page share no id.
+
+    matplotlib is imported here, not at the top: ``import carepath`` and the gRPC service never draw.
+    """
     if not items:
         return ""
-    width, label_w, bar_h, gap = 640, 220, 20, 6
-    height = 30 + len(items) * (bar_h + gap)
-    top = max(v for _, v in items) or 1
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
-        f'<text x="0" y="16" font-weight="bold" font-size="14">{html.escape(title)}</text>',
-    ]
-    for i, (label, v) in enumerate(items):
-        y = 28 + i * (bar_h + gap)
-        w = int((width - label_w - 120) * v / top)
-        share = f" ({100 * v / total:.1f}%)" if total else ""
-        parts.append(f'<text x="{label_w - 6}" y="{y + 15}" font-size="12" text-anchor="end">{html.escape(label[:34])}</text>')
-        parts.append(f'<rect x="{label_w}" y="{y}" width="{max(w, 1)}" height="{bar_h}" fill="{_PALETTE[i % len(_PALETTE)]}"/>')
-        parts.append(f'<text x="{label_w + w + 6}" y="{y + 15}" font-size="12">{v:,}{share}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+    import io
+
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    labels = [_short(label) for label, _ in items]
+    values = [v for _, v in items]
+    with matplotlib.rc_context(
+        {
+            "svg.hashsalt": "carepath",
+            "svg.fonttype": "none",  # <text>, not glyph outlines: half the size, and the numbers stay text
+            "font.family": "sans-serif",
+            "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"],  # DejaVu (shipped with matplotlib) measures the layout
+            "font.size": 10,
+            "text.parse_math": False,  # a label is shown as written: "$" is not TeX
+        }
+    ):
+        fig = Figure(figsize=(8.5, 0.75 + 0.3 * len(items)), layout="constrained")  # inches at 72 pt
+        ax = fig.add_subplot()
+        bars = ax.barh(range(len(items)), values, height=0.75, color=[_PALETTE[i % len(_PALETTE)] for i in range(len(items))])
+        ax.set_yticks(range(len(items)), labels)
+        ax.invert_yaxis()  # the first item on top
+        ax.set_xlim(0, (max(values) or 1) * 1.3)  # room for the count right of the longest bar
+        ax.bar_label(bars, [f"{v:,} ({100 * v / total:.1f}%)" if total else f"{v:,}" for v in values], padding=4, fontsize=9)
+        fig.suptitle(title, x=0.01, ha="left", fontweight="bold", fontsize=12)
+        ax.xaxis.set_visible(False)
+        ax.tick_params(axis="y", length=0)
+        for side in ("top", "right", "bottom"):
+            ax.spines[side].set_visible(False)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg") :]  # inline: no XML declaration, no DOCTYPE
+    prefix = "c" + hashlib.sha256(title.encode()).hexdigest()[:8] + "-"
+    svg = re.sub(r'(\bid="|url\(#|href="#)', lambda m: m.group(1) + prefix, svg)
+    head = svg.index(">")
+    label = html.escape(title)
+    return svg[:head] + f' role="img" aria-label="{label}">\n<title>{label}</title>' + svg[head + 1 :]
 
 
 def charts(s: Summary) -> list[str]:
@@ -332,7 +370,8 @@ def render_tables_html(title: str, intro: str, svgs: list[str], tables: list[Tab
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:60em;color:#222}"
         "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-        "th{background:#f0f0f0}td:nth-child(n+2){font-variant-numeric:tabular-nums}.chart{margin:1em 0}"
+        "th{background:#f0f0f0}td:nth-child(n+2){font-variant-numeric:tabular-nums}"
+        ".chart{margin:1em 0}.chart svg{max-width:100%;height:auto}"
     )
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{style}</style></head>\n'
