@@ -640,7 +640,12 @@ def _feedback_problem(db: Database, given: dict[int, tuple[str, str, str | None,
     for fid, fb in by_id.items():
         where = f"feedback {fid!r}"
         seqs = {r[12] for r in fb}
-        if len(seqs) != 1 or not isinstance(next(iter(seqs)), int) or [r[1] for r in fb] != list(range(len(fb))) or len({r[11] for r in fb}) != 1:
+        if (
+            len(seqs) != 1
+            or not isinstance(next(iter(seqs)), int)
+            or [r[1] for r in fb] != list(range(len(fb)))
+            or len({r[11] for r in fb}) != 1
+        ):
             return f"{where}: its rows are not one feedback's items 0 to {len(fb) - 1} under one audit record (rows changed)"
         aseq = seqs.pop()
         rec = given.get(aseq)

@@ -7,10 +7,12 @@ database's own backups and replication. Both hold the same tables; the audit cod
 in the SQL both understand, with ``?`` parameters, and :class:`Database` adapts it (``%s`` parameters,
 BIGINT sequence numbers, byte-order comparison of the UTC times).
 
-Writers are serialised by the store: SQLite's write lock on the file (``BEGIN IMMEDIATE``), PostgreSQL's
-table lock (``LOCK TABLE audit IN EXCLUSIVE MODE``: readers go on, a second writer waits), so two
-servers, or a server and ``carepath audit prune``, never fork the chain. Readers (verify, export,
-report) open the store read-only.
+Writers are serialised by the store: SQLite's write lock on the file (``BEGIN IMMEDIATE``), in
+PostgreSQL a transaction-level advisory lock that every carepath writer takes (readers go on, a second
+writer waits; it needs no privilege beyond INSERT), so two servers, or a server and ``carepath audit
+prune``, never fork the chain. Readers (verify, export, report) open the store read-only. The tables
+are made on first use (in PostgreSQL only when one is missing, so the servers' role needs no CREATE
+once they exist).
 """
 
 from __future__ import annotations
@@ -134,9 +136,13 @@ class PostgresDatabase(Database):
         return _PARAM.sub("%s", text)
 
     def script(self, text: str) -> None:
-        """The schema, made once even when several servers start together (an advisory lock orders them)."""
+        """The schema, made when a table is missing, once even when several servers start together."""
+        tables = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", text))
+        have = {r[0] for r in self.conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()}
+        if tables <= have:
+            return
         with self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             self.conn.execute(postgres_schema(text))
 
     def columns(self, table: str) -> list[str]:
@@ -151,7 +157,7 @@ class PostgresDatabase(Database):
     def write(self) -> Iterator[None]:
         with self.conn.transaction():
             self.conn.execute(f"SET LOCAL lock_timeout = '{int(self.lock_timeout * 1000)}ms'")
-            self.conn.execute("LOCK TABLE audit IN EXCLUSIVE MODE")
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITER_LOCK,))
             yield
 
     def stream(self, text: str, args: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
@@ -161,7 +167,8 @@ class PostgresDatabase(Database):
             yield from cur
 
 
-_LOCK_ID = int.from_bytes(hashlib.sha256(b"carepath audit schema").digest()[:7], "big")
+_SCHEMA_LOCK = int.from_bytes(hashlib.sha256(b"carepath audit schema").digest()[:7], "big")
+_WRITER_LOCK = int.from_bytes(hashlib.sha256(b"carepath audit writer").digest()[:7], "big")
 
 
 def postgres_schema(text: str) -> str:

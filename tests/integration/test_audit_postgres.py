@@ -1,0 +1,278 @@
+"""The audit trail in PostgreSQL: a real PostgreSQL 16 server started by the tests (pgserver, from the
+package registry: its wheel carries the server binaries), `carepath serve --audit postgresql://...` on
+127.0.0.1, the same checks as the SQLite file gets: every response received has its record, verify
+finds changed, deleted and inserted records and feedback rows, prune keeps the chain verifiable,
+export, report --feedback, fail closed, and kill -9 under load. Plus what only a shared database
+allows: two servers appending to one chain."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+import psycopg
+import pytest
+from conftest import FIXTURES, ROOT
+from grpc_helpers import CARE, Server, varied_case
+
+from carepath.client import CallError, CarepathClient
+from carepath.service import audit as audit_module
+from carepath.service.audit import COLUMNS, FEEDBACK, AuditError, AuditLog, record_hash, verify
+from carepath.service.auditdb import postgres_schema, shown
+from carepath.service.auth import Caller
+from carepath_client import FeedbackItem
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server of this module's own (a short directory: its Unix socket lives there)."""
+    d = tempfile.mkdtemp(prefix="cp-pg-")
+    with warnings.catch_warnings():  # platformdirs warns, on import, when XDG_RUNTIME_DIR is unset (as on CI)
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import get_server
+
+    srv = get_server(d, cleanup_mode="stop")
+    try:
+        yield str(srv.get_uri())
+    finally:
+        srv.cleanup()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+_made = iter(range(1_000_000))
+
+
+@pytest.fixture
+def url(postgres: str) -> str:
+    """A new, empty database on the module's server: its connection URL."""
+    name = f"audit_{next(_made)}"
+    with psycopg.connect(postgres, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    parts = urlsplit(postgres)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def sql(url: str, text: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as db:
+        cur = db.execute(text, args)
+        return cur.fetchall() if cur.description else []
+
+
+def records(url: str) -> list[dict[str, Any]]:
+    return [dict(zip(COLUMNS, r, strict=True)) for r in sql(url, f"SELECT {', '.join(COLUMNS)} FROM audit ORDER BY seq")]
+
+
+def care(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CARE, *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def written(url: str, n: int = 6) -> None:
+    audit = AuditLog(url)
+
+    async def write() -> None:
+        for i in range(n):
+            caller = Caller("ehr", "https://idp.example.org", peer="ipv4:127.0.0.1:1")
+            await audit.append(audit.record(caller, "Evaluate", "OK", patient=f"p-{i}", request_id=f"r-{i}", response=b"x%d" % i))
+
+    asyncio.run(write())
+    audit.close()
+
+
+def test_the_schema_is_the_sqlite_one_in_postgres_words(url: str) -> None:
+    written(url, 1)
+    cols = sql(url, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'audit' ORDER BY ordinal_position")
+    assert [c for c, _ in cols] == list(COLUMNS)
+    assert dict(cols)["seq"] == "bigint"
+    feedback = sql(url, "SELECT column_name FROM information_schema.columns WHERE table_name = 'feedback'")
+    assert sorted(c for (c,) in feedback) == sorted(FEEDBACK)
+    assert {t for (t,) in sql(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")} == {
+        "audit",
+        "anchor",
+        "feedback",
+        "cards",
+    }
+    assert sql(url, "SELECT collation_name FROM information_schema.columns WHERE table_name = 'audit' AND column_name = 'ts'") == [("C",)]
+    assert 'ts TEXT COLLATE "C" NOT NULL' in postgres_schema(audit_module.SCHEMA)
+
+
+def test_a_served_trail_in_postgres_records_every_response_and_verifies(url: str, tmp_path: Any) -> None:
+    srv = Server(tmp_path, FIXTURES, 1, "--audit", url)
+    try:
+        srv.wait_serving()
+        with CarepathClient(srv.target, retries=0) as c:
+            got = [c.evaluate_recorded(varied_case(i), request_id=f"pg-{i}") for i in range(8)]
+            streamed = list(c.evaluate_many([varied_case(i) for i in range(8, 12)]))
+            c.list_pathways()
+            did = next(g.decision_id for g in got if g.decision["recommendations"])
+            receipt = c.record_feedback(did, [FeedbackItem(0, "overridden", "patient_declined", "not today")], feedback_id="fb-pg")
+            assert c.record_feedback(did, [FeedbackItem(0, "overridden", "patient_declined", "not today")], feedback_id="fb-pg").duplicate
+            with pytest.raises(CallError) as other:
+                c.record_feedback(did, [FeedbackItem(0, "accepted")], feedback_id="fb-pg")
+            assert other.value.code == grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        assert srv.stop() == 0, srv.log()
+    recs = records(url)
+    assert {f"pg-{i}" for i in range(8)} <= {r["request_id"] for r in recs if r["action"] == "Evaluate"}
+    assert sum(r["action"] == "EvaluateStream" for r in recs) == 4 and all(s.decision_id for s in streamed)
+    assert [r["outcome"] for r in recs if r["request_id"] == "fb-pg"] == ["OK", "OK_DUPLICATE", "ALREADY_EXISTS"]
+    stored = sql(url, "SELECT outcome, reason, reason_text, content_sha256 FROM feedback WHERE feedback_id = 'fb-pg'")
+    assert stored == [("overridden", "patient_declined", "not today", receipt.content_sha256)]
+    done = care("audit", "verify", url)
+    assert done.returncode == 0 and f"{len(recs)} records, chain intact" in done.stdout, done.stderr
+    lines = care("audit", "export", url, "--format", "fhir-ndjson").stdout.splitlines()
+    assert len(lines) == len(recs)
+    report = care("report", "--feedback", url)
+    assert report.returncode == 0 and "patient_declined" in report.stdout and "not today" not in report.stdout
+
+
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [
+        ("UPDATE audit SET outcome = 'PERMISSION_DENIED' WHERE seq = 3", "BROKEN at record 3: changed"),
+        ("DELETE FROM audit WHERE seq = 4", "record 4 missing (deleted?): record 5 comes after record 3"),
+        ("UPDATE audit SET prev_hash = hash WHERE seq = 5", "record 5: its prev_hash is not record 4's hash"),
+    ],
+)
+def test_tampering_in_postgres_is_found(url: str, tamper: str, problem: str) -> None:
+    written(url)
+    sql(url, tamper)
+    done = care("audit", "verify", url)
+    assert done.returncode == 1 and problem in done.stderr, done.stderr
+
+
+def test_a_record_rehashed_after_a_change_breaks_the_next_link(url: str) -> None:
+    written(url)
+    (row,) = sql(url, f"SELECT {', '.join(COLUMNS)} FROM audit WHERE seq = 3")
+    fields = list(row[1:-2])
+    fields[COLUMNS.index("request_id") - 1] = "r-forged"
+    sql(url, "UPDATE audit SET request_id = 'r-forged', hash = %s WHERE seq = 3", record_hash(3, tuple(fields), row[-2]))
+    assert verify(url).problem == "record 4: its prev_hash is not record 3's hash (a record inserted, deleted or rewritten there)"
+
+
+def test_prune_in_postgres_keeps_the_chain_verifiable(url: str) -> None:
+    written(url)
+    sql(url, "UPDATE audit SET ts = '2019-01-01T00:00:00.000Z' WHERE seq <= 4")  # four old records: rehash them
+    prev = audit_module.GENESIS
+    for r in records(url):
+        h = record_hash(r["seq"], tuple(r[c] for c in COLUMNS[1:-2]), prev)
+        sql(url, "UPDATE audit SET prev_hash = %s, hash = %s WHERE seq = %s", prev, h, r["seq"])
+        prev = h
+    assert verify(url).problem == ""
+    done = care("audit", "prune", url, "--before", "2020-01-01")
+    assert done.returncode == 0 and "pruned 4 records (through record 4)" in done.stdout, done.stderr
+    v = verify(url)
+    assert v.problem == "" and v.records == 3  # records 5 and 6, and the prune's own
+    sql(url, "UPDATE anchor SET seq = 3")  # the anchor moved: the chain no longer starts after it
+    assert verify(url).problem == "record 4 missing (deleted?): record 5 comes after record 3"
+
+
+def test_two_servers_append_to_one_chain(url: str) -> None:
+    """What a shared database is for: writers on two connections (two servers) keep one chain, in order."""
+    logs = [AuditLog(url), AuditLog(url)]
+
+    async def write(audit: AuditLog, who: str) -> None:
+        await asyncio.gather(*(audit.append(audit.record(Caller(who), "Evaluate", "OK", request_id=f"{who}-{i}")) for i in range(200)))
+
+    async def both() -> None:
+        await asyncio.gather(write(logs[0], "a"), write(logs[1], "b"))
+
+    asyncio.run(both())
+    for audit in logs:
+        audit.close()
+    v = verify(url)
+    assert v.problem == "" and v.records == 400
+    assert [r["seq"] for r in records(url)] == list(range(1, 401))
+
+
+def test_a_writer_needs_only_select_and_insert_once_the_tables_exist(url: str) -> None:
+    """Least privilege: the servers' role can append but not rewrite history."""
+    written(url, 2)
+    sql(url, "CREATE ROLE writer LOGIN")
+    sql(url, "GRANT SELECT, INSERT ON audit, feedback, cards, anchor TO writer")
+    as_writer = urlunsplit(urlsplit(url)._replace(netloc="writer@"))
+    written(as_writer, 3)
+    assert verify(url).records == 5
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        sql(as_writer, "UPDATE audit SET outcome = 'OK' WHERE seq = 1")
+
+
+def test_fail_closed_in_postgres_when_the_table_is_locked(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_module, "LOCK_TIMEOUT", 0.3)
+    written(url, 1)
+    audit = AuditLog(url)
+    blocker = psycopg.connect(url)
+    try:
+        blocker.execute("LOCK TABLE audit IN ACCESS EXCLUSIVE MODE")  # another writer holds the table
+
+        async def one() -> None:
+            await audit.append(audit.record(Caller("ehr"), "Evaluate", "OK", request_id="during"))
+
+        with pytest.raises(AuditError, match="could not be written"):
+            asyncio.run(one())
+    finally:
+        blocker.rollback()
+        blocker.close()
+        audit.close()
+    assert "during" not in {r["request_id"] for r in records(url)} and verify(url).problem == ""
+
+
+def test_kill_9_under_load_loses_no_record_in_postgres(url: str, tmp_path: Any) -> None:
+    srv = Server(tmp_path, FIXTURES, 1, "--audit", url)
+    srv.wait_serving()
+    got: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def caller(n: int) -> None:
+        with CarepathClient(srv.target, retries=0, timeout=5) as c:
+            i = 0
+            while not stop.is_set():
+                rid = f"c{n}-{i}"
+                try:
+                    c.evaluate(varied_case(i), request_id=rid)
+                except CallError:
+                    if srv.proc.poll() is not None:
+                        return
+                    continue
+                with lock:
+                    got.append(rid)
+                i += 1
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    srv.stop()
+    assert len(got) > 20
+    recorded = {r["request_id"] for r in records(url) if r["outcome"] == "OK"}
+    assert set(got) <= recorded, f"{len(set(got) - recorded)} responses received without a record"
+    assert verify(url).problem == ""
+
+
+def test_postgres_errors_name_the_database_without_its_password(url: str) -> None:
+    bad = urlunsplit(urlsplit(url)._replace(netloc="carepath:s3cret@127.0.0.1:1"))
+    done = care("audit", "verify", bad)
+    assert done.returncode == 2 and "cannot connect" in done.stderr and "s3cret" not in done.stderr and "***" in done.stderr
+    assert shown("postgresql://u:pw@db.example.org/audit") == "postgresql://u:***@db.example.org/audit"
+    empty = care("audit", "verify", url)  # a database with no trail in it: read-only, so nothing is made
+    assert empty.returncode == 2 and "no carepath audit trail there" in empty.stderr
+    assert sql(url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+    serve = care("serve", "--port", "0", "--workers", "1", "--pathways", str(FIXTURES), "--audit", bad)
+    assert serve.returncode == 2 and "--audit" in serve.stderr and "cannot connect" in serve.stderr and "s3cret" not in serve.stderr
