@@ -198,14 +198,15 @@ def open_database(target: str | Path, *, write: bool, lock_timeout: float) -> Da
     path = Path(target)
     if not write and not path.is_file():
         raise StoreError(f"{path}: no such audit file")
-    lite: sqlite3.Connection
+    where = path if write else f"{path.resolve().as_uri()}?mode=ro"
+    try:
+        lite = sqlite3.connect(where, uri=not write, isolation_level=None, check_same_thread=False, timeout=lock_timeout)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the audit trail: {exc}") from None
     try:
         if write:
-            lite = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=lock_timeout)
             lite.execute("PRAGMA journal_mode=WAL")
-        else:
-            uri = f"{path.resolve().as_uri()}?mode=ro"
-            lite = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=lock_timeout)
     except sqlite3.Error as exc:
+        lite.close()
         raise StoreError(f"{path}: cannot open the audit trail: {exc}") from None
     return SqliteDatabase(path, lite)
