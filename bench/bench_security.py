@@ -10,7 +10,10 @@ tokens on, each call carries a token of its own (minted before the round: a toke
 call). Printed per server: calls/s (median over rounds), p50, p99, and the server's CPU ms per call
 (its process and workers).
 
-    python bench/bench_security.py [--rounds R] [--seconds S] [--callers N] [--workers N] [--pathways DIR]
+    python bench/bench_security.py [--rounds R] [--seconds S] [--callers N] [--workers N] [--pathways DIR] [--postgres [URL]]
+
+``--postgres``: a sixth server, plain with ``--audit`` in PostgreSQL: at URL, or (no URL) in a local
+PostgreSQL started for the run with pgserver (a dev dependency).
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ def main() -> int:
     ap.add_argument("--callers", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--pathways", default=str(ROOT / "pathways"))
+    ap.add_argument("--postgres", nargs="?", const="", metavar="URL", help="add plain+audit in PostgreSQL (no URL: a local one)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="carepath-bench-sec-"))
     d = tmp / "pki"
@@ -110,6 +114,15 @@ def main() -> int:
         ("mTLS+tokens", [*mtls, *auth], creds_mtls, True),
         ("mTLS+tokens+audit", [*mtls, *auth, "--audit", str(tmp / "a2.db")], creds_mtls, True),
     ]
+    pg = None
+    if args.postgres is not None:
+        url = args.postgres
+        if not url:
+            from pgserver.postgres_server import get_server
+
+            pg = get_server(tempfile.mkdtemp(prefix="cp-pg-"), cleanup_mode="stop")
+            url = str(pg.get_uri())
+        specs.insert(2, ("plain+audit(pg)", ["--audit", url], None, False))
     targets = [Target(n, a, args.workers, args.pathways, c, tok) for n, a, c, tok in specs]
     payload = requests([SAMPLE])[0]
     try:
@@ -130,6 +143,8 @@ def main() -> int:
     finally:
         for t in targets:
             t.stop()
+        if pg is not None:
+            pg.cleanup()
     return 0
 
 
