@@ -1,7 +1,8 @@
 """The built-in and YAML invariants over the bundled pathways (issue 6).
 
-The full CI budget is `carepath check --profile ci` (CI runs it); here a smaller seeded budget
-keeps the default test run fast, plus one CI-profile run that asserts every rule fires.
+The full CI budget is `carepath check --profile ci`; here a smaller seeded budget keeps the default
+test run fast (test_rule_coverage.py has the CI-profile run that asserts every rule fires: a module
+of its own, so that the test workers share the two long searches).
 """
 
 from __future__ import annotations
@@ -26,13 +27,6 @@ def test_builtin_invariants_hold_incl_differential(pathways: Pathways) -> None:
     report = check_engine(pathways.engine, profile="pytest", database=False, yaml_searches=False)
     assert report.ok, report.format(coverage=False)
     assert report.examples >= 150 * len(pathways.engine.pathways)
-
-
-def test_ci_profile_fires_every_rule(pathways: Pathways) -> None:
-    """The CI profile must fire every rule of the bundled pathways (else: a generator gap or a dead rule)."""
-    report = check_engine(pathways.engine, profile="ci", database=False, yaml_searches=False, only=["differential", "one_referral"])
-    assert report.ok, report.format(coverage=False)
-    assert not report.never_fired(), report.format()
 
 
 def _declared_ids() -> list[str]:

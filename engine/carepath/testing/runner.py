@@ -36,7 +36,8 @@ PROFILES: dict[str, int] = {"dev": 200, "ci": 1000, "thorough": 10_000, "pytest"
 """Examples per pathway for each profile (each YAML invariant gets a fifth of it, at least 50)."""
 DEFAULT_SEED = 20261124
 TOP_UP = 300
-"""Examples of the steered search into a rule that the main search never fired."""
+"""Examples of the steered search into a rule that the main search never fired, at most (and at most
+the main search's own budget: a 30-example smoke check does not spend 300 on each rule it missed)."""
 SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture]
 
 
@@ -237,7 +238,7 @@ def check_engine(
                 r.rule.id,
                 space.steered(r.condition, pathway=p.id),
                 body,
-                settings(cfg, max_examples=TOP_UP),
+                settings(cfg, max_examples=min(TOP_UP, n)),
                 seed,
                 f"carepath-topup:{r.rule.id}:{p.sha256}",
             )
