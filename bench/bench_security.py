@@ -118,7 +118,11 @@ def main() -> int:
     if args.postgres is not None:
         url = args.postgres
         if not url:
-            from pgserver.postgres_server import get_server
+            import warnings
+
+            with warnings.catch_warnings():  # platformdirs warns on import when XDG_RUNTIME_DIR is unset
+                warnings.simplefilter("ignore")
+                from pgserver.postgres_server import get_server
 
             pg = get_server(tempfile.mkdtemp(prefix="cp-pg-"), cleanup_mode="stop")
             url = str(pg.get_uri())

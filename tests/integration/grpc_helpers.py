@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,40 @@ def wait_for(pred: Any, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def received_before_kill_9(srv: Server, callers: int = 4, seconds: float = 3.0) -> list[str]:
+    """The request ids of the Evaluate responses ``callers`` callers received from ``srv`` under load
+    before it was killed with SIGKILL after ``seconds`` (the audit trail's durability tests)."""
+    from carepath.client import CallError, CarepathClient
+
+    got: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def caller(n: int) -> None:
+        with CarepathClient(srv.target, retries=0, timeout=5) as c:
+            i = 0
+            while not stop.is_set():
+                rid = f"c{n}-{i}"
+                try:
+                    c.evaluate(varied_case(i), request_id=rid)
+                except CallError:
+                    if srv.proc.poll() is not None:
+                        return
+                    continue
+                with lock:
+                    got.append(rid)
+                i += 1
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    srv.stop()
+    return got

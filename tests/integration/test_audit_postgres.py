@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import subprocess
 import tempfile
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +20,7 @@ import grpc
 import psycopg
 import pytest
 from conftest import FIXTURES, ROOT
-from grpc_helpers import CARE, Server, varied_case
+from grpc_helpers import CARE, Server, received_before_kill_9, varied_case
 
 from carepath.client import CallError, CarepathClient
 from carepath.service import audit as audit_module
@@ -231,35 +228,7 @@ def test_fail_closed_in_postgres_when_the_table_is_locked(url: str, monkeypatch:
 def test_kill_9_under_load_loses_no_record_in_postgres(url: str, tmp_path: Any) -> None:
     srv = Server(tmp_path, FIXTURES, 1, "--audit", url)
     srv.wait_serving()
-    got: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def caller(n: int) -> None:
-        with CarepathClient(srv.target, retries=0, timeout=5) as c:
-            i = 0
-            while not stop.is_set():
-                rid = f"c{n}-{i}"
-                try:
-                    c.evaluate(varied_case(i), request_id=rid)
-                except CallError:
-                    if srv.proc.poll() is not None:
-                        return
-                    continue
-                with lock:
-                    got.append(rid)
-                i += 1
-
-    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(3)
-    srv.proc.send_signal(signal.SIGKILL)
-    srv.proc.wait(10)
-    stop.set()
-    for t in threads:
-        t.join(30)
-    srv.stop()
+    got = received_before_kill_9(srv)
     assert len(got) > 20
     recorded = {r["request_id"] for r in records(url) if r["outcome"] == "OK"}
     assert set(got) <= recorded, f"{len(set(got) - recorded)} responses received without a record"

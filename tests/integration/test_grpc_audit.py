@@ -7,11 +7,8 @@ import asyncio
 import hashlib
 import json
 import re
-import signal
 import sqlite3
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import FIXTURES, ROOT
-from grpc_helpers import CARE, SAMPLE, Server, serving, varied_case
+from grpc_helpers import CARE, SAMPLE, Server, received_before_kill_9, serving, varied_case
 
 from carepath.client import CallError, CarepathClient
 from carepath.errors import CaseError
@@ -254,35 +251,7 @@ def test_kill_9_under_load_loses_no_record_of_a_response_received(tmp_path: Path
     db = tmp_path / "audit.db"
     srv = Server(tmp_path, FIXTURES, 1, "--audit", str(db))
     srv.wait_serving()
-    got: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def caller(n: int) -> None:
-        with CarepathClient(srv.target, retries=0, timeout=5) as c:
-            i = 0
-            while not stop.is_set():
-                rid = f"c{n}-{i}"
-                try:
-                    c.evaluate(varied_case(i), request_id=rid)
-                except CallError:
-                    if srv.proc.poll() is not None:
-                        return
-                    continue
-                with lock:
-                    got.append(rid)
-                i += 1
-
-    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(3)
-    srv.proc.send_signal(signal.SIGKILL)
-    srv.proc.wait(10)
-    stop.set()
-    for t in threads:
-        t.join(30)
-    srv.stop()
+    got = received_before_kill_9(srv)
     assert len(got) > 20
     recorded = {r["request_id"] for r in records(db) if r["outcome"] == "OK"}
     assert set(got) <= recorded, f"{len(set(got) - recorded)} responses received without a record"

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from carepath.service.audit import AuditLog, FeedbackTaken, Rows, feedback_content, new_decision_id, utc_text
+from carepath.service.audit import AuditLog, FeedbackTaken, Rows, feedback_content, feedback_rows, new_decision_id, utc_text
 from carepath.service.auth import Caller
 from carepath.service.feedback import Store
 
@@ -65,9 +65,8 @@ class CdsAudit:
         content = None
         if linked is not None:
             did, index, rule, _ = linked
-            row = (fid, 0, did, index, "card", rule, item["outcome"], reason, override.get("userComment") or "", None, at)
-            content = feedback_content([row])
-            rows = [(*row, hashlib.sha256(content).hexdigest())]
+            rows = feedback_rows(fid, did, [(index, "card", rule, item["outcome"], reason, override.get("userComment") or "")], None, at)
+            content = feedback_content(rows)
         rec = self.audit.record(
             caller,
             "CdsFeedback",

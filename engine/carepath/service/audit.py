@@ -242,6 +242,14 @@ def feedback_content(rows: Rows) -> bytes:
     return json.dumps([list(r[2:11]) for r in rows], ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def feedback_rows(feedback_id: str, decision_id: str, items: Rows, clinician: str | None, at: str) -> Rows:
+    """A feedback's rows as stored: ``items`` (recommendation, kind, rule, outcome, reason, reason_text)
+    numbered, with the clinician, the time and the content hash over them all (``feedback_content``)."""
+    rows = [(feedback_id, n, decision_id, *item, clinician, at) for n, item in enumerate(items)]
+    digest = hashlib.sha256(feedback_content(rows)).hexdigest()
+    return [(*r, digest) for r in rows]
+
+
 def feedback_response(feedback_id: str, rows: Rows, duplicate: bool = False) -> bytes:
     """The RecordFeedbackResponse sent for stored feedback rows (content_sha256 as stored)."""
     return ds.RecordFeedbackResponse(

@@ -21,7 +21,6 @@ fields are INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ from carepath.service.audit import (
     FeedbackTaken,
     Rows,
     connect,
-    feedback_content,
     feedback_response,
+    feedback_rows,
     utc_text,
 )
 from carepath.service.auth import CALLER, Caller, certificate_subject
@@ -214,7 +213,7 @@ async def record(audit: AuditLog, store: Store, fb: Feedback, caller: Caller) ->
     if found is None:
         raise FeedbackError(grpc.StatusCode.NOT_FOUND, f"unknown decision {fb.decision_id!r} (not in the audit trail, or pruned)")
     patient, recs = found
-    rows: Rows = []
+    items: Rows = []
     for n, it in enumerate(fb.items):
         if it.recommendation >= len(recs):
             raise FeedbackError(
@@ -227,11 +226,8 @@ async def record(audit: AuditLog, store: Store, fb: Feedback, caller: Caller) ->
                 grpc.StatusCode.NOT_FOUND,
                 f"items[{n}].rule: recommendation {it.recommendation} of decision {fb.decision_id} is from rule {rule!r}, not {it.rule!r}",
             )
-        rows.append(
-            (fb.feedback_id, n, fb.decision_id, it.recommendation, kind, rule, it.outcome, it.reason, it.reason_text, fb.clinician, fb.at)
-        )
-    digest = hashlib.sha256(feedback_content(rows)).hexdigest()
-    rows = [(*r, digest) for r in rows]
+        items.append((it.recommendation, kind, rule, it.outcome, it.reason, it.reason_text))
+    rows = feedback_rows(fb.feedback_id, fb.decision_id, items, fb.clinician, fb.at)
     stored = await asyncio.to_thread(store.stored, fb.feedback_id)
     while True:  # at most twice: a copy racing this one may be stored first (the writer says so)
         if stored:
