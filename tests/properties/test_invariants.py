@@ -1,7 +1,7 @@
 """The built-in and YAML invariants over the bundled pathways (issue 6).
 
 The full CI budget is `carepath check --profile ci`; here a smaller seeded budget keeps the default
-test run fast (test_rule_coverage.py has the CI-profile run that asserts every rule fires: a module
+test run fast (test_rule_coverage.py has the run that asserts every rule fires: a module
 of its own, so that the test workers share the two long searches).
 """
 
@@ -76,7 +76,7 @@ def test_committee_style_assert_never(pathways: Pathways) -> None:
 def test_check_cli_passes_on_bundled(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     # one pathway (--pathway): every YAML invariant of all three is its own test item above, and the
     # built-ins run over all three in test_builtin_invariants_hold_incl_differential
-    assert main(["check", "--pathway", "smi", "--examples", "30", "--no-coverage", "--out", str(tmp_path)]) == 0
+    assert main(["check", "--pathway", "smi", "--examples", "10", "--no-coverage", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "all invariants hold" in out
     searched = {line.split()[1].split(":")[0] for line in out.splitlines() if line.startswith(("ok ", "FAIL "))}
