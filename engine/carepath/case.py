@@ -26,8 +26,10 @@ def too_many(lengths: Iterable[tuple[str, int]]) -> list[FieldViolation]:
     return [FieldViolation(name, f"must have at most {MAX_ITEMS} items (got {n})") for name, n in lengths if n > MAX_ITEMS]
 
 
-_ICD = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
-_ATC = re.compile(r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$")
+ICD10 = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
+"""An ICD-10 code as a case gives a condition (E11, E11.9; the FHIR mapper keeps only these)."""
+ATC = re.compile(r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$")
+"""An ATC code or one of its levels (C, C09, C09A, C09AA, C09AA02), as a case gives a drug or allergy."""
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -253,15 +255,15 @@ def validate_case(data: Any, vocab: Vocabulary) -> tuple[Case, list[tuple[str, f
             bad.append(FieldViolation(f"{where}.date", f"{o.date.isoformat()} is after as_of {case.as_of.isoformat()}"))
         obs.append((code, value, o.date))
     for i, m in enumerate(case.medications):
-        if not _ATC.match(m.atc):
+        if not ATC.match(m.atc):
             bad.append(FieldViolation(f"medications[{i}].atc", f"{m.atc!r} is not an ATC code (e.g. C09AA02)"))
         if m.since is not None and m.since > case.as_of:
             bad.append(FieldViolation(f"medications[{i}].since", f"{m.since.isoformat()} is after as_of {case.as_of.isoformat()}"))
     for i, c in enumerate(case.conditions):
-        if not _ICD.match(c):
+        if not ICD10.match(c):
             bad.append(FieldViolation(f"conditions[{i}]", f"{c!r} is not an ICD-10 code (e.g. E11.9)"))
     for i, a in enumerate(case.allergies):
-        if not _ATC.match(a):
+        if not ATC.match(a):
             bad.append(FieldViolation(f"allergies[{i}]", f"{a!r} is not an ATC code or prefix"))
     for i, f in enumerate(case.findings):
         if f not in vocab.findings:

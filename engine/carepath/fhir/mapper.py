@@ -36,6 +36,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import ValidationError
 
+from ..case import ATC as ATC_CODE
+from ..case import ICD10 as ICD10_CODE
 from ..lang import ObsDef, Vocabulary
 from ..settings import current
 from .tables import PANEL, PREGNANCY_STATUS, VERSION, Tables, tables
@@ -52,8 +54,6 @@ OBS_STATUSES = ("final", "amended", "corrected")
 SETTINGS = ("community", "hospital")
 PREGNANCY_MAX_DAYS = 280  # a pregnancy-status result older than a pregnancy says nothing about today
 
-_ICD = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
-_ATC = re.compile(r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$")
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 Level = Literal["warning", "info"]
@@ -466,7 +466,7 @@ class _Mapper:
         if onset is not None and onset > self.as_of:
             self.report.add("warning", "after_as_of", f"Condition {what} starts {onset.isoformat()}, after as_of: left out", ref)
             return
-        icd = [x for x in _code_of(c.code, ICD10) if _ICD.match(x)]
+        icd = [x for x in _code_of(c.code, ICD10) if ICD10_CODE.match(x)]
         if not icd:
             icd = [self.t.snomed_icd10[s].target for s in _code_of(c.code, SNOMED) if s in self.t.snomed_icd10]
         if not icd:
@@ -479,7 +479,7 @@ class _Mapper:
     # -- medications
 
     def atc_of(self, cc: Any) -> str | None:
-        direct = [a for a in _code_of(cc, ATC) if _ATC.match(a)]
+        direct = [a for a in _code_of(cc, ATC) if ATC_CODE.match(a)]
         if direct:
             return direct[0]
         for rx in _code_of(cc, RXNORM):
