@@ -235,6 +235,37 @@ def test_kill_9_under_load_loses_no_record_in_postgres(url: str, tmp_path: Any) 
     assert verify(url).problem == ""
 
 
+def test_a_lost_connection_is_opened_again(url: str, tmp_path: Any) -> None:
+    """PostgreSQL restarted or the network cut: the response then in flight is withheld (fail closed),
+    and the next records go through a new connection, without restarting carepath."""
+    srv = Server(tmp_path, FIXTURES, 1, "--audit", url)
+    try:
+        srv.wait_serving()
+        with CarepathClient(srv.target, retries=0) as c:
+            did = c.evaluate_recorded(varied_case(3), request_id="before").decision_id
+            cut = sql(
+                url,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            assert cut and all(ok for (ok,) in cut)
+            outcomes = []
+            for i in range(3):
+                try:
+                    c.evaluate(varied_case(i), request_id=f"after-{i}")
+                    outcomes.append("OK")
+                except CallError as exc:
+                    assert exc.code == grpc.StatusCode.UNAVAILABLE and "withheld" in exc.message
+                    outcomes.append("UNAVAILABLE")
+            assert outcomes[-1] == "OK" and outcomes.count("UNAVAILABLE") <= 1, outcomes
+            c.record_feedback(did, [FeedbackItem(0, "accepted")], feedback_id="fb-after-cut")  # the reader reconnects too
+        assert srv.events("audit_reconnected")
+    finally:
+        assert srv.stop() == 0, srv.log()
+    ids = {r["request_id"] for r in records(url)}
+    assert {"before", "after-2", "fb-after-cut"} <= ids
+    assert verify(url).problem == ""
+
+
 def test_postgres_errors_name_the_database_without_its_password(url: str) -> None:
     bad = urlunsplit(urlsplit(url)._replace(netloc="carepath:s3cret@127.0.0.1:1"))
     done = care("audit", "verify", bad)

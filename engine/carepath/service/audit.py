@@ -321,11 +321,26 @@ class AuditLog:
                 error = AuditError(f"{self.path}: the audit record could not be written: {exc}")
                 log.error(json.dumps({"event": "audit_failed", "records": len(batch), "error": str(exc), "fail_open": self.fail_open}))
                 results = [error] * len(batch)
+                self._reopen_if_lost()
             for (_, _, _, loop, fut), result in zip(batch, results, strict=True):
                 try:
                     loop.call_soon_threadsafe(_settle, fut, result)
                 except RuntimeError:  # the loop is closed: nobody is waiting
                     pass
+
+    def _reopen_if_lost(self) -> None:
+        """After a failed commit on a lost connection (PostgreSQL restarted, the network cut): open a
+        new one for the next records (the failed ones stay failed: their callers got UNAVAILABLE)."""
+        if not self.db.broken():
+            return
+        try:
+            fresh = connect(self.target, create=True)
+        except AuditError as exc:
+            log.error(json.dumps({"event": "audit_reconnect_failed", "error": str(exc)}))
+            return
+        self.db.close()
+        self.db = fresh
+        log.warning(json.dumps({"event": "audit_reconnected", "store": self.path}))
 
     def _commit(self, records: list[tuple[Record, Rows | None, Rows | None]]) -> list[BaseException | None]:
         """Write the records (and their feedback rows) in one transaction, in order; each gets None,

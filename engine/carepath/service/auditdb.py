@@ -95,6 +95,11 @@ class Database:
         while chunk := cur.fetchmany(FETCH):
             yield from chunk
 
+    def broken(self) -> bool:
+        """Whether the connection is lost (a PostgreSQL server restarted or the network cut): it must
+        be opened again. A SQLite file's connection is never lost."""
+        return False
+
     def close(self) -> None:
         self.conn.close()
 
@@ -160,6 +165,9 @@ class PostgresDatabase(Database):
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITER_LOCK,))
             yield
 
+    def broken(self) -> bool:
+        return bool(self.conn.closed or self.conn.broken)
+
     def stream(self, text: str, args: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         with self.conn.transaction(), self.conn.cursor(name="carepath_read") as cur:  # a server-side cursor
             cur.itersize = FETCH
@@ -189,7 +197,9 @@ def open_database(target: str | Path, *, write: bool, lock_timeout: float) -> Da
             raise StoreError(f"{shown(target)}: a PostgreSQL audit trail needs psycopg: pip install 'carepath[postgres]'") from None
         PostgresDatabase.errors = (psycopg.Error,)
         try:
-            conn = psycopg.connect(str(target), autocommit=True, connect_timeout=max(2, int(lock_timeout)))
+            conn = psycopg.connect(
+                str(target), autocommit=True, connect_timeout=max(2, int(lock_timeout)), application_name="carepath-audit"
+            )
             if not write:
                 conn.execute("SET default_transaction_read_only = on")
         except psycopg.Error as exc:

@@ -165,13 +165,25 @@ class Store:
     """Reads the decisions and feedback of an audit file (its own connection; the AuditLog writes)."""
 
     def __init__(self, target: str | Path) -> None:
+        self.target = target
         self.db = connect(target, create=True)
 
+    def _all(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """The rows of a query; a lost connection (PostgreSQL restarted) is opened again, once."""
+        for attempt in (1, 2):
+            try:
+                return list(self.db.execute(sql, args).fetchall())
+            except self.db.errors as exc:
+                if attempt == 1 and self.db.broken():
+                    self.db.close()
+                    self.db = connect(self.target, create=True)
+                    continue
+                raise AuditError(f"{self.db.name}: cannot read the audit trail: {exc}") from None
+        raise AssertionError("unreachable")
+
     def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
-        try:
-            return self.db.execute(sql, args).fetchone()
-        except self.db.errors as exc:
-            raise AuditError(f"{self.db.name}: cannot read the audit trail: {exc}") from None
+        rows = self._all(sql, args)
+        return rows[0] if rows else None
 
     def decision(self, decision_id: str) -> tuple[str | None, list[list[str]]] | None:
         """The decision's (recorded patient, [[kind, rule], ...] of its recommendations), None if unknown."""
@@ -185,10 +197,7 @@ class Store:
 
     def stored(self, feedback_id: str) -> Rows:
         """The feedback rows stored under this id (none: [])."""
-        try:
-            return [tuple(r) for r in self.db.execute(STORED_FEEDBACK, (feedback_id,)).fetchall()]
-        except self.db.errors as exc:
-            raise AuditError(f"{self.db.name}: cannot read the audit trail: {exc}") from None
+        return [tuple(r) for r in self._all(STORED_FEEDBACK, (feedback_id,))]
 
     def card(self, service_id: str, card: str) -> tuple[str, int, str, str] | None:
         """A CDS Hooks card this trail recorded: (its decision id, index, rule, recorded patient)."""
