@@ -266,13 +266,41 @@ def test_a_lost_connection_is_opened_again(url: str, tmp_path: Any) -> None:
     assert verify(url).problem == ""
 
 
+def test_a_record_postgres_refuses_fails_alone(url: str) -> None:
+    """A review found one text PostgreSQL cannot hold (a NUL) failing every record of its group commit:
+    under fail closed, other callers' responses withheld; under fail open, their records lost."""
+    written(url, 1)
+    audit = AuditLog(url)
+
+    async def both() -> list[BaseException | None]:
+        bad = audit.record(Caller("ehr"), "Evaluate", "OK", request_id="r-bad", patient="p\x00x")
+        good = [audit.record(Caller("ehr"), "ListPathways", "OK", request_id=f"r-good-{i}") for i in range(20)]
+        got = await asyncio.gather(audit.append(bad), *(audit.append(g) for g in good), return_exceptions=True)
+        return [g if isinstance(g, BaseException) else None for g in got]
+
+    try:
+        results = asyncio.run(both())
+    finally:
+        audit.close()
+    assert isinstance(results[0], AuditError) and all(r is None for r in results[1:]), results
+    ids = [r["request_id"] for r in records(url)]
+    assert "r-bad" not in ids and all(f"r-good-{i}" in ids for i in range(20))
+    assert verify(url).problem == ""
+
+
 def test_postgres_errors_name_the_database_without_its_password(url: str) -> None:
     bad = urlunsplit(urlsplit(url)._replace(netloc="carepath:s3cret@127.0.0.1:1"))
     done = care("audit", "verify", bad)
     assert done.returncode == 2 and "cannot connect" in done.stderr and "s3cret" not in done.stderr and "***" in done.stderr
     assert shown("postgresql://u:pw@db.example.org/audit") == "postgresql://u:***@db.example.org/audit"
+    assert shown("postgresql:///audit?host=/run/pg&password=pw") == "postgresql:///audit?host=/run/pg&password=***"
+    assert shown("postgresql://u:pw@[::1/audit") == "postgresql://(a URL that cannot be read)"
     empty = care("audit", "verify", url)  # a database with no trail in it: read-only, so nothing is made
     assert empty.returncode == 2 and "no carepath audit trail there" in empty.stderr
     assert sql(url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
     serve = care("serve", "--port", "0", "--workers", "1", "--pathways", str(FIXTURES), "--audit", bad)
     assert serve.returncode == 2 and "--audit" in serve.stderr and "cannot connect" in serve.stderr and "s3cret" not in serve.stderr
+    written(url, 2)
+    with_password = f"{url}&password=s3cret"  # the test server trusts local connections: any password will do
+    done = care("audit", "verify", with_password)
+    assert done.returncode == 0 and "s3cret" not in done.stdout and "password=***" in done.stdout, done.stdout + done.stderr

@@ -248,6 +248,11 @@ def test_unknown_decision_or_recommendation_is_not_found(server: Server, pki: di
             "items[1].recommendation",
             "twice",
         ),
+        (
+            {"items": [ds.RecommendationFeedback(outcome=ds.FEEDBACK_OUTCOME_ACCEPTED, reason_text="seen\x00today")]},
+            "items[0].reason_text",
+            "no control characters",
+        ),
         ({"at": "yesterday"}, "at", "RFC 3339"),
         ({"at": "2999-01-01T00:00:00Z"}, "at", "in the future"),
     ],

@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any
 
 from carepath.cds.cards import EXT_AS_OF, override_codes
+from carepath.service.feedback import CONTROL
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # a FHIR resource id
 _UUIDISH = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -204,7 +205,9 @@ def parse_feedback(data: Any) -> list[Feedback]:
                         f"must be a Coding of this service's overrideReasons ({', '.join(sorted(reasons))})",
                     )
             comment = override.get("userComment")
-            if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
-                raise RequestError(f"{where}overrideReason.userComment", "must be a string of at most 2000 characters")
+            if comment is not None and (not isinstance(comment, str) or len(comment) > 2000 or CONTROL.search(comment)):
+                raise RequestError(
+                    f"{where}overrideReason.userComment", "must be a string of at most 2000 characters, without control characters"
+                )
         out.append(Feedback(card, outcome, item))
     return out

@@ -314,19 +314,27 @@ class AuditLog:
                     stop = True
                     break
                 batch.append(nxt)
-            results: list[BaseException | None]
-            try:
-                results = self._commit([(rec, fb, cards) for rec, fb, cards, _, _ in batch])
-            except Exception as exc:
-                error = AuditError(f"{self.path}: the audit record could not be written: {exc}")
-                log.error(json.dumps({"event": "audit_failed", "records": len(batch), "error": str(exc), "fail_open": self.fail_open}))
-                results = [error] * len(batch)
-                self._reopen_if_lost()
+            items = [(rec, fb, cards) for rec, fb, cards, _, _ in batch]
+            results = self._commit_isolated(items)
             for (_, _, _, loop, fut), result in zip(batch, results, strict=True):
                 try:
                     loop.call_soon_threadsafe(_settle, fut, result)
                 except RuntimeError:  # the loop is closed: nobody is waiting
                     pass
+
+    def _commit_isolated(self, items: list[tuple[Record, Rows | None, Rows | None]]) -> list[BaseException | None]:
+        """Commit a group; if the store refuses its content (not a lock, a timeout or a lost
+        connection), commit its records one by one, so that one record the store cannot hold (a text
+        PostgreSQL refuses) fails alone rather than with every record committed beside it."""
+        try:
+            return self._commit(items)
+        except Exception as exc:
+            transient = isinstance(exc, self.db.transient) or self.db.broken()
+            self._reopen_if_lost()
+            if len(items) == 1 or transient:
+                log.error(json.dumps({"event": "audit_failed", "records": len(items), "error": str(exc), "fail_open": self.fail_open}))
+                return [AuditError(f"{self.path}: the audit record could not be written: {exc}")] * len(items)
+        return [r for item in items for r in self._commit_isolated([item])]
 
     def _reopen_if_lost(self) -> None:
         """After a failed commit on a lost connection (PostgreSQL restarted, the network cut): open a

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 POSTGRES = ("postgresql://", "postgres://")
 FETCH = 5000  # rows a reader fetches at a time
@@ -47,14 +47,26 @@ def is_postgres(target: str | Path) -> bool:
 
 
 def shown(target: str | Path) -> str:
-    """The store as messages name it: a file's path, or the URL with any password replaced by ***."""
+    """The store as messages name it: a file's path, or the URL with any password (in its user part or
+    a ``password=`` parameter) replaced by ***; never raises, even for a malformed URL."""
     if not is_postgres(target):
         return str(target)
-    parts = urlsplit(str(target))
-    if parts.password is None:
-        return str(target)
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    text = str(target)
+    try:
+        parts = urlsplit(text)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+        query = "&".join(
+            f"{k}=***" if k.lower() == "password" else f"{k}={v}" if v or "=" in pair else k
+            for pair in parts.query.split("&")
+            if pair
+            for k, _, v in [pair.partition("=")]
+        )
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+    except ValueError:
+        scheme = text.split("://", 1)[0]
+        return f"{scheme}://(a URL that cannot be read)"
 
 
 class Database:
@@ -62,6 +74,7 @@ class Database:
 
     dialect: str  # sqlite or postgresql
     errors: tuple[type[Exception], ...]  # what the driver raises
+    transient: tuple[type[Exception], ...]  # of those, what says nothing of the data (locks, timeouts, connections)
 
     def __init__(self, target: str | Path, conn: Any) -> None:
         self.target, self.name, self.conn = target, shown(target), conn
@@ -107,6 +120,7 @@ class Database:
 class SqliteDatabase(Database):
     dialect = "sqlite"
     errors = (sqlite3.Error,)
+    transient = (sqlite3.OperationalError,)
 
     def script(self, text: str) -> None:
         self.conn.executescript(text)
@@ -132,6 +146,7 @@ _PARAM = re.compile(r"\?")
 class PostgresDatabase(Database):
     dialect = "postgresql"
     errors: tuple[type[Exception], ...] = ()  # set when psycopg is imported
+    transient: tuple[type[Exception], ...] = ()
 
     def __init__(self, target: str | Path, conn: Any, lock_timeout: float) -> None:
         super().__init__(target, conn)
@@ -196,6 +211,7 @@ def open_database(target: str | Path, *, write: bool, lock_timeout: float) -> Da
         except ImportError:
             raise StoreError(f"{shown(target)}: a PostgreSQL audit trail needs psycopg: pip install 'carepath[postgres]'") from None
         PostgresDatabase.errors = (psycopg.Error,)
+        PostgresDatabase.transient = (psycopg.OperationalError,)
         try:
             conn = psycopg.connect(
                 str(target), autocommit=True, connect_timeout=max(2, int(lock_timeout)), application_name="carepath-audit"

@@ -309,7 +309,9 @@ def _audit(args: argparse.Namespace) -> int:
     import json
 
     from carepath.service.audit import RETENTION_DAYS, AuditError, export, prune, verify
+    from carepath.service.auditdb import shown
 
+    where = shown(args.path)  # a PostgreSQL URL without its password
     try:
         if args.audit_command == "prune":
             from datetime import UTC, datetime, timedelta
@@ -317,19 +319,19 @@ def _audit(args: argparse.Namespace) -> int:
             before = args.before or _utc((datetime.now(UTC) - timedelta(days=args.keep_days or RETENTION_DAYS)).isoformat())
             done = prune(args.path, before)
             if not done.records:
-                print(f"{args.path}: no record before {before}; nothing pruned")
+                print(f"{where}: no record before {before}; nothing pruned")
                 return 0
             print(
-                f"{args.path}: pruned {done.records} records (through record {done.through}) and {done.feedback} feedback rows "
+                f"{where}: pruned {done.records} records (through record {done.through}) and {done.feedback} feedback rows "
                 f"before {before}; the chain continues from the anchor (record {done.through})"
             )
             return 0
         if args.audit_command == "verify":
             v = verify(args.path)
             if v.problem:
-                print(f"{args.path}: BROKEN at {v.problem} ({v.records} records verified before it)", file=sys.stderr)
+                print(f"{where}: BROKEN at {v.problem} ({v.records} records verified before it)", file=sys.stderr)
                 return 1
-            print(f"{args.path}: {v.records} records, chain intact; head: record {v.head_seq} hash {v.head_hash}")
+            print(f"{where}: {v.records} records, chain intact; head: record {v.head_seq} hash {v.head_hash}")
             return 0
         out = sys.stdout
         records = export(args.path, args.since, args.until)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,7 @@ from carepath_client._proto.v1 import decision_service_pb2 as ds
 
 MAX_ITEMS = 100
 MAX_TEXT = 1000  # characters of reason_text
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # in free text (a NUL cannot even be stored in PostgreSQL)
 MAX_CLINICIAN = 128
 FUTURE_SLACK = timedelta(minutes=5)  # ``at`` may be this far ahead of the server's clock
 OUTCOMES = {ds.FEEDBACK_OUTCOME_ACCEPTED: "accepted", ds.FEEDBACK_OUTCOME_OVERRIDDEN: "overridden"}
@@ -139,6 +141,8 @@ def parse(req: ds.RecordFeedbackRequest, caller: Caller) -> Feedback:
             raise _bad(f"{where}.reason", "a reason is for an override; this recommendation was accepted")
         if len(it.reason_text) > MAX_TEXT:
             raise _bad(f"{where}.reason_text", f"at most {MAX_TEXT} characters (got {len(it.reason_text)})")
+        if CONTROL.search(it.reason_text):
+            raise _bad(f"{where}.reason_text", "text only: no control characters (line breaks and tabs are allowed)")
         if len(it.rule) > 128:
             raise _bad(f"{where}.rule", "at most 128 characters")
         items.append(Item(it.recommendation, it.rule, outcome, reason, it.reason_text))
