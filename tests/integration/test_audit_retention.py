@@ -250,3 +250,47 @@ def test_fhir_agent_network_is_an_address_without_its_port(peer: str, network: d
     rec = {c: None for c in COLUMNS} | {"seq": 1, "ts": "2026-12-07T00:00:00.000Z", "action": "Evaluate", "outcome": "OK"}
     rec |= {"pathways": [], "rules": [], "peer": peer, "prev_hash": "0" * 64, "hash": "1" * 64}
     assert audit_event(rec)["agent"][0]["network"] == network
+
+
+def test_feedback_stored_before_rows_were_hashed_still_verifies(tmp_path: Path) -> None:
+    """Trails written before 7 Dec 2026 (75b54a5): RecordFeedback's content hash left out kind, time and
+    the rule when the caller gave none; CDS Hooks feedback kept a hash of the whole item and no response
+    hash. A review found them reported as tampered; they verify, and what their hash covers is checked."""
+    path = tmp_path / "audit.db"
+    audit = AuditLog(path)
+    old = json.dumps(["d-1", [[0, "", "overridden", "other", "as 75b54a5 stored it"]], "dr"], separators=(",", ":"))
+    row = ("fb-old", 0, "d-1", 0, "test", "r1", "overridden", "other", "as 75b54a5 stored it", "dr", "2026-12-07T01:00:00.000Z")
+    stored = [(*row, hashlib.sha256(old.encode()).hexdigest())]
+    cds = [("cds-" + "a" * 40, 0, "d-1", 0, "card", "r1", "accepted", None, "", None, "2026-12-07T01:00:00.000Z", "b" * 64)]
+
+    async def write() -> None:
+        caller = Caller("ehr")
+        await audit.append(audit.record(caller, "Evaluate", "OK", decision_id="d-1", recommendations=[["test", "r1"]]))
+        resp = feedback_response("fb-old", stored)
+        await audit.append(audit.record(caller, "RecordFeedback", "OK", request_id="fb-old", decision_id="d-1", response=resp), stored)
+        await audit.append(audit.record(caller, "CdsFeedback", "OK", request_id=cds[0][0], decision_id="d-1"), cds)
+
+    asyncio.run(write())
+    audit.close()
+    assert verify(path).problem == ""
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE feedback SET reason_text = 'rewritten' WHERE feedback_id = 'fb-old'")
+    assert verify(path).problem == "feedback 'fb-old': changed (its rows do not match their content hash)"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "UPDATE feedback SET reason_text = X'0102ff' WHERE feedback_id = 'fb-4'",  # a BLOB where text belongs
+        "UPDATE feedback SET reason_text = CAST(X'80ff' AS TEXT) WHERE feedback_id = 'fb-4'",  # not UTF-8
+        "INSERT INTO anchor (id, seq, hash) VALUES (1, 'three', 'x')",  # not a number
+    ],
+)
+def test_verify_names_an_unreadable_value_rather_than_crashing(tmp_path: Path, tamper: str) -> None:
+    """A review found crafted values ending `audit verify` in "internal error" (exit 70)."""
+    path = written(tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute(tamper)
+    done = care("verify", str(path))
+    assert done.returncode in (1, 2) and "internal error" not in done.stderr, done.stderr
+    assert "BROKEN" in done.stderr or "cannot read" in done.stderr, done.stderr

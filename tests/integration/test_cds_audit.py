@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -19,6 +20,7 @@ from grpc_helpers import CARE, Server, wait_for
 from test_cds_hooks import hook_request, patient_id, resources_of, split, synthea_bundle
 
 from carepath.service.audit import COLUMNS, verify
+from carepath.service.feedback import Store
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -96,3 +98,12 @@ def test_cds_calls_and_card_feedback_are_audited_and_reported(tmp_path: Path) ->
     assert out.returncode == 0 and reason["code"] in out.stdout, out.stdout + out.stderr
     row = next(ln for ln in out.stdout.splitlines() if ln.startswith(f"| {rule1} |"))
     assert row.split("|")[2].strip() == "100.0%", row  # fired in the one decision (the CDS Hooks call)
+    # the cards table is an index of what the hook call's record holds (its uuids are under the hash)
+    assert [r[2] for r in json.loads(call[0]["recommendations"])] == [c["uuid"] for c in cards]
+    tampered = tmp_path / "tampered.db"
+    shutil.copy(s.audit, tampered)
+    with sqlite3.connect(tampered) as db:  # a review found feedback could be relinked here unnoticed
+        db.execute("UPDATE cards SET recommendation = 0 WHERE card = ?", (cards[1]["uuid"],))
+    assert "the cards table changed" in verify(tampered).problem
+    assert Store(tampered).card("carepath-patient-view", cards[1]["uuid"]) is None  # and feedback is not linked by it
+    assert Store(s.audit).card("carepath-patient-view", cards[1]["uuid"]) == (call[0]["decision_id"], 1, rule1, pid)

@@ -34,9 +34,10 @@ class CdsAudit:
     async def hook(self, service_id: str, request_id: str, patient: str, body: bytes, caller: Caller) -> None:
         """Record a hook call's cards (AuditError when the record cannot be written: fail closed)."""
         cards = orjson.loads(body).get("cards", [])
-        recs = [["card", str(((c.get("source") or {}).get("topic") or {}).get("code", ""))] for c in cards]
+        # ["card", rule, uuid] per card: the uuid under the record's hash, so the cards table is only an index
+        recs = [["card", str(((c.get("source") or {}).get("topic") or {}).get("code", "")), str(c.get("uuid", ""))] for c in cards]
         did = new_decision_id()
-        rules = sorted({r for _, r in recs if r})
+        rules = sorted({r[1] for r in recs if r[1]})
         rec = self.audit.record(
             caller,
             "CdsHooks",

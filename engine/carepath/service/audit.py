@@ -1,4 +1,5 @@
-"""The audit trail of `carepath serve --audit PATH`: one record per call, hash-chained, in SQLite.
+"""The audit trail of `carepath serve --audit PATH|URL`: one record per call, hash-chained, in a
+SQLite file or a PostgreSQL database (where: carepath.service.auditdb).
 
 Each carepath.v1 call (each case of a stream, and each call refused by token authentication) appends
 a record: the UTC time, the caller (token subject and issuer, client certificate subject, peer
@@ -10,17 +11,20 @@ Tamper evidence: every record carries ``prev_hash``, the hash of the record befo
 ``hash`` over its content and ``prev_hash`` (the first record's ``prev_hash`` is GENESIS). A changed
 record no longer matches its hash; rewriting its hash breaks the next record's ``prev_hash``; a
 deleted record leaves a gap in ``seq`` and a broken link; an inserted one a broken link.
-``carepath audit verify`` walks the chain and names the first break. Anyone able to write the file
-can rebuild the chain from the point they changed onwards, and can cut records off its end: keep the
+``carepath audit verify`` walks the chain and names the first break, then checks the rows kept beside
+it (feedback, and the CDS Hooks cards table) against the records that hold them. Anyone able to write
+the store can rebuild the chain from the point they changed onwards, and can cut records off its end: keep the
 head that ``verify`` prints (seq and hash) somewhere else now and then, and check it is still there.
 
 Durability: records are written by one thread in group commits (all records waiting, one
-transaction), SQLite in WAL mode with ``synchronous=NORMAL``: a commit survives the server being
-killed (kill -9); an operating-system crash or power loss may lose the last commits (``FULL`` sync:
-``AUDIT_SYNC``). Fail closed (the default): a response leaves the server only after its record is
-committed; if the record cannot be written the caller gets UNAVAILABLE instead of the response. Fail
-open (``--audit-fail-open``): the record is queued and the response sent at once; a record that then
-cannot be written is logged (``audit_failed``) and lost.
+transaction; a group the store refuses for its content is written record by record, so one bad
+record fails alone). SQLite in WAL mode with ``synchronous=NORMAL``: a commit survives the server
+being killed (kill -9); an operating-system crash or power loss may lose the last commits (``FULL``
+sync: ``AUDIT_SYNC``); PostgreSQL: what its own settings promise. Fail closed (the default): a
+response leaves the server only after its record is committed; if the record cannot be written the
+caller gets UNAVAILABLE instead of the response. Fail open (``--audit-fail-open``): the record is
+queued and the response sent at once; a record that then cannot be written is logged
+(``audit_failed``) and lost.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import astuple, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -381,7 +386,11 @@ class AuditLog:
                 cards += [(*row, seq) for row in issued or ()]
             db.executemany(INSERT, rows)
             db.executemany(f"INSERT INTO feedback ({', '.join(FEEDBACK)}) VALUES ({', '.join('?' * len(FEEDBACK))})", feedback)
-            db.executemany(f"INSERT INTO cards ({', '.join(CARDS)}) VALUES ({', '.join('?' * len(CARDS))}) ON CONFLICT DO NOTHING", cards)
+            db.executemany(  # a card issued again (its uuid is of its content): the latest call holds it
+                f"INSERT INTO cards ({', '.join(CARDS)}) VALUES ({', '.join('?' * len(CARDS))}) ON CONFLICT (service, card) DO UPDATE"
+                " SET decision_id = excluded.decision_id, recommendation = excluded.recommendation, audit_seq = excluded.audit_seq",
+                cards,
+            )
         self.written += len(rows)
         return results
 
@@ -617,45 +626,96 @@ class Verified:
     problem: str  # "" when the chain is intact
 
 
-def rows(db: Database, where: str = "", args: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+def rows(db: Database, where: str = "", args: tuple[Any, ...] = ()) -> Generator[tuple[Any, ...], None, None]:
     return db.stream(f"SELECT {', '.join(COLUMNS)} FROM audit {where} ORDER BY seq", args)
 
 
 def verify(path: str | Path) -> Verified:
     """Walk the chain from the first record (after a prune, from the anchor: the last record pruned);
     stop at the first break and name it. A prune's anchor must match the AuditPrune record the chain
-    holds for the latest prune, so records cut off the start and an anchor moved to hide it are found."""
+    holds for the latest prune, so records cut off the start and an anchor moved to hide it are found.
+    Then every feedback row and every card row is checked against the record that holds it. All of it
+    is read in one snapshot, so a server writing (or a prune) meanwhile is not mistaken for tampering;
+    a value that cannot be read is named as such, not raised."""
     db = connect(path, create=False)
+    n, seq, head, walked = 0, 0, GENESIS, False
     try:
-        anchor = db.execute("SELECT seq, hash FROM anchor").fetchone()
-        n, seq, head = (0, int(anchor[0]), str(anchor[1])) if anchor else (0, 0, GENESIS)
-        pruned: tuple[int, str] | None = None  # the latest AuditPrune record's (last seq pruned, its hash)
-        given: dict[int, tuple[str, str, str | None, str | None]] = {}  # feedback records: seq -> action, id, decision, sha
-        for row in rows(db):
-            rseq, fields, prev, h = row[0], row[1:-2], row[-2], row[-1]
-            if rseq != seq + 1:
-                missing = f"record {seq + 1}" if rseq == seq + 2 else f"records {seq + 1} to {rseq - 1}"
-                where = f"after record {seq}" if seq else "at the start"
-                return Verified(n, seq, head, f"{missing} missing (deleted?): record {rseq} comes {where}")
-            if prev != head:
-                before = f"record {seq}'s hash" if seq else "the chain's start"
-                return Verified(
-                    n, seq, head, f"record {rseq}: its prev_hash is not {before} (a record inserted, deleted or rewritten there)"
-                )
-            if record_hash(rseq, tuple(fields), prev) != h:
-                return Verified(n, seq, head, f"record {rseq}: changed (its content does not match its hash)")
-            rec = dict(zip(COLUMNS, row, strict=True))
-            if rec["action"] == PRUNE:
-                pruned = (_pruned_through(rec["request_id"]), str(rec["response_sha256"]))
-            elif rec["action"] in FEEDBACK_ACTIONS and rec["outcome"] == "OK":
-                given[rseq] = (rec["action"], rec["request_id"], rec["decision_id"], rec["response_sha256"])
-            n, seq, head = n + 1, rseq, h
-        if anchor and pruned != (int(anchor[0]), str(anchor[1])):
-            said = f"record {pruned[0]}" if pruned else "nothing (no AuditPrune record)"
-            return Verified(n, seq, head, f"the anchor (record {anchor[0]}) is not what the latest prune recorded: {said}")
-        return Verified(n, seq, head, _feedback_problem(db, given))
+        with db.snapshot(), closing(rows(db)) as chain:  # closing: a query left early ends inside the snapshot
+            anchor = db.execute("SELECT seq, hash FROM anchor").fetchone()
+            n, seq, head = (0, int(anchor[0]), str(anchor[1])) if anchor else (0, 0, GENESIS)
+            pruned: tuple[int, str] | None = None  # the latest AuditPrune record's (last seq pruned, its hash)
+            given: dict[int, tuple[str, str, str | None, str | None]] = {}  # feedback records: seq -> action, id, decision, sha
+            for row in chain:
+                rseq, fields, prev, h = row[0], row[1:-2], row[-2], row[-1]
+                if rseq != seq + 1:
+                    missing = f"record {seq + 1}" if rseq == seq + 2 else f"records {seq + 1} to {rseq - 1}"
+                    where = f"after record {seq}" if seq else "at the start"
+                    return Verified(n, seq, head, f"{missing} missing (deleted?): record {rseq} comes {where}")
+                if prev != head:
+                    before = f"record {seq}'s hash" if seq else "the chain's start"
+                    return Verified(
+                        n, seq, head, f"record {rseq}: its prev_hash is not {before} (a record inserted, deleted or rewritten there)"
+                    )
+                if record_hash(rseq, tuple(fields), prev) != h:
+                    return Verified(n, seq, head, f"record {rseq}: changed (its content does not match its hash)")
+                rec = dict(zip(COLUMNS, row, strict=True))
+                if rec["action"] == PRUNE:
+                    pruned = (_pruned_through(rec["request_id"]), str(rec["response_sha256"]))
+                elif rec["action"] in FEEDBACK_ACTIONS and rec["outcome"] == "OK":
+                    given[rseq] = (rec["action"], rec["request_id"], rec["decision_id"], rec["response_sha256"])
+                n, seq, head = n + 1, rseq, h
+            if anchor and pruned != (int(anchor[0]), str(anchor[1])):
+                said = f"record {pruned[0]}" if pruned else "nothing (no AuditPrune record)"
+                return Verified(n, seq, head, f"the anchor (record {anchor[0]}) is not what the latest prune recorded: {said}")
+            walked = True
+            return Verified(n, seq, head, _feedback_problem(db, given) or _cards_problem(db))
+    except (TypeError, ValueError, UnicodeError) as exc:  # a value of a type or encoding the trail never writes
+        what = "a feedback or card row" if walked else f"record {seq + 1} (or the anchor)"
+        return Verified(n, seq, head, f"{what} cannot be read ({type(exc).__name__}: {str(exc)[:200]})")
+    except db.errors as exc:
+        raise AuditError(f"{db.name}: cannot read the audit trail: {exc}") from None
     finally:
         db.close()
+
+
+def card_of(record: tuple[Any, ...], card: str, index: int) -> bool:
+    """Whether a CdsHooks record (action, decision_id, recommendations JSON) issued ``card`` as its
+    card ``index`` (its recommendations hold ``["card", rule, uuid]``; a record from before uuids
+    were recorded, ``["card", rule]``, is taken by the index alone)."""
+    action, _, recs_json = record
+    if action != "CdsHooks":
+        return False
+    try:
+        recs = json.loads(recs_json or "[]")
+        return 0 <= index < len(recs) and (len(recs[index]) < 3 or recs[index][2] == card)
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def _legacy_digests(fb: Rows) -> tuple[str, ...]:
+    """The content hashes RecordFeedback stored before 7 Dec 2026 (its decision, items without kind,
+    clinician or time, and the rule as the caller gave it: the decision's, or none) so that trails
+    written then still verify; their time is not covered."""
+    out = []
+    for rule in (lambda r: r[5], lambda r: ""):
+        items = [[r[3], rule(r), r[6], r[7], r[8]] for r in fb]
+        text = json.dumps([fb[0][2], items, fb[0][9]], ensure_ascii=False, separators=(",", ":"))
+        out.append(hashlib.sha256(text.encode()).hexdigest())
+    return tuple(out)
+
+
+def _cards_problem(db: Database) -> str:
+    """The first row of the cards table (CDS Hooks card -> decision) that its hook call's record does
+    not hold ("" if none): the table is an index, and a changed row would link feedback elsewhere."""
+    sql = (
+        "SELECT c.service, c.card, c.decision_id, c.recommendation, c.audit_seq, a.action, a.decision_id, a.recommendations"
+        " FROM cards c LEFT JOIN audit a ON a.seq = c.audit_seq ORDER BY c.audit_seq, c.recommendation"
+    )
+    with closing(db.stream(sql)) as cards:
+        for service, card, did, index, aseq, action, adid, recs in cards:
+            if did != adid or not isinstance(index, int) or not card_of((action, adid, recs), str(card), index):
+                return f"card {str(card)[:64]!r} of {service}: record {aseq} did not issue it as card {index} (the cards table changed)"
+    return ""
 
 
 FEEDBACK_ACTIONS = ("RecordFeedback", "CdsFeedback")  # the records that store feedback rows (outcome OK)
@@ -682,11 +742,12 @@ def _feedback_problem(db: Database, given: dict[int, tuple[str, str, str | None,
         rec = given.get(aseq)
         if rec is None or rec[1] != fid or rec[2] != fb[0][2]:
             return f"{where}: record {aseq} is not its RecordFeedback or CdsFeedback record (rows changed or added)"
-        digest = hashlib.sha256(feedback_content(fb)).hexdigest()
-        if digest != fb[0][11]:
+        legacy_cds = rec[0] == "CdsFeedback" and rec[3] is None  # written before rows were hashed: not recomputable
+        digest = str(fb[0][11])
+        if not legacy_cds and digest not in (hashlib.sha256(feedback_content(fb)).hexdigest(), *_legacy_digests(fb)):
             return f"{where}: changed (its rows do not match their content hash)"
         sent = hashlib.sha256(feedback_response(fid, fb)).hexdigest() if rec[0] == "RecordFeedback" else digest
-        if sent != rec[3]:
+        if sent != rec[3] and not legacy_cds:
             return f"{where}: its rows do not match what record {aseq} recorded (rows changed, added or deleted)"
         seen.add(aseq)
     for aseq, (action, fid, _, _) in given.items():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,7 +102,13 @@ class Database:
         raise NotImplementedError
         yield
 
-    def stream(self, text: str, args: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads that all see the store as of one moment (verify: the chain and the rows beside it)."""
+        raise NotImplementedError
+        yield
+
+    def stream(self, text: str, args: Sequence[Any] = ()) -> Generator[tuple[Any, ...], None, None]:
         """The rows of a query, fetched a few thousand at a time."""
         cur = self.execute(text, args)
         while chunk := cur.fetchmany(FETCH):
@@ -127,6 +133,15 @@ class SqliteDatabase(Database):
 
     def columns(self, table: str) -> list[str]:
         return [r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")]
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        self.conn.execute("BEGIN")  # a read transaction: in WAL mode, one snapshot until it ends
+        try:
+            yield
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
 
     @contextmanager
     def write(self) -> Iterator[None]:
@@ -174,6 +189,12 @@ class PostgresDatabase(Database):
         return [r[0] for r in rows]
 
     @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        with self.conn.transaction():
+            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+
+    @contextmanager
     def write(self) -> Iterator[None]:
         with self.conn.transaction():
             self.conn.execute(f"SET LOCAL lock_timeout = '{int(self.lock_timeout * 1000)}ms'")
@@ -183,7 +204,7 @@ class PostgresDatabase(Database):
     def broken(self) -> bool:
         return bool(self.conn.closed or self.conn.broken)
 
-    def stream(self, text: str, args: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+    def stream(self, text: str, args: Sequence[Any] = ()) -> Generator[tuple[Any, ...], None, None]:
         with self.conn.transaction(), self.conn.cursor(name="carepath_read") as cur:  # a server-side cursor
             cur.itersize = FETCH
             cur.execute(self.sql(text), tuple(args))
@@ -208,14 +229,19 @@ def open_database(target: str | Path, *, write: bool, lock_timeout: float) -> Da
     if is_postgres(target):
         try:
             import psycopg
+            import psycopg.conninfo
         except ImportError:
             raise StoreError(f"{shown(target)}: a PostgreSQL audit trail needs psycopg: pip install 'carepath[postgres]'") from None
         PostgresDatabase.errors = (psycopg.Error,)
         PostgresDatabase.transient = (psycopg.OperationalError,)
         try:
-            conn = psycopg.connect(
-                str(target), autocommit=True, connect_timeout=max(2, int(lock_timeout)), application_name="carepath-audit"
-            )
+            given = psycopg.conninfo.conninfo_to_dict(str(target))
+            # TCP keepalives, unless the URL says otherwise: a connection cut without a reset is found
+            # in about a minute, rather than a commit waiting on it for as long as the kernel lets it
+            alive = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+            params: dict[str, Any] = {k: v for k, v in alive.items() if k not in given}
+            params |= {"connect_timeout": max(2, int(lock_timeout)), "application_name": "carepath-audit"}
+            conn = psycopg.connect(psycopg.conninfo.make_conninfo(str(target), **params), autocommit=True)
             if not write:
                 conn.execute("SET default_transaction_read_only = on")
         except psycopg.Error as exc:

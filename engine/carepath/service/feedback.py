@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ from carepath.service.audit import (
     AuditLog,
     FeedbackTaken,
     Rows,
+    card_of,
     connect,
     feedback_response,
     feedback_rows,
@@ -171,6 +173,7 @@ class Store:
     def __init__(self, target: str | Path) -> None:
         self.target = target
         self.db = connect(target, create=True)
+        self.reopening = threading.Lock()  # readers run in several threads: one of them opens again
 
     def _all(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         """The rows of a query; a lost connection (PostgreSQL restarted) is opened again, once."""
@@ -179,8 +182,10 @@ class Store:
                 return list(self.db.execute(sql, args).fetchall())
             except self.db.errors as exc:
                 if attempt == 1 and self.db.broken():
-                    self.db.close()
-                    self.db = connect(self.target, create=True)
+                    with self.reopening:
+                        if self.db.broken():
+                            self.db.close()
+                            self.db = connect(self.target, create=True)
                     continue
                 raise AuditError(f"{self.db.name}: cannot read the audit trail: {exc}") from None
         raise AssertionError("unreachable")
@@ -204,17 +209,17 @@ class Store:
         return [tuple(r) for r in self._all(STORED_FEEDBACK, (feedback_id,))]
 
     def card(self, service_id: str, card: str) -> tuple[str, int, str, str] | None:
-        """A CDS Hooks card this trail recorded: (its decision id, index, rule, recorded patient)."""
+        """A CDS Hooks card this trail recorded: (its decision id, index, rule, recorded patient), taken
+        from the hook call's record (the cards table only finds it); None if no record issued it."""
         row = self._one(
-            "SELECT c.decision_id, c.recommendation, a.recommendations, a.patient FROM cards c JOIN audit a ON a.seq = c.audit_seq"
-            " WHERE c.service = ? AND c.card = ?",
+            "SELECT a.action, a.decision_id, a.recommendations, c.recommendation, a.patient FROM cards c"
+            " JOIN audit a ON a.seq = c.audit_seq WHERE c.service = ? AND c.card = ?",
             (service_id, card),
         )
-        if row is None:
+        if row is None or not isinstance(row[3], int) or not card_of(tuple(row[:3]), card, row[3]):
             return None
-        recs = json.loads(row[2] or "[]")
-        index = int(row[1])
-        return str(row[0]), index, str(recs[index][1]) if index < len(recs) else "", row[3] or ""
+        index = int(row[3])
+        return str(row[1]), index, str(json.loads(row[2])[index][1]), row[4] or ""
 
     def close(self) -> None:
         self.db.close()
