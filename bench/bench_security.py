@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from bench_grpc import CARE, EVALUATE, HEAD, Cell, requests, tree_cpu  # noqa: E402
-from grpc_helpers import SAMPLE  # noqa: E402
+from grpc_helpers import SAMPLE, local_postgres  # noqa: E402
 
 from carepath.service import devpki  # noqa: E402
 
@@ -118,13 +118,7 @@ def main() -> int:
     if args.postgres is not None:
         url = args.postgres
         if not url:
-            import warnings
-
-            with warnings.catch_warnings():  # platformdirs warns on import when XDG_RUNTIME_DIR is unset
-                warnings.simplefilter("ignore")
-                from pgserver.postgres_server import get_server
-
-            pg = get_server(tempfile.mkdtemp(prefix="cp-pg-"), cleanup_mode="stop")
+            pg = local_postgres(tempfile.mkdtemp(prefix="cp-pg-"))
             url = str(pg.get_uri())
         specs.insert(2, ("plain+audit(pg)", ["--audit", url], None, False))
     targets = [Target(n, a, args.workers, args.pathways, c, tok) for n, a, c, tok in specs]

@@ -176,3 +176,25 @@ def received_before_kill_9(srv: Server, callers: int = 4, seconds: float = 3.0) 
         t.join(30)
     srv.stop()
     return got
+
+
+def token_keys(d: Path) -> dict[str, Any]:
+    """An RS256 signing key ``k1`` and its JWKS file in ``d``: what a module's server trusts (``--jwks``)
+    and its tokens are signed with."""
+    from carepath.service import devpki
+
+    rsa = devpki.signing_key("RS256")
+    devpki.write(d / "jwks.json", devpki.jwks(devpki.jwk(rsa, "k1", "RS256")))
+    return {"dir": d, "rsa": rsa, "jwks": d / "jwks.json"}
+
+
+def local_postgres(directory: str) -> Any:
+    """A PostgreSQL 16 server of the tests' own in ``directory`` (empty; short: its Unix socket lives
+    there), from the pgserver wheel; ``.get_uri()`` names it, ``.cleanup()`` stops it."""
+    import warnings
+
+    with warnings.catch_warnings():  # platformdirs warns, on import, when XDG_RUNTIME_DIR is unset (as on CI)
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import get_server
+
+    return get_server(directory, cleanup_mode="stop")

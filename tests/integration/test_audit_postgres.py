@@ -11,7 +11,6 @@ import asyncio
 import shutil
 import subprocess
 import tempfile
-import warnings
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +19,7 @@ import grpc
 import psycopg
 import pytest
 from conftest import FIXTURES, ROOT
-from grpc_helpers import CARE, Server, received_before_kill_9, varied_case
+from grpc_helpers import CARE, Server, local_postgres, received_before_kill_9, varied_case
 
 from carepath.client import CallError, CarepathClient
 from carepath.service import audit as audit_module
@@ -36,11 +35,7 @@ pytestmark = pytest.mark.timeout(180)
 def postgres() -> Iterator[str]:
     """A PostgreSQL server of this module's own (a short directory: its Unix socket lives there)."""
     d = tempfile.mkdtemp(prefix="cp-pg-")
-    with warnings.catch_warnings():  # platformdirs warns, on import, when XDG_RUNTIME_DIR is unset (as on CI)
-        warnings.simplefilter("ignore")
-        from pgserver.postgres_server import get_server
-
-    srv = get_server(d, cleanup_mode="stop")
+    srv = local_postgres(d)
     try:
         yield str(srv.get_uri())
     finally:

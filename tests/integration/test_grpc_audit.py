@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import FIXTURES, ROOT
-from grpc_helpers import CARE, SAMPLE, Server, received_before_kill_9, serving, varied_case
+from grpc_helpers import CARE, SAMPLE, Server, received_before_kill_9, serving, token_keys, varied_case
 
 from carepath.client import CallError, CarepathClient
 from carepath.errors import CaseError
@@ -33,11 +33,9 @@ ALL = "carepath.evaluate carepath.read carepath.validate"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    d = tmp_path_factory.mktemp("audit-keys")
-    rsa = devpki.signing_key("RS256")
-    devpki.write(d / "jwks.json", devpki.jwks(devpki.jwk(rsa, "k1", "RS256")))
-    devpki.write(d / "audit.key", b"an audit key of more than 16 bytes\n", private=True)
-    return {"dir": d, "rsa": rsa, "jwks": d / "jwks.json", "key": d / "audit.key"}
+    keys = token_keys(tmp_path_factory.mktemp("audit-keys"))
+    devpki.write(keys["dir"] / "audit.key", b"an audit key of more than 16 bytes\n", private=True)
+    return keys | {"key": keys["dir"] / "audit.key"}
 
 
 def tok(pki: dict[str, Any], scope: str = ALL) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import FIXTURES, ROOT
-from grpc_helpers import CARE, SAMPLE, Server, serving, varied_case, wait_for
+from grpc_helpers import CARE, SAMPLE, Server, serving, token_keys, varied_case, wait_for
 
 from carepath.client import CallError, CarepathClient
 from carepath.service import devpki
@@ -33,10 +33,7 @@ ALL = "carepath.evaluate carepath.read carepath.feedback"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    d = tmp_path_factory.mktemp("feedback-keys")
-    rsa = devpki.signing_key("RS256")
-    devpki.write(d / "jwks.json", devpki.jwks(devpki.jwk(rsa, "k1", "RS256")))
-    return {"rsa": rsa, "jwks": d / "jwks.json"}
+    return token_keys(tmp_path_factory.mktemp("feedback-keys"))
 
 
 def tok(pki: dict[str, Any], scope: str = ALL, subject: str = "dr-lee") -> str:

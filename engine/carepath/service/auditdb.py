@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -57,19 +58,15 @@ def shown(target: str | Path) -> str:
         netloc = parts.netloc
         if parts.password is not None:
             netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-        query = "&".join(
-            f"{k}=***" if k.lower() == "password" else f"{k}={v}" if v or "=" in pair else k
-            for pair in parts.query.split("&")
-            if pair
-            for k, _, v in [pair.partition("=")]
-        )
+        pairs = [pair for pair in parts.query.split("&") if pair]
+        query = "&".join(f"{p.partition('=')[0]}=***" if p.partition("=")[0].lower() == "password" else p for p in pairs)
         return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
     except ValueError:
         scheme = text.split("://", 1)[0]
         return f"{scheme}://(a URL that cannot be read)"
 
 
-class Database:
+class Database(ABC):
     """One connection to the store, in autocommit mode: writes go in :meth:`write` transactions."""
 
     dialect: str  # sqlite or postgresql
@@ -89,24 +86,21 @@ class Database:
         if rows:
             self.conn.cursor().executemany(self.sql(text), rows)
 
+    @abstractmethod
     def script(self, text: str) -> None:
         """Several statements without parameters (the schema)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def columns(self, table: str) -> list[str]:
-        raise NotImplementedError
+        """A table's columns in order ([] when there is no such table)."""
 
-    @contextmanager
-    def write(self) -> Iterator[None]:
+    @abstractmethod
+    def write(self) -> AbstractContextManager[None]:
         """One write transaction, holding the store's writer lock; rolled back on any error."""
-        raise NotImplementedError
-        yield
 
-    @contextmanager
-    def snapshot(self) -> Iterator[None]:
+    @abstractmethod
+    def snapshot(self) -> AbstractContextManager[None]:
         """Reads that all see the store as of one moment (verify: the chain and the rows beside it)."""
-        raise NotImplementedError
-        yield
 
     def stream(self, text: str, args: Sequence[Any] = ()) -> Generator[tuple[Any, ...], None, None]:
         """The rows of a query, fetched a few thousand at a time."""
